@@ -29,3 +29,5 @@ pub fn require_tool(name: &str) -> PathBuf {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+pub mod manifests;

@@ -1,0 +1,163 @@
+//! The Helm chart, rendered and linted by the real `helm` binary.
+
+use std::process::Command;
+
+use ocellus_tests::manifests::{parse_stream, validate_object};
+use ocellus_tests::{repo_root, require_tool};
+use serde_json::Value;
+
+fn chart_dir() -> String {
+    repo_root().join("charts/ocellus").display().to_string()
+}
+
+fn helm(args: &[&str]) -> std::process::Output {
+    Command::new(require_tool("helm")).args(args).env("HELM_CACHE_HOME", std::env::temp_dir().join("ocellus-helm-cache")).output().expect("run helm")
+}
+
+/// Value sets the chart must accept.
+const VALUE_SETS: &[&[&str]] = &[
+    &["--set", "s3.existingSecret=my-s3"],
+    &["--set", "s3.accessKeyId=AKIA", "--set", "s3.secretAccessKey=topsecret", "--set", "s3.endpoint=https://s3.example"],
+    &["--set", "minio.enabled=true", "--set", "minio.rootPassword=pw-123456"],
+    &["--set", "minio.enabled=true", "--set", "minio.rootPassword=pw-123456", "--set", "minio.persistence.enabled=false",
+      "--set", "operator.watchNamespace=team-a", "--set", "gpu.runtimeClassName=nvidia"],
+];
+
+fn render(values: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut args = vec!["template", "rel", chart.as_str(), "--namespace", "ocellus-system", "--include-crds"];
+    args.extend_from_slice(values);
+    let out = helm(&args);
+    assert!(out.status.success(), "helm template {values:?}: {}", String::from_utf8_lossy(&out.stderr));
+    parse_stream(&String::from_utf8_lossy(&out.stdout)).expect("rendered YAML parses")
+}
+
+#[test]
+fn helm_lint_passes() {
+    let chart = chart_dir();
+    for values in VALUE_SETS {
+        let mut args = vec!["lint", "--strict", chart.as_str()];
+        args.extend_from_slice(values);
+        let out = helm(&args);
+        assert!(
+            out.status.success(),
+            "helm lint {values:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn rendered_manifests_are_valid_kubernetes_objects() {
+    for values in VALUE_SETS {
+        let docs = render(values);
+        assert!(docs.len() >= 14, "{values:?}: only {} objects", docs.len());
+        for d in &docs {
+            if let Err(e) = validate_object(d) {
+                panic!("{values:?}: {e:#}");
+            }
+        }
+    }
+}
+
+#[test]
+fn chart_carries_the_generated_crds() {
+    let docs = render(VALUE_SETS[0]);
+    let mut names: Vec<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["datasets.ocellus.dev", "exports.ocellus.dev", "modeldeployments.ocellus.dev", "trainingjobs.ocellus.dev"]);
+}
+
+#[test]
+fn minio_is_optional() {
+    let kinds = |docs: &[Value]| docs.iter().filter(|d| d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-minio"))).count();
+    assert_eq!(kinds(&render(VALUE_SETS[0])), 0);
+    // PVC, Deployment, Service.
+    assert_eq!(kinds(&render(VALUE_SETS[2])), 3);
+    // The services point at the bundled MinIO.
+    let docs = render(VALUE_SETS[2]);
+    let op = docs.iter().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "rel-ocellus-operator").expect("operator");
+    let env = op["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
+    let endpoint = env.iter().find(|e| e["name"] == "OCELLUS_S3_ENDPOINT").expect("endpoint");
+    assert_eq!(endpoint["value"], "http://rel-ocellus-minio.ocellus-system.svc:9000");
+}
+
+#[test]
+fn missing_credentials_are_refused_with_a_clear_message() {
+    let chart = chart_dir();
+    let out = helm(&["template", "rel", chart.as_str()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("s3.accessKeyId (or s3.existingSecret, or minio.enabled) is required"), "{err}");
+    let out = helm(&["template", "rel", chart.as_str(), "--set", "minio.enabled=true"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("minio.rootPassword is required"));
+}
+
+#[test]
+fn pods_run_with_least_privilege() {
+    for values in VALUE_SETS {
+        for d in render(values).iter().filter(|d| d["kind"] == "Deployment") {
+            let name = d["metadata"]["name"].as_str().unwrap_or("?");
+            let pod = &d["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+            assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+            for c in pod["containers"].as_array().expect("containers") {
+                let sc = &c["securityContext"];
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+                assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
+                assert!(c["resources"]["requests"].is_object(), "{name}: resource requests");
+                assert!(c["readinessProbe"].is_object() && c["image"].as_str().is_some_and(|i| i.contains(':')), "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    let docs = render(VALUE_SETS[0]);
+    let rules_of = |kind: &str, name: &str| -> Vec<Value> {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind}/{name}"))["rules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let all_rules: Vec<Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
+    for r in &all_rules {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(!r[field].as_array().expect("list").iter().any(|x| x == "*"), "wildcard in {r}");
+        }
+    }
+    let grants_secrets = |rules: &[Value]| rules.iter().any(|r| r["resources"].as_array().is_some_and(|a| a.iter().any(|x| x == "secrets")));
+    // The operator never reads Secrets; the apiserver only in its own namespace (a Role, not a ClusterRole).
+    assert!(!grants_secrets(&rules_of("ClusterRole", "rel-ocellus-operator")));
+    assert!(!grants_secrets(&rules_of("ClusterRole", "rel-ocellus-apiserver")));
+    assert!(grants_secrets(&rules_of("Role", "rel-ocellus-apiserver-keys")));
+    // Nobody may escalate through RBAC objects.
+    assert!(!all_rules.iter().any(|r| r["apiGroups"].as_array().is_some_and(|a| a.iter().any(|g| g == "rbac.authorization.k8s.io"))));
+}
+
+#[test]
+fn credentials_stay_in_the_secret() {
+    let docs = render(VALUE_SETS[1]);
+    for d in &docs {
+        let text = d.to_string();
+        if d["kind"] == "Secret" {
+            assert!(text.contains("topsecret"));
+        } else {
+            assert!(!text.contains("topsecret"), "secret value leaked into {}/{}", d["kind"], d["metadata"]["name"]);
+        }
+    }
+}
