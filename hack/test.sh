@@ -5,6 +5,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
 hack/setup.sh tools
+hack/setup.sh cluster
 
 log "checking that the committed CRD YAML is up to date"
 cargo run -q --locked -p ocellus-crds --bin crdgen -- --check

@@ -25,7 +25,9 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let mut config = Config::parse();
+    // An empty value (as the chart renders by default) means all namespaces.
+    config.watch_namespace = config.watch_namespace.filter(|n| !n.is_empty());
     ocellus_common::init_tracing(&config.log);
     let registry = prometheus::Registry::new();
     let health = Health::new(registry);

@@ -31,3 +31,32 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub mod manifests;
+pub mod cluster;
+pub mod node;
+pub mod proc;
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Path of a workspace binary built by `cargo build` (the test command builds them first).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+    let p = target.join("debug").join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build` first (hack/test.sh does)", p.display());
+    p
+}

@@ -1,0 +1,59 @@
+//! `ocellus-localcluster`: runs the local cluster in the foreground until SIGTERM/Ctrl-C.
+//! Writes the admin kubeconfig to `--kubeconfig` once the cluster is ready.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use ocellus_tests::cluster::{ClusterOptions, LocalCluster};
+use ocellus_tests::node::ImageMap;
+
+#[derive(Parser, Debug)]
+#[command(about = "A real Kubernetes control plane on loopback with a process-running node")]
+struct Args {
+    /// Where to write the admin kubeconfig.
+    #[arg(long, env = "OCELLUS_KUBECONFIG", default_value = "kubeconfig")]
+    kubeconfig: PathBuf,
+    /// Image → binary mapping (YAML: `images: [{image, binary}]`).
+    #[arg(long, env = "OCELLUS_IMAGE_MAP")]
+    image_map: Option<PathBuf>,
+    /// GPUs the node advertises (default: count local NVIDIA GPUs).
+    #[arg(long, env = "OCELLUS_NODE_GPUS")]
+    gpus: Option<u32>,
+    /// `nvidia.com/gpu.product` label of the node.
+    #[arg(long, env = "OCELLUS_NODE_GPU_PRODUCT")]
+    gpu_product: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).try_init();
+    let images = match &args.image_map {
+        Some(p) => ImageMap::from_file(p)?,
+        None => ImageMap::default(),
+    };
+    let cluster = LocalCluster::start(ClusterOptions { gpus: args.gpus, gpu_product: args.gpu_product, images, keep_dir: false })?;
+    let tmp = args.kubeconfig.with_extension("tmp");
+    std::fs::copy(cluster.kubeconfig(), &tmp)?;
+    std::fs::rename(&tmp, &args.kubeconfig)?;
+    say(&format!("ready: kubeconfig {} (cluster {})", args.kubeconfig.display(), cluster.id()));
+    cluster.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    say("stopping");
+    drop(cluster);
+    let _ = std::fs::remove_file(&args.kubeconfig);
+    Ok(())
+}
+
+/// Prints a line; a closed stdout (the reader went away) is not a reason to skip the cleanup.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

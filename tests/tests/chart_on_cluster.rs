@@ -1,0 +1,64 @@
+//! `helm install` of the chart on the local cluster: the operator and apiserver run as pods under
+//! their own ServiceAccounts, pass their readiness probes, and get only the access they need.
+
+use std::process::{Command, Output};
+
+use ocellus_tests::cluster::{ClusterOptions, LocalCluster};
+use ocellus_tests::node::{ImageMap, ImageMapping};
+use ocellus_tests::{repo_root, require_tool, workspace_binary};
+
+fn run(tool: &str, c: &LocalCluster, args: &[&str]) -> Output {
+    let kc = c.kubeconfig().display().to_string();
+    let mut all = vec!["--kubeconfig", kc.as_str()];
+    all.extend_from_slice(args);
+    Command::new(require_tool(tool)).args(&all).output().expect("run tool")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
+    let images = ImageMap {
+        images: vec![
+            ImageMapping { image: "ghcr.io/ocellus-dev/ocellus-operator".into(), binary: Some(workspace_binary("ocellus-operator")) },
+            ImageMapping { image: "ghcr.io/ocellus-dev/ocellus-apiserver".into(), binary: Some(workspace_binary("ocellus-apiserver")) },
+        ],
+    };
+    let c = LocalCluster::start(ClusterOptions { gpus: Some(0), images, ..Default::default() }).expect("cluster");
+    let root = repo_root();
+    // Helm 4 installs CRDs with server-side apply, which 1.20 refuses for the unknown
+    // x-kubernetes-validations field; on this old server the CRDs go first through kubectl.
+    ok(run("kubectl", &c, &["apply", "--validate=false", "-f", &root.join("crds/yaml").display().to_string()]));
+    ok(run("helm", &c, &[
+        "install", "ocellus", &root.join("charts/ocellus").display().to_string(), "--skip-crds",
+        "-n", "ocellus-system", "--create-namespace",
+        "--set", "s3.accessKeyId=test", "--set", "s3.secretAccessKey=test-secret-value", "--set", "s3.endpoint=http://127.0.0.1:9",
+        "--wait", "--timeout", "90s",
+    ]));
+    let ready = ok(run("kubectl", &c, &["get", "deploy", "-n", "ocellus-system", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.readyReplicas} {end}"]));
+    assert_eq!(ready.trim(), "ocellus-apiserver=1 ocellus-operator=1");
+    // The operator acted with its own ServiceAccount: it could list CRDs, so it became ready.
+    let logs = ok(run("kubectl", &c, &["logs", "-n", "ocellus-system", "deploy/ocellus-operator"]));
+    assert!(logs.contains("operator ready"), "{logs}");
+    assert!(!logs.contains("test-secret-value"), "a secret reached the logs");
+
+    let can = |sa: &str, verb: &str, what: &str, ns: &str| -> bool {
+        let o = run("kubectl", &c, &["auth", "can-i", verb, what, "-n", ns, &format!("--as=system:serviceaccount:ocellus-system:ocellus-{sa}")]);
+        String::from_utf8_lossy(&o.stdout).trim() == "yes"
+    };
+    assert!(can("operator", "create", "jobs", "team-a"));
+    assert!(can("operator", "patch", "trainingjobs.ocellus.dev/status", "team-a"));
+    assert!(!can("operator", "get", "secrets", "ocellus-system"));
+    assert!(!can("operator", "create", "pods", "team-a"));
+    assert!(can("apiserver", "create", "trainingjobs.ocellus.dev", "team-a"));
+    assert!(can("apiserver", "get", "secrets", "ocellus-system"));
+    assert!(!can("apiserver", "get", "secrets", "team-a"));
+    assert!(!can("apiserver", "create", "jobs", "team-a"));
+
+    ok(run("helm", &c, &["uninstall", "ocellus", "-n", "ocellus-system", "--wait", "--timeout", "60s"]));
+    let left = ok(run("kubectl", &c, &["get", "pods", "-n", "ocellus-system", "-o", "name"]));
+    assert_eq!(left.trim(), "", "pods left after uninstall");
+}
