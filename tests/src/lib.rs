@@ -60,3 +60,5 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     assert!(p.exists(), "{} is missing: run `cargo build` first (hack/test.sh does)", p.display());
     p
 }
+pub mod s3;
+pub mod fixtures;

@@ -1,5 +1,12 @@
-//! `ocellus-trainer`: the trainer image's entry point. Subcommands (`ingest`, `train`, `val`,
-//! `export`) are run by the operator's Jobs.
+//! `ocellus-trainer`: the trainer image's entry point. The operator's Jobs run its subcommands.
+//!
+//! Output protocol (stdout, one JSON object per line): `{"event":"progress",...}` while working,
+//! then `{"event":"done",...}` or `{"event":"error","reason":...,"message":...}`.
+//! Exit codes: 0 success, 2 the input is invalid (retrying will not help), 3 transient failure.
+
+mod ingest_cmd;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ocellus_common::LogArgs;
@@ -15,16 +22,35 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Ingest a dataset: fetch, validate, normalise and store it with its manifest and summary.
+    Ingest(Box<ingest_cmd::IngestArgs>),
+    /// Freeze a dataset's current manifest as an immutable version.
+    Freeze(ingest_cmd::FreezeArgs),
     /// Print the build and runtime versions as JSON.
     Version,
 }
 
-fn main() {
+/// Exit code for invalid input.
+pub const EXIT_INVALID: u8 = 2;
+/// Exit code for transient failures.
+pub const EXIT_TRANSIENT: u8 = 3;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     ocellus_common::init_tracing(&cli.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_TRANSIENT);
+        }
+    };
     match cli.command {
+        Command::Ingest(args) => rt.block_on(ingest_cmd::ingest(*args)),
+        Command::Freeze(args) => rt.block_on(ingest_cmd::freeze(args)),
         Command::Version => {
             println!("{}", serde_json::json!({ "trainer": env!("CARGO_PKG_VERSION") }));
+            ExitCode::SUCCESS
         }
     }
 }
