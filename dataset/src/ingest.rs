@@ -137,7 +137,13 @@ pub struct Summary {
     pub manifest_uri: String,
     /// Wall time.
     pub duration_seconds: f64,
-    /// Validation throughput.
+    /// Seconds spent fetching and extracting.
+    pub fetch_seconds: f64,
+    /// Seconds spent decoding and checking images and labels.
+    pub validate_seconds: f64,
+    /// Seconds spent storing images.
+    pub upload_seconds: f64,
+    /// Items considered per second, end to end.
     pub images_per_second: f64,
 }
 
@@ -217,6 +223,8 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
     progress(Progress { phase: "fetch", done: 0, total: 1 });
     let dir = fetch::fetch(source, &opts.work_dir, opts.archive_limits).await?;
     progress(Progress { phase: "fetch", done: 1, total: 1 });
+    let fetch_seconds = started.elapsed().as_secs_f64();
+    let validate_started = Instant::now();
 
     let task = opts.task;
     let dir2 = dir.clone();
@@ -269,6 +277,7 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
             Err(e) => errors.push(e),
         }
     }
+    let validate_seconds = validate_started.elapsed().as_secs_f64();
     // Duplicates by content: the first by path is kept.
     valid.sort_by(|a, b| a.item.rel.cmp(&b.item.rel));
     let mut first_seen: HashMap<String, String> = HashMap::new();
@@ -301,15 +310,25 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
     let splits: Vec<Split> = valid.iter().map(|v| if keep { v.item.split.unwrap_or(Split::Train) } else { split::assign(&v.info.sha256, ratios) }).collect();
 
     // Store images content-addressed (existing objects are skipped).
+    let upload_started = Instant::now();
     let total = valid.len();
     let uploaded = AtomicUsize::new(0);
+    // One listing instead of a HEAD per image: content-addressed keys that exist are complete.
+    let existing: std::collections::HashSet<String> = store
+        .list(&format!("{}/images/", opts.prefix))
+        .await
+        .map_err(|e| IngestError::Storage(e.to_string()))?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let existing = &existing;
     let uploads = valid.iter().map(|v| {
         let key = format!("{}/images/{}.{}", opts.prefix, v.info.sha256, v.info.ext);
         let path = v.item.path.clone();
         let ext = v.info.ext;
         let uploaded = &uploaded;
         async move {
-            if store.head(&key).await.map_err(|e| IngestError::Storage(e.to_string()))?.is_none() {
+            if !existing.contains(&key) {
                 let ct = match ext {
                     "jpg" => "image/jpeg",
                     "png" => "image/png",
@@ -327,6 +346,7 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
     });
     let results: Vec<Result<(), IngestError>> = futures::stream::iter(uploads).buffer_unordered(opts.upload_concurrency.max(1)).collect().await;
     results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let upload_seconds = upload_started.elapsed().as_secs_f64();
 
     // Records and statistics.
     let mut stats = StatsBuilder::new(&class_names);
@@ -377,6 +397,9 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
         items_seen: seen,
         manifest_uri: store.uri(&manifest_key(&opts.prefix)),
         duration_seconds: elapsed,
+        fetch_seconds,
+        validate_seconds,
+        upload_seconds,
         images_per_second: seen as f64 / elapsed.max(1e-9),
     };
     progress(Progress { phase: "write", done: 0, total: 2 });

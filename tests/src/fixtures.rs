@@ -135,7 +135,7 @@ pub fn samples(seed: u64, n: usize, size: u32) -> Vec<Sample> {
 pub fn write_yolo(dir: &Path, samples: &[Sample], size: u32) {
     let names: Vec<String> = SHAPES.iter().enumerate().map(|(i, n)| format!("  {i}: {n}")).collect();
     std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(dir.join("data.yaml"), format!("path: .\ntrain: images/train\nval: images/val\nnames:\n{}\n", names.join("\n"))).expect("yaml");
+    std::fs::write(dir.join("data.yaml"), format!("train: images/train\nval: images/val\nnames:\n{}\n", names.join("\n"))).expect("yaml");
     for s in samples {
         for sub in ["images", "labels"] {
             std::fs::create_dir_all(dir.join(sub).join(s.split)).expect("dir");

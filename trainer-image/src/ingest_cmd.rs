@@ -232,6 +232,8 @@ pub async fn ingest(args: IngestArgs) -> ExitCode {
                 "invalid": {"total": summary.invalid.total, "byReason": summary.invalid.by_reason,
                             "samples": summary.invalid.items.iter().take(10).map(|e| e.to_string()).collect::<Vec<_>>()},
                 "imagesPerSecond": summary.images_per_second,
+                "seconds": {"total": summary.duration_seconds, "fetch": summary.fetch_seconds,
+                            "validate": summary.validate_seconds, "upload": summary.upload_seconds},
             }));
             ExitCode::SUCCESS
         }

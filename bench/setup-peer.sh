@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the benchmark peer (Ultralytics + PyTorch CPU path + onnxruntime) into
+# ~/.cache/ocellus/bench-venv, configured to run offline.
+source "$(dirname "$0")/../hack/lib.sh"
+V="$OCELLUS_CACHE/bench-venv"
+if [ ! -f "$V/.ready" ]; then
+  python3 -m venv "$V" || die "cannot create $V"
+  "$V/bin/pip" install -q --upgrade pip
+  log "installing ultralytics and torch==2.11.0 (about 3 GB) into $V"
+  "$V/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 ultralytics onnx onnxruntime onnxslim fastapi uvicorn python-multipart \
+    || die "pip install of the benchmark peer failed"
+  touch "$V/.ready"
+fi
+# Offline Ultralytics: no settings sync, no font download, no auto-install.
+cfg="$OCELLUS_CACHE/bench-yolo-config"
+mkdir -p "$cfg/Ultralytics"
+[ -f "$cfg/Ultralytics/settings.json" ] || echo '{"sync": false, "hub": false, "wandb": false, "mlflow": false, "comet": false, "clearml": false, "dvc": false, "neptune": false, "raytune": false, "tensorboard": false}' > "$cfg/Ultralytics/settings.json"
+font=$(find "$V" -name DejaVuSans.ttf | head -1)
+[ -n "$font" ] && for f in Arial.ttf Arial.Unicode.ttf; do [ -f "$cfg/Ultralytics/$f" ] || cp "$font" "$cfg/Ultralytics/$f"; done
+echo "export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 ORT_DISABLE_TELEMETRY=1 YOLO_CONFIG_DIR=$cfg MPLCONFIGDIR=$cfg/mpl PATH=$V/bin:\$PATH"
