@@ -6,7 +6,7 @@ source "$(dirname "$0")/../hack/lib.sh"
 cd "$(dirname "$0")/.."
 N=${N:-10000}
 SIZE=${SIZE:-64}
-hack/setup.sh s3
+hack/setup.sh python
 eval "$(bench/setup-peer.sh)"
 cargo build -q --release -p ocellus-trainer -p ocellus-tests --bins
 

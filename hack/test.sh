@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 hack/setup.sh tools
 hack/setup.sh cluster
-hack/setup.sh s3
+hack/setup.sh python
 
 log "checking that the committed CRD YAML is up to date"
 cargo run -q --locked -p ocellus-crds --bin crdgen -- --check

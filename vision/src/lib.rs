@@ -1,0 +1,11 @@
+//! Pure pre- and post-processing shared by the trainer's validation and the predictor, so that
+//! both produce the same detections: [`letterbox`], [`decode`] of YOLOv8-style outputs,
+//! class-aware [`nms`], and COCO-style evaluation in [`metrics`].
+
+pub mod boxes;
+pub mod decode;
+pub mod letterbox;
+pub mod metrics;
+pub mod nms;
+
+pub use boxes::{BBox, Detection};
