@@ -21,6 +21,21 @@ pub enum Task {
     Obb,
 }
 
+impl std::str::FromStr for Task {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "detect" => Ok(Task::Detect),
+            "segment" => Ok(Task::Segment),
+            "classify" => Ok(Task::Classify),
+            "pose" => Ok(Task::Pose),
+            "obb" => Ok(Task::Obb),
+            other => Err(format!("unknown task {other:?} (detect, segment, classify, pose, obb)")),
+        }
+    }
+}
+
 impl Task {
     /// The lowercase name used in the API and in Ultralytics.
     pub fn as_str(self) -> &'static str {
