@@ -6,6 +6,8 @@
 #   hack/setup.sh cluster   etcd (Debian etcd-server) and kube-apiserver, kube-controller-manager,
 #                           kube-scheduler built from Debian's kubernetes 1.20 source package
 #   hack/setup.sh python    moto[server] (S3-compatible server) and pycocotools, in the project venv
+#   hack/setup.sh torch     libtorch (PyPI torch 2.11.0, CPU-lean) for the `torch` feature
+#   hack/setup.sh torch-env the same, printing the LIBTORCH exports to source
 #   hack/setup.sh all       everything
 source "$(dirname "$0")/lib.sh"
 
@@ -105,10 +107,32 @@ setup_python() {
   echo "$PY_TOOLS" > "$OCELLUS_CACHE/bin/.python-tools"
 }
 
+# libtorch for `tch` 0.24: PyPI torch 2.11.0 (the GPU machines ship exactly this build), with only
+# the CUDA runtime and CUPTI wheels its libraries load at start (a lean CPU venv).
+TORCH_PINS="torch==2.11.0 nvidia-cuda-runtime==13.0.96.* nvidia-cuda-cupti==13.0.85.*"
+
+setup_torch() {
+  local v="$OCELLUS_CACHE/torch-venv"
+  if [ "$(cat "$v/.pins" 2>/dev/null)" != "$TORCH_PINS" ]; then
+    rm -rf "$v"
+    python3 -m venv "$v" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$v"; } || die "cannot create $v"
+    log "installing $TORCH_PINS (no dependencies) into $v"
+    # shellcheck disable=SC2086
+    "$v/bin/pip" install -q --no-deps $TORCH_PINS || die "pip install of libtorch failed"
+    echo "$TORCH_PINS" > "$v/.pins"
+  fi
+  # Build with: source <(hack/setup.sh torch-env)
+  LIBTORCH="$("$v/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)" \
+    || LIBTORCH="$(ls -d "$v"/lib/python3*/site-packages/torch | head -1)"
+  echo "export LIBTORCH=$LIBTORCH LIBTORCH_BYPASS_VERSION_CHECK=1"
+}
+
 case "${1:-all}" in
   tools) setup_tools ;;
   cluster) setup_cluster ;;
   python|s3) setup_python ;;
-  all) setup_tools; setup_python; setup_cluster ;;
-  *) die "usage: hack/setup.sh [tools|cluster|python|all]" ;;
+  torch) setup_torch >/dev/null ;;
+  torch-env) setup_torch ;;
+  all) setup_tools; setup_python; setup_cluster; setup_torch >/dev/null ;;
+  *) die "usage: hack/setup.sh [tools|cluster|python|torch|torch-env|all]" ;;
 esac

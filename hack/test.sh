@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 hack/setup.sh tools
 hack/setup.sh cluster
 hack/setup.sh python
+hack/setup.sh torch
 
 log "checking that the committed CRD YAML is up to date"
 cargo run -q --locked -p ocellus-crds --bin crdgen -- --check
@@ -16,3 +17,7 @@ cargo build --locked
 
 log "running the tests"
 cargo test --locked --workspace --no-fail-fast
+
+log "running the libtorch tests (trainer models; CPU)"
+source <(hack/setup.sh torch-env)
+cargo test --locked -p ocellus-trainer --features torch --no-fail-fast

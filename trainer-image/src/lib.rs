@@ -1,0 +1,4 @@
+//! The trainer image's library: the libtorch model code (`torch` feature).
+
+#[cfg(feature = "torch")]
+pub mod model;

@@ -1,0 +1,62 @@
+//! The models match Ultralytics' YOLOv8 architecture: parameter counts (as Ultralytics reports
+//! them for the same yaml and class count) and output layouts.
+#![cfg(feature = "torch")]
+
+use ocellus_trainer::model::{Architecture, Classifier, Detector, parameter_count};
+use tch::{Device, Kind, Tensor, nn};
+
+fn detector_params(arch: &str, nc: i64) -> i64 {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _m = Detector::new(&(vs.root() / "model"), &arch.parse::<Architecture>().expect("arch"), nc);
+    parameter_count(&vs)
+}
+
+#[test]
+fn detector_parameter_counts_match_ultralytics() {
+    // From ultralytics DetectionModel("yolov8{n,s,m}.yaml", nc=...).
+    assert_eq!(detector_params("yolov8n", 80), 3_157_200);
+    assert_eq!(detector_params("yolov8n", 3), 3_011_433);
+    assert_eq!(detector_params("yolov8s", 80), 11_166_560);
+    assert_eq!(detector_params("yolov8s", 3), 11_136_761);
+    assert_eq!(detector_params("yolov8m", 80), 25_902_640);
+    assert_eq!(detector_params("yolov8m", 3), 25_858_057);
+}
+
+#[test]
+fn classifier_parameter_counts_match_ultralytics() {
+    for (arch, want) in [("yolov8n-cls", 1_442_131), ("yolov8s-cls", 5_084_579)] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = Classifier::new(&(vs.root() / "model"), &arch.parse::<Architecture>().expect("arch"), 3);
+        assert_eq!(parameter_count(&vs), want, "{arch}");
+    }
+}
+
+#[test]
+fn output_layouts() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Detector::new(&(vs.root() / "model"), &"yolov8n".parse().expect("arch"), 3);
+    let x = Tensor::zeros([2, 3, 160, 160], (Kind::Float, Device::Cpu));
+    let levels = m.forward_levels(&x, true);
+    let shapes: Vec<Vec<i64>> = levels.iter().map(|l| l.size()).collect();
+    assert_eq!(shapes, vec![vec![2, 67, 20, 20], vec![2, 67, 10, 10], vec![2, 67, 5, 5]]);
+    // As Ultralytics: (1, 7, 525) for 3 classes at 160 px.
+    let y = tch::no_grad(|| m.predict(&x));
+    assert_eq!(y.size(), vec![2, 7, 525]);
+    // Class probabilities start at the prior (about 0.01 at stride 8) and boxes are positive.
+    let cls = y.narrow(1, 4, 3);
+    let p = cls.max().double_value(&[]);
+    assert!(p > 0.0 && p < 0.1, "{p}");
+    assert!(y.narrow(1, 2, 2).min().double_value(&[]) > 0.0);
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let c = Classifier::new(&(vs.root() / "model"), &"yolov8n-cls".parse().expect("arch"), 5);
+    assert_eq!(tch::no_grad(|| c.forward_t(&Tensor::zeros([4, 3, 64, 64], (Kind::Float, Device::Cpu)), false)).size(), vec![4, 5]);
+}
+
+#[test]
+fn unsupported_tasks_are_refused_clearly() {
+    let err = "yolov8n-seg".parse::<Architecture>().expect_err("seg");
+    assert!(err.contains("not supported yet"), "{err}");
+    assert!("yolov8q".parse::<Architecture>().is_err());
+    assert!("resnet50".parse::<Architecture>().is_err());
+}
