@@ -1,4 +1,6 @@
 //! The trainer image's library: the libtorch model code (`torch` feature).
 
 #[cfg(feature = "torch")]
+pub mod loss;
+#[cfg(feature = "torch")]
 pub mod model;

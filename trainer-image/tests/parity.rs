@@ -3,6 +3,7 @@
 //! with torch 2.11.0) and is stored in `tests/data/`, so this runs without Ultralytics.
 #![cfg(feature = "torch")]
 
+use ocellus_trainer::loss::{LossConfig, Target, detection_loss};
 use ocellus_trainer::model::{Architecture, Detector};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -24,10 +25,8 @@ fn fill(key: &str, t: &Tensor) -> Tensor {
     v.reshape(&shape).to_kind(t.kind())
 }
 
-#[test]
-fn yolov8n_output_matches_ultralytics() {
-    let reference: serde_json::Value =
-        serde_json::from_str(include_str!("data/yolov8n_nc3_parity.json")).expect("reference json");
+/// yolov8n with 3 classes and the reference's deterministic weights.
+fn reference_model() -> (nn::VarStore, Detector) {
     let vs = nn::VarStore::new(Device::Cpu);
     let arch: Architecture = "yolov8n".parse().expect("arch");
     let model = Detector::new(&(vs.root() / "model"), &arch, 3);
@@ -39,11 +38,23 @@ fn yolov8n_output_matches_ultralytics() {
             let _ = t.shallow_clone().copy_(&fill(&key, &t));
         }
     });
+    (vs, model)
+}
+
+/// The reference's input pattern, `[3, 160, 160]`.
+fn pattern() -> Tensor {
     let c = Tensor::arange(3, (Kind::Int64, Device::Cpu)).view([3, 1, 1]);
     let h = Tensor::arange(160, (Kind::Int64, Device::Cpu)).view([1, 160, 1]);
     let w = Tensor::arange(160, (Kind::Int64, Device::Cpu)).view([1, 1, 160]);
-    let x = ((c * 7 + h * 3 + w).to_kind(Kind::Double) * 0.1).sin() * 0.5 + 0.5;
-    let x = x.to_kind(Kind::Float).unsqueeze(0);
+    (((c * 7 + h * 3 + w).to_kind(Kind::Double) * 0.1).sin() * 0.5 + 0.5).to_kind(Kind::Float)
+}
+
+#[test]
+fn yolov8n_output_matches_ultralytics() {
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("data/yolov8n_nc3_parity.json")).expect("reference json");
+    let (_vs, model) = reference_model();
+    let x = pattern().unsqueeze(0);
     let y = tch::no_grad(|| model.predict(&x)).get(0);
     assert_eq!(y.size(), vec![7, 525]);
     let flat = y.flatten(0, -1);
@@ -60,4 +71,29 @@ fn yolov8n_output_matches_ultralytics() {
         assert!(err < 1e-3, "index {i}: ours {got} vs Ultralytics {want}");
     }
     eprintln!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn detection_loss_matches_ultralytics() {
+    let reference: serde_json::Value = serde_json::from_str(include_str!("data/yolov8n_nc3_loss.json")).expect("reference json");
+    let (vs, model) = reference_model();
+    let p = pattern();
+    let x = Tensor::stack(&[p.shallow_clone(), p.neg() + 1.0], 0);
+    let t = |class, xywh| Target { class, xywh };
+    let targets = vec![
+        vec![t(0, [0.3, 0.3, 0.2, 0.25]), t(1, [0.7, 0.6, 0.3, 0.2]), t(2, [0.5, 0.85, 0.05, 0.06])],
+        vec![t(1, [0.5, 0.5, 0.6, 0.5])],
+    ];
+    let levels = model.forward_levels(&x, true);
+    let loss = detection_loss(&LossConfig::default(), 3, &levels, &targets);
+    let got: Vec<f64> = (0..3).map(|i| loss.double_value(&[i])).collect();
+    let want: Vec<f64> = reference["loss"].as_array().expect("loss").iter().map(|v| v.as_f64().expect("f64")).collect();
+    for (name, (g, w)) in ["box", "cls", "dfl"].iter().zip(got.iter().zip(&want)) {
+        assert!((g - w).abs() / w.abs() < 1e-4, "{name} loss: ours {g} vs Ultralytics {w}");
+    }
+    // The loss trains: gradients reach the weights.
+    loss.sum(Kind::Float).backward();
+    let grads: f64 = vs.trainable_variables().iter().map(|v| v.grad().abs().sum(Kind::Double).double_value(&[])).sum();
+    assert!(grads > 0.0 && grads.is_finite());
+    eprintln!("loss ours {got:?} vs Ultralytics {want:?}");
 }

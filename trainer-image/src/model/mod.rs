@@ -4,7 +4,7 @@
 //! (`model.<i>....`), so checkpoints map one to one.
 
 mod blocks;
-mod yolo;
+pub mod yolo;
 
 pub use blocks::ConvBn;
 pub use yolo::{Architecture, Classifier, Detector, ModelKind, Scale, parameter_count};
