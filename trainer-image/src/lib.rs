@@ -4,3 +4,5 @@
 pub mod loss;
 #[cfg(feature = "torch")]
 pub mod model;
+#[cfg(feature = "torch")]
+pub mod train;

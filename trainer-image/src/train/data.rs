@@ -1,0 +1,192 @@
+//! Training data: manifest records to letterboxed, augmented batches, loaded on worker threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use image::RgbImage;
+use ocellus_dataset::labels::Annotation;
+use ocellus_vision::letterbox::{letterbox, to_chw};
+
+use crate::loss::Target;
+
+/// One image and its boxes (normalised to the original image).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Local path of the image.
+    pub path: PathBuf,
+    /// Boxes.
+    pub targets: Vec<Target>,
+}
+
+/// Samples from manifest annotations (boxes only; other shapes are boxed).
+pub fn targets_of(anns: &[Annotation]) -> Vec<Target> {
+    anns.iter()
+        .filter_map(|a| {
+            let (cx, cy, w, h) = a.bbox()?;
+            Some(Target { class: a.class() as i64, xywh: [cx as f32, cy as f32, w as f32, h as f32] })
+        })
+        .collect()
+}
+
+/// A small deterministic PRNG (SplitMix64) for shuffling and augmentation.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    /// Next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Augmentation settings (Ultralytics' names and defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Augment {
+    /// Hue gain.
+    pub hsv_h: f32,
+    /// Saturation gain.
+    pub hsv_s: f32,
+    /// Value gain.
+    pub hsv_v: f32,
+    /// Probability of a left-right flip.
+    pub fliplr: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment { hsv_h: 0.015, hsv_s: 0.7, hsv_v: 0.4, fliplr: 0.5 }
+    }
+}
+
+/// Random HSV jitter in place (hue shift, saturation and value scaling).
+pub fn hsv_jitter(img: &mut RgbImage, rng: &mut Rng, a: &Augment) {
+    let gh = (rng.unit() * 2.0 - 1.0) * a.hsv_h;
+    let gs = 1.0 + (rng.unit() * 2.0 - 1.0) * a.hsv_s;
+    let gv = 1.0 + (rng.unit() * 2.0 - 1.0) * a.hsv_v;
+    for p in img.pixels_mut() {
+        let [r, g, b] = p.0.map(|c| f32::from(c) / 255.0);
+        let max = r.max(g).max(b);
+        let min = r.min(g).min(b);
+        let d = max - min;
+        let mut h = if d == 0.0 {
+            0.0
+        } else if max == r {
+            ((g - b) / d).rem_euclid(6.0)
+        } else if max == g {
+            (b - r) / d + 2.0
+        } else {
+            (r - g) / d + 4.0
+        } / 6.0;
+        let s = if max == 0.0 { 0.0 } else { d / max };
+        h = (h + gh).rem_euclid(1.0);
+        let s = (s * gs).clamp(0.0, 1.0);
+        let v = (max * gv).clamp(0.0, 1.0);
+        let c = v * s;
+        let x = c * (1.0 - ((h * 6.0).rem_euclid(2.0) - 1.0).abs());
+        let m = v - c;
+        let (r1, g1, b1) = match (h * 6.0) as u32 {
+            0 => (c, x, 0.0),
+            1 => (x, c, 0.0),
+            2 => (0.0, c, x),
+            3 => (0.0, x, c),
+            4 => (x, 0.0, c),
+            _ => (c, 0.0, x),
+        };
+        p.0 = [r1 + m, g1 + m, b1 + m].map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8);
+    }
+}
+
+/// A batch: `[B, 3, S, S]` pixels in `[0, 1]` (CHW, row-major) and targets normalised to the
+/// letterboxed square.
+#[derive(Debug)]
+pub struct Batch {
+    /// Pixel data.
+    pub pixels: Vec<f32>,
+    /// Images in the batch.
+    pub len: usize,
+    /// Targets per image.
+    pub targets: Vec<Vec<Target>>,
+}
+
+/// Loads, augments (when `augment`) and letterboxes one sample.
+pub fn load(sample: &Sample, size: u32, augment: Option<(&Augment, &mut Rng)>) -> Result<(RgbImage, Vec<Target>), String> {
+    let mut img = image::open(&sample.path).map_err(|e| format!("{}: {e}", sample.path.display()))?.to_rgb8();
+    let mut targets = sample.targets.clone();
+    if let Some((a, rng)) = augment {
+        hsv_jitter(&mut img, rng, a);
+        if rng.unit() < a.fliplr {
+            image::imageops::flip_horizontal_in_place(&mut img);
+            for t in targets.iter_mut() {
+                t.xywh[0] = 1.0 - t.xywh[0];
+            }
+        }
+    }
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let (boxed, lb) = letterbox(&img, size);
+    let s = size as f32;
+    for t in targets.iter_mut() {
+        let [cx, cy, bw, bh] = t.xywh;
+        t.xywh = [(cx * w * lb.scale + lb.pad_left as f32) / s, (cy * h * lb.scale + lb.pad_top as f32) / s, bw * w * lb.scale / s, bh * h * lb.scale / s];
+    }
+    Ok((boxed, targets))
+}
+
+/// Streams the batches of one epoch from `workers` threads, in a deterministic order.
+pub fn epoch_batches(samples: Arc<Vec<Sample>>, order: Vec<usize>, batch: usize, size: u32, augment: Option<Augment>, seed: u64, workers: usize) -> Receiver<Result<Batch, String>> {
+    let chunks: Vec<Vec<usize>> = order.chunks(batch).map(|c| c.to_vec()).collect();
+    let (tx, rx) = sync_channel(workers.max(1) * 2);
+    std::thread::spawn(move || {
+        // Each batch is built by a scoped worker; results are sent in order.
+        for group in chunks.chunks(workers.max(1)) {
+            let built: Vec<Result<Batch, String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = group
+                    .iter()
+                    .map(|idx| {
+                        let samples = &samples;
+                        s.spawn(move || {
+                            let mut b = Batch { pixels: Vec::with_capacity(idx.len() * 3 * (size * size) as usize), len: idx.len(), targets: vec![] };
+                            for &i in idx {
+                                let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+                                let aug = augment.as_ref().map(|a| (a, &mut rng));
+                                let (img, t) = load(&samples[i], size, aug)?;
+                                to_chw(&img, &mut b.pixels);
+                                b.targets.push(t);
+                            }
+                            Ok(b)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("loader thread panicked".into()))).collect()
+            });
+            for b in built {
+                if tx.send(b).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
