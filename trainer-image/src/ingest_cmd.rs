@@ -132,7 +132,8 @@ pub struct FreezeArgs {
     pub description: Option<String>,
 }
 
-fn emit(v: serde_json::Value) {
+/// Prints one JSON line to stdout.
+pub fn emit(v: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();

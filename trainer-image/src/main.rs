@@ -5,6 +5,8 @@
 //! Exit codes: 0 success, 2 the input is invalid (retrying will not help), 3 transient failure.
 
 mod ingest_cmd;
+#[cfg(feature = "torch")]
+mod train_cmd;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,9 @@ enum Command {
     Ingest(Box<ingest_cmd::IngestArgs>),
     /// Freeze a dataset's current manifest as an immutable version.
     Freeze(ingest_cmd::FreezeArgs),
+    /// Train a detector on a dataset manifest (needs the `torch` feature).
+    #[cfg(feature = "torch")]
+    Train(Box<train_cmd::TrainArgs>),
     /// Print the build and runtime versions as JSON.
     Version,
 }
@@ -48,6 +53,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Ingest(args) => rt.block_on(ingest_cmd::ingest(*args)),
         Command::Freeze(args) => rt.block_on(ingest_cmd::freeze(args)),
+        #[cfg(feature = "torch")]
+        Command::Train(args) => rt.block_on(train_cmd::run(*args)),
         Command::Version => {
             println!("{}", serde_json::json!({ "trainer": env!("CARGO_PKG_VERSION") }));
             ExitCode::SUCCESS

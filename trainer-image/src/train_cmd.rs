@@ -1,0 +1,227 @@
+//! `train`: a manifest in S3 to trained weights and per-epoch results in S3.
+//!
+//! Writes `<output>/results.jsonl` (one line per epoch, rewritten after each epoch) and
+//! `<output>/weights/last.safetensors` (EMA weights, Ultralytics' state-dict names).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use futures::StreamExt;
+use ocellus_dataset::manifest;
+use ocellus_dataset::s3::{S3Config, S3Uri, Store};
+use ocellus_dataset::Task;
+use serde_json::json;
+
+use crate::ingest_cmd::emit;
+use crate::{EXIT_INVALID, EXIT_TRANSIENT};
+use ocellus_trainer::model::{Architecture, ModelKind};
+use ocellus_trainer::train::data::{Augment, Sample, targets_of};
+use ocellus_trainer::train::{TrainConfig, train};
+
+/// `train` flags.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// `s3://bucket/.../manifest.ndjson` of the dataset (or a frozen version).
+    #[arg(long, env = "OCELLUS_MANIFEST")]
+    pub manifest: String,
+    /// Platform bucket for the outputs.
+    #[arg(long, env = "OCELLUS_S3_BUCKET")]
+    pub bucket: String,
+    /// Key prefix of this training run (`<namespace>/trainingjobs/<name>`).
+    #[arg(long, env = "OCELLUS_OUTPUT_PREFIX")]
+    pub output_prefix: String,
+    /// Architecture, e.g. `yolov8n`.
+    #[arg(long, env = "OCELLUS_ARCHITECTURE", default_value = "yolov8n")]
+    pub architecture: String,
+    /// Epochs.
+    #[arg(long, env = "OCELLUS_EPOCHS", default_value_t = 100)]
+    pub epochs: usize,
+    /// Square image size (multiple of 32).
+    #[arg(long, env = "OCELLUS_IMGSZ", default_value_t = 640)]
+    pub imgsz: u32,
+    /// Images per batch.
+    #[arg(long, env = "OCELLUS_BATCH", default_value_t = 16)]
+    pub batch: usize,
+    /// Nominal batch size for gradient accumulation.
+    #[arg(long, env = "OCELLUS_NBS", default_value_t = 64)]
+    pub nbs: usize,
+    /// Initial learning rate.
+    #[arg(long, env = "OCELLUS_LR0", default_value_t = 0.002)]
+    pub lr0: f64,
+    /// Final learning rate fraction.
+    #[arg(long, env = "OCELLUS_LRF", default_value_t = 0.01)]
+    pub lrf: f64,
+    /// Cosine decay.
+    #[arg(long, env = "OCELLUS_COS_LR")]
+    pub cos_lr: bool,
+    /// Warm-up epochs.
+    #[arg(long, env = "OCELLUS_WARMUP_EPOCHS", default_value_t = 3.0)]
+    pub warmup_epochs: f64,
+    /// Seed.
+    #[arg(long, env = "OCELLUS_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Data-loading threads.
+    #[arg(long, env = "OCELLUS_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// `cpu`, `cuda` or `cuda:N` (`auto`: CUDA when available).
+    #[arg(long, env = "OCELLUS_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Scratch directory for images.
+    #[arg(long, env = "OCELLUS_WORK_DIR", default_value = "/tmp/ocellus-train")]
+    pub work_dir: PathBuf,
+}
+
+fn device(s: &str) -> Result<tch::Device, String> {
+    match s {
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(tch::Device::Cuda)
+            .ok_or_else(|| format!("unknown device {other:?} (auto, cpu, cuda, cuda:N)")),
+    }
+}
+
+fn invalid(reason: &str, message: String) -> ExitCode {
+    emit(json!({"event": "error", "reason": reason, "message": message}));
+    ExitCode::from(EXIT_INVALID)
+}
+
+fn transient(message: String) -> ExitCode {
+    emit(json!({"event": "error", "reason": "StorageError", "message": message}));
+    ExitCode::from(EXIT_TRANSIENT)
+}
+
+/// Runs `train`.
+pub async fn run(args: TrainArgs) -> ExitCode {
+    let arch: Architecture = match args.architecture.parse() {
+        Ok(a) => a,
+        Err(e) => return invalid("UnsupportedArchitecture", e),
+    };
+    if arch.kind != ModelKind::Detect {
+        return invalid("UnsupportedTask", format!("{}: classifier training is not wired into `train` yet; use a detector", args.architecture));
+    }
+    if args.imgsz % 32 != 0 || args.batch == 0 || args.epochs == 0 {
+        return invalid("InvalidHyperparameters", "imgsz must be a multiple of 32, batch and epochs at least 1".into());
+    }
+    let dev = match device(&args.device) {
+        Ok(d) => d,
+        Err(e) => return invalid("InvalidDevice", e),
+    };
+    let cfg = match S3Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return transient(e),
+    };
+    let uri = match S3Uri::parse(&args.manifest) {
+        Ok(u) => u,
+        Err(e) => return invalid("InvalidManifest", e),
+    };
+    let src = Store::new(&cfg, &uri.bucket);
+    let text = match src.get(&uri.key).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.not_found => return invalid("ManifestNotFound", e.to_string()),
+        Err(e) => return transient(e.to_string()),
+    };
+    let (header, records) = match manifest::from_ndjson(&text) {
+        Ok(m) => m,
+        Err(e) => return invalid("InvalidManifest", e),
+    };
+    if header.task != Task::Detect {
+        return invalid("UnsupportedTask", format!("dataset task {} is not supported by detector training", header.task.as_str()));
+    }
+
+    // Images, content-addressed, into the scratch directory.
+    let dir = args.work_dir.join("images");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return transient(e.to_string());
+    }
+    let jobs = records.iter().map(|r| {
+        let dest = dir.join(&r.file);
+        let url = r.url.clone();
+        let cfg = cfg.clone();
+        async move {
+            if dest.exists() {
+                return Ok(());
+            }
+            let u = S3Uri::parse(&url)?;
+            Store::new(&cfg, &u.bucket).download(&u.key, &dest, 1 << 30).await.map(|_| ()).map_err(|e| e.to_string())
+        }
+    });
+    let results: Vec<Result<(), String>> = futures::stream::iter(jobs).buffer_unordered(16).collect().await;
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        return transient(e);
+    }
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    for r in &records {
+        let s = Sample { path: dir.join(&r.file), targets: targets_of(&manifest::parse_annotations(header.task, r)) };
+        if r.split.as_str() == "train" { tr.push(s) } else { va.push(s) }
+    }
+    if tr.is_empty() || va.is_empty() {
+        return invalid("InvalidSplits", format!("need train and val images, got {} and {}", tr.len(), va.len()));
+    }
+    emit(json!({"event": "progress", "phase": "data", "train": tr.len(), "val": va.len(), "classes": header.class_names.len()}));
+
+    let nc = header.class_names.len() as i64;
+    let tcfg = TrainConfig {
+        epochs: args.epochs,
+        imgsz: args.imgsz,
+        batch: args.batch,
+        nbs: args.nbs.max(args.batch),
+        lr0: args.lr0,
+        lrf: args.lrf,
+        cos_lr: args.cos_lr,
+        warmup_epochs: args.warmup_epochs,
+        weight_decay: 0.0005,
+        seed: args.seed,
+        workers: args.workers.max(1),
+        device: dev,
+        augment: Some(Augment::default()),
+    };
+    let out = Store::new(&cfg, &args.bucket);
+    let prefix = args.output_prefix.trim_end_matches('/').to_string();
+    let results_key = format!("{prefix}/results.jsonl");
+    let lines = Arc::new(std::sync::Mutex::new(String::new()));
+    let handle = tokio::runtime::Handle::current();
+    let (out2, key2, lines2) = (out.clone(), results_key.clone(), lines.clone());
+    let mut upload_error: Option<String> = None;
+    let trained = tokio::task::block_in_place(|| {
+        train(&arch, nc, tr, va, &tcfg, &mut |r| {
+            let line = serde_json::to_string(r).unwrap_or_default();
+            emit(json!({"event": "epoch", "metrics": r}));
+            let body = {
+                let mut l = lines2.lock().unwrap_or_else(|e| e.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+                l.clone()
+            };
+            // S3 has no append: rewrite the whole file (it is small) after each epoch.
+            if let Err(e) = handle.block_on(out2.put(&key2, body.into(), "application/x-ndjson")) {
+                upload_error.get_or_insert(e.to_string());
+            }
+        })
+    });
+    if let Some(e) = upload_error {
+        return transient(e);
+    }
+    let (vs, _model, reports) = match trained {
+        Ok(t) => t,
+        Err(e) => return invalid("TrainingFailed", e),
+    };
+    let weights = args.work_dir.join("last.safetensors");
+    if let Err(e) = vs.save(&weights) {
+        return transient(e.to_string());
+    }
+    let weights_key = format!("{prefix}/weights/last.safetensors");
+    if let Err(e) = out.put_file(&weights_key, &weights, "application/octet-stream").await {
+        return transient(e.to_string());
+    }
+    let _ = std::fs::remove_dir_all(&args.work_dir);
+    let last = reports.last();
+    emit(json!({"event": "done", "epochs": reports.len(), "resultsUri": out.uri(&results_key), "weightsUri": out.uri(&weights_key),
+                "metrics": last}));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,78 @@
+//! `ocellus-trainer train` end to end: a dataset ingested into a real S3 server (moto), trained
+//! from its manifest; results and weights land in S3.
+#![cfg(feature = "torch")]
+
+use std::process::Command;
+
+use ocellus_dataset::archive::Limits;
+use ocellus_dataset::fetch::Source;
+use ocellus_dataset::image_check::ImageLimits;
+use ocellus_dataset::ingest::{self, Options, Policy};
+use ocellus_dataset::layout::FormatRequest;
+use ocellus_dataset::s3::{S3Config, Store};
+use ocellus_dataset::Task;
+use ocellus_tests::fixtures;
+use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+
+fn trainer(s3: &S3Server, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ocellus-trainer"))
+        .arg("train")
+        .args(args)
+        .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("OCELLUS_S3_BUCKET", "platform")
+        .output()
+        .expect("run ocellus-trainer train");
+    let lines = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_from_an_ingested_manifest() {
+    let s3 = S3Server::start().expect("s3");
+    let cfg = S3Config { endpoint: Some(s3.endpoint().into()), region: "us-east-1".into(), access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into(), force_path_style: true };
+    let store = Store::new(&cfg, "platform");
+    store.ensure_bucket().await.expect("bucket");
+    let dir = std::env::temp_dir().join(format!("ocellus-train-cli-{}", std::process::id()));
+    fixtures::write_yolo(&dir.join("ds"), &fixtures::samples(3, 60, 96), 96);
+    let opts = Options {
+        name: "shapes".into(),
+        task: Task::Detect,
+        class_names: vec![],
+        format: FormatRequest::Auto,
+        ratios: None,
+        policy: Policy::default(),
+        archive_limits: Limits::default(),
+        image_limits: ImageLimits::default(),
+        prefix: "team/datasets/shapes".into(),
+        work_dir: dir.join("ingest"),
+        upload_concurrency: 8,
+    };
+    ingest::ingest(&store, &Source::Local(dir.join("ds")), &opts, &|_| {}).await.expect("ingest");
+
+    let work = dir.join("train").display().to_string();
+    let (code, lines) = trainer(&s3, &[
+        "--manifest", "s3://platform/team/datasets/shapes/manifest.ndjson", "--output-prefix", "team/trainingjobs/t1",
+        "--epochs", "2", "--imgsz", "96", "--batch", "16", "--nbs", "16", "--warmup-epochs", "0", "--device", "cpu", "--work-dir", &work,
+    ]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines.iter().filter(|l| l["event"] == "epoch").count(), 2);
+    let done = lines.last().expect("done");
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["weightsUri"], "s3://platform/team/trainingjobs/t1/weights/last.safetensors");
+    let results = store.get("team/trainingjobs/t1/results.jsonl").await.expect("results");
+    let epochs: Vec<serde_json::Value> = String::from_utf8_lossy(&results).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(epochs.iter().map(|e| e["epoch"].as_u64()).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
+    assert!(epochs.iter().all(|e| e["box_loss"].as_f64().is_some_and(f64::is_finite) && e["map50"].as_f64().is_some()));
+    assert!(store.head("team/trainingjobs/t1/weights/last.safetensors").await.expect("head").is_some_and(|n| n > 1_000_000));
+
+    // Bad input: exit 2 with a reason, nothing trained.
+    let (code, lines) = trainer(&s3, &["--manifest", "s3://platform/nope/manifest.ndjson", "--output-prefix", "x", "--work-dir", &work]);
+    assert_eq!(code, 2);
+    assert_eq!(lines.last().expect("error")["reason"], "ManifestNotFound");
+    let (code, lines) = trainer(&s3, &["--manifest", "s3://platform/team/datasets/shapes/manifest.ndjson", "--output-prefix", "x", "--architecture", "yolov8n-seg", "--work-dir", &work]);
+    assert_eq!(code, 2);
+    assert!(lines.last().expect("error")["message"].as_str().is_some_and(|m| m.contains("not supported yet")));
+    let _ = std::fs::remove_dir_all(dir);
+}
