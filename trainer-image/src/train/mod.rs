@@ -2,6 +2,7 @@
 //! nominal batch of 64, gradient clipping, EMA weights, and validation (COCO-style mAP with the
 //! shared `ocellus_vision` post-processing) after every epoch.
 
+pub mod classify;
 pub mod data;
 
 use std::collections::HashMap;
@@ -78,19 +79,26 @@ pub fn lr_factor(e: f64, epochs: f64, lrf: f64, cos: bool) -> f64 {
     if cos { ((1.0 - (e * std::f64::consts::PI / epochs).cos()) / 2.0) * (lrf - 1.0) + 1.0 } else { (1.0 - e / epochs).max(0.0) * (1.0 - lrf) + lrf }
 }
 
-fn batch_tensor(b: &data::Batch, size: u32, device: Device) -> Tensor {
+pub(crate) fn batch_tensor(b: &data::Batch, size: u32, device: Device) -> Tensor {
     Tensor::from_slice(&b.pixels).view([b.len as i64, 3, i64::from(size), i64::from(size)]).to_device(device)
 }
 
-/// Exponential moving average of the weights (Ultralytics' ModelEMA: decay 0.9999, tau 2000).
-struct Ema {
-    vs: VarStore,
-    model: Detector,
+/// Exponential moving average of the weights (Ultralytics' ModelEMA: decay 0.9999, tau 2000);
+/// the EMA model is built on `vs` by the caller.
+pub(crate) struct Ema {
+    pub(crate) vs: VarStore,
     updates: f64,
 }
 
 impl Ema {
-    fn update(&mut self, source: &VarStore) {
+    /// An EMA starting from `source`'s current weights.
+    pub(crate) fn new(mut vs: VarStore, source: &VarStore) -> Result<Ema, String> {
+        vs.copy(source).map_err(|e| e.to_string())?;
+        vs.freeze();
+        Ok(Ema { vs, updates: 0.0 })
+    }
+
+    pub(crate) fn update(&mut self, source: &VarStore) {
         self.updates += 1.0;
         let d = 0.9999 * (1.0 - (-self.updates / 2000.0).exp());
         let src: HashMap<String, Tensor> = source.variables();
@@ -135,11 +143,9 @@ pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>,
     tch::manual_seed(cfg.seed as i64);
     let vs = VarStore::new(cfg.device);
     let model = Detector::new(&(vs.root() / "model"), arch, nc);
-    let mut ema_vs = VarStore::new(cfg.device);
+    let ema_vs = VarStore::new(cfg.device);
     let ema_model = Detector::new(&(ema_vs.root() / "model"), arch, nc);
-    ema_vs.copy(&vs).map_err(|e| e.to_string())?;
-    ema_vs.freeze();
-    let mut ema = Ema { vs: ema_vs, model: ema_model, updates: 0.0 };
+    let mut ema = Ema::new(ema_vs, &vs)?;
 
     let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false }.build(&vs, cfg.lr0).map_err(|e| e.to_string())?;
     let accumulate = (cfg.nbs as f64 / cfg.batch as f64).round().max(1.0) as usize;
@@ -191,7 +197,7 @@ pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>,
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        let ev = validate(&ema.model, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
+        let ev = validate(&ema_model, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
         let n = seen.max(1) as f64;
         let report = EpochReport {
             epoch: epoch + 1,
@@ -207,5 +213,5 @@ pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>,
         on_epoch(&report);
         reports.push(report);
     }
-    Ok((ema.vs, ema.model, reports))
+    Ok((ema.vs, ema_model, reports))
 }
