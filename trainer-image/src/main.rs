@@ -2,7 +2,8 @@
 //!
 //! Output protocol (stdout, one JSON object per line): `{"event":"progress",...}` while working,
 //! then `{"event":"done",...}` or `{"event":"error","reason":...,"message":...}`.
-//! Exit codes: 0 success, 2 the input is invalid (retrying will not help), 3 transient failure.
+//! Exit codes: 0 success, 2 the input is invalid (retrying will not help), 3 transient failure,
+//! 4 paused (`train` received SIGTERM, saved its `last` checkpoint; run again with `--resume`).
 
 mod ingest_cmd;
 #[cfg(feature = "torch")]
@@ -39,6 +40,8 @@ enum Command {
 pub const EXIT_INVALID: u8 = 2;
 /// Exit code for transient failures.
 pub const EXIT_TRANSIENT: u8 = 3;
+/// Exit code of a training run paused by SIGTERM.
+pub const EXIT_PAUSED: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,7 +1,11 @@
 //! `train`: a manifest in S3 to trained weights and per-epoch results in S3.
 //!
-//! Writes `<output>/results.jsonl` (one line per epoch, rewritten after each epoch) and
-//! `<output>/weights/last.safetensors` (EMA weights, Ultralytics' state-dict names).
+//! Writes `<output>/results.jsonl` (one line per epoch, rewritten after each epoch),
+//! `<output>/checkpoints/{last,best}.{safetensors,json}` (model, EMA, optimiser moments and
+//! schedule position; the JSON, written last, carries the tensors' SHA-256) and
+//! `<output>/weights/last.safetensors` (final EMA weights, Ultralytics' state-dict names).
+//! SIGTERM finishes the current step, saves `last` and exits with [`crate::EXIT_PAUSED`];
+//! `--resume` continues from `last` with the same epoch numbering and schedule.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,10 +19,13 @@ use ocellus_dataset::Task;
 use serde_json::json;
 
 use crate::ingest_cmd::emit;
-use crate::{EXIT_INVALID, EXIT_TRANSIENT};
+use crate::{EXIT_INVALID, EXIT_PAUSED, EXIT_TRANSIENT};
 use ocellus_trainer::model::{Architecture, ModelKind};
+use ocellus_trainer::train::TrainConfig;
 use ocellus_trainer::train::data::{Augment, Sample, targets_of};
-use ocellus_trainer::train::{TrainConfig, train};
+use ocellus_trainer::train::session::{Outcome, Progress, Session};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `train` flags.
 #[derive(Args, Debug)]
@@ -71,6 +78,43 @@ pub struct TrainArgs {
     /// Scratch directory for images.
     #[arg(long, env = "OCELLUS_WORK_DIR", default_value = "/tmp/ocellus-train")]
     pub work_dir: PathBuf,
+    /// Continue from `<output>/checkpoints/last`.
+    #[arg(long, env = "OCELLUS_RESUME")]
+    pub resume: bool,
+    /// Save `last` every N epochs.
+    #[arg(long, env = "OCELLUS_CHECKPOINT_INTERVAL", default_value_t = 1)]
+    pub checkpoint_interval: usize,
+}
+
+/// The JSON half of a checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointMeta {
+    progress: Progress,
+    sha256: String,
+}
+
+/// Saves a checkpoint as `<prefix>/checkpoints/<name>.{safetensors,json}`: tensors first, the
+/// JSON (with their hash) last, so a reader never sees a half-written checkpoint.
+async fn save_checkpoint(out: &Store, prefix: &str, name: &str, session: &Session, work: &std::path::Path) -> Result<(), String> {
+    let path = work.join(format!("{name}.safetensors"));
+    session.save(&path)?;
+    let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    out.put(&format!("{prefix}/checkpoints/{name}.safetensors"), bytes.into(), "application/octet-stream").await.map_err(|e| e.to_string())?;
+    let meta = serde_json::to_vec(&CheckpointMeta { progress: session.progress.clone(), sha256 }).map_err(|e| e.to_string())?;
+    out.put(&format!("{prefix}/checkpoints/{name}.json"), meta.into(), "application/json").await.map_err(|e| e.to_string())
+}
+
+async fn load_checkpoint(out: &Store, prefix: &str, arch: &Architecture, cfg: &TrainConfig, work: &std::path::Path) -> Result<Session, String> {
+    let meta = out.get(&format!("{prefix}/checkpoints/last.json")).await.map_err(|e| format!("no checkpoint to resume: {e}"))?;
+    let meta: CheckpointMeta = serde_json::from_slice(&meta).map_err(|e| format!("checkpoint metadata: {e}"))?;
+    let bytes = out.get(&format!("{prefix}/checkpoints/last.safetensors")).await.map_err(|e| e.to_string())?;
+    if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
+        return Err("checkpoint tensors do not match their recorded SHA-256".into());
+    }
+    let path = work.join("resume.safetensors");
+    tokio::fs::write(&path, &bytes).await.map_err(|e| e.to_string())?;
+    Session::load(arch, cfg, meta.progress, &path)
 }
 
 fn device(s: &str) -> Result<tch::Device, String> {
@@ -184,33 +228,74 @@ pub async fn run(args: TrainArgs) -> ExitCode {
     let out = Store::new(&cfg, &args.bucket);
     let prefix = args.output_prefix.trim_end_matches('/').to_string();
     let results_key = format!("{prefix}/results.jsonl");
-    let lines = Arc::new(std::sync::Mutex::new(String::new()));
-    let handle = tokio::runtime::Handle::current();
-    let (out2, key2, lines2) = (out.clone(), results_key.clone(), lines.clone());
-    let mut upload_error: Option<String> = None;
-    let trained = tokio::task::block_in_place(|| {
-        train(&arch, nc, tr, va, &tcfg, &mut |r| {
-            let line = serde_json::to_string(r).unwrap_or_default();
-            emit(json!({"event": "epoch", "metrics": r}));
-            let body = {
-                let mut l = lines2.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-                l.clone()
-            };
-            // S3 has no append: rewrite the whole file (it is small) after each epoch.
-            if let Err(e) = handle.block_on(out2.put(&key2, body.into(), "application/x-ndjson")) {
-                upload_error.get_or_insert(e.to_string());
-            }
-        })
+    let mut session = if args.resume {
+        match load_checkpoint(&out, &prefix, &arch, &tcfg, &args.work_dir).await {
+            Ok(s) => s,
+            Err(e) => return invalid("ResumeFailed", e),
+        }
+    } else {
+        match Session::new(&arch, nc, &tcfg) {
+            Ok(s) => s,
+            Err(e) => return invalid("TrainingFailed", e),
+        }
+    };
+    emit(json!({"event": "progress", "phase": "train", "startEpoch": session.progress.epoch + 1, "epochs": tcfg.epochs}));
+
+    // SIGTERM: finish the current step, checkpoint, exit paused.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    tokio::spawn(async move {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            term.recv().await;
+            stop2.store(true, Ordering::SeqCst);
+        }
     });
-    if let Some(e) = upload_error {
+    let handle = tokio::runtime::Handle::current();
+    let (train_set, val_set) = (Arc::new(tr), Arc::new(va));
+    let mut failure: Option<String> = None;
+    let outcome = tokio::task::block_in_place(|| {
+        let interval = args.checkpoint_interval.max(1);
+        let work = args.work_dir.clone();
+        let mut on_epoch = |r: &ocellus_trainer::train::EpochReport, best: bool, s: &Session| {
+            emit(json!({"event": "epoch", "metrics": r, "best": best}));
+            let body: String = s.progress.reports.iter().map(|r| serde_json::to_string(r).unwrap_or_default() + "\n").collect();
+            let res = handle.block_on(async {
+                // S3 has no append: results.jsonl is rewritten (it is small).
+                out.put(&results_key, body.into(), "application/x-ndjson").await.map_err(|e| e.to_string())?;
+                if r.epoch % interval == 0 {
+                    save_checkpoint(&out, &prefix, "last", s, &work).await?;
+                }
+                if best {
+                    save_checkpoint(&out, &prefix, "best", s, &work).await?;
+                }
+                Ok::<_, String>(())
+            });
+            if let Err(e) = res {
+                failure.get_or_insert(e);
+            }
+        };
+        session.run_with(train_set, val_set, &tcfg, &stop, &mut on_epoch)
+    });
+    if let Some(e) = failure {
         return transient(e);
     }
-    let (vs, _model, reports) = match trained {
-        Ok(t) => t,
+    match outcome {
         Err(e) => return invalid("TrainingFailed", e),
-    };
+        Ok(Outcome::Paused) => {
+            if let Err(e) = save_checkpoint(&out, &prefix, "last", &session, &args.work_dir).await {
+                return transient(e);
+            }
+            emit(json!({"event": "paused", "epoch": session.progress.epoch + 1, "batch": session.progress.batch,
+                        "checkpoint": out.uri(&format!("{prefix}/checkpoints/last.json"))}));
+            return ExitCode::from(EXIT_PAUSED);
+        }
+        Ok(Outcome::Finished) => {}
+    }
+    if let Err(e) = save_checkpoint(&out, &prefix, "last", &session, &args.work_dir).await {
+        return transient(e);
+    }
+    let reports = session.progress.reports.clone();
+    let (vs, _model, _) = session.into_ema();
     let weights = args.work_dir.join("last.safetensors");
     if let Err(e) = vs.save(&weights) {
         return transient(e.to_string());

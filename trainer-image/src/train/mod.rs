@@ -4,21 +4,20 @@
 
 pub mod classify;
 pub mod data;
+pub mod session;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ocellus_vision::decode::{Thresholds, decode};
 use ocellus_vision::metrics::{GroundTruth, ImageResult, evaluate};
 use ocellus_vision::BBox;
 use serde::Serialize;
-use tch::nn::{self, OptimizerConfig, VarStore};
+use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::loss::{LossConfig, Target, detection_loss};
 use crate::model::{Architecture, Detector};
-use data::{Augment, Rng, Sample, epoch_batches};
+use data::{Augment, Sample, epoch_batches};
 
 /// Training settings (Ultralytics' names).
 #[derive(Debug, Clone)]
@@ -52,7 +51,7 @@ pub struct TrainConfig {
 }
 
 /// Metrics after one epoch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct EpochReport {
     /// 1-based epoch.
     pub epoch: usize,
@@ -98,6 +97,16 @@ impl Ema {
         Ok(Ema { vs, updates: 0.0 })
     }
 
+    /// Updates so far.
+    pub(crate) fn updates(&self) -> f64 {
+        self.updates
+    }
+
+    /// Restores the update count (checkpoints).
+    pub(crate) fn set_updates(&mut self, n: f64) {
+        self.updates = n;
+    }
+
     pub(crate) fn update(&mut self, source: &VarStore) {
         self.updates += 1.0;
         let d = 0.9999 * (1.0 - (-self.updates / 2000.0).exp());
@@ -138,80 +147,11 @@ pub fn validate(model: &Detector, samples: &Arc<Vec<Sample>>, imgsz: u32, batch:
     Ok(evaluate(&results, (model.nc) as usize, 300))
 }
 
-/// Trains a detector; returns the EMA weights (the ones to keep) and one report per epoch.
+/// Trains a detector from scratch to the end; returns the EMA weights and model, and one report
+/// per epoch. See [`session::Session`] for pausing and resuming.
 pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>, cfg: &TrainConfig, on_epoch: &mut dyn FnMut(&EpochReport)) -> Result<(VarStore, Detector, Vec<EpochReport>), String> {
-    tch::manual_seed(cfg.seed as i64);
-    let vs = VarStore::new(cfg.device);
-    let model = Detector::new(&(vs.root() / "model"), arch, nc);
-    let ema_vs = VarStore::new(cfg.device);
-    let ema_model = Detector::new(&(ema_vs.root() / "model"), arch, nc);
-    let mut ema = Ema::new(ema_vs, &vs)?;
-
-    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false }.build(&vs, cfg.lr0).map_err(|e| e.to_string())?;
-    let accumulate = (cfg.nbs as f64 / cfg.batch as f64).round().max(1.0) as usize;
-    let wd = cfg.weight_decay * (cfg.batch * accumulate) as f64 / cfg.nbs as f64;
-    let conv_weights: Vec<Tensor> = vs.trainable_variables().into_iter().filter(|t| t.dim() == 4).collect();
-    let train = Arc::new(train);
-    let val = Arc::new(val);
-    let nb = train.len().div_ceil(cfg.batch);
-    let warmup_iters = if cfg.warmup_epochs > 0.0 { ((cfg.warmup_epochs * nb as f64).round() as usize).max(100) } else { 0 };
-    let loss_cfg = LossConfig::default();
-    let mut rng = Rng::new(cfg.seed);
-    let mut reports = Vec::new();
-    let mut iteration = 0usize;
-    for epoch in 0..cfg.epochs {
-        let started = Instant::now();
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        rng.shuffle(&mut order);
-        let target_lr = cfg.lr0 * lr_factor(epoch as f64, cfg.epochs as f64, cfg.lrf, cfg.cos_lr);
-        let mut sums = [0f64; 3];
-        let mut seen = 0usize;
-        for (bi, b) in epoch_batches(train.clone(), order, cfg.batch, cfg.imgsz, cfg.augment, cfg.seed ^ (epoch as u64) << 32, cfg.workers).into_iter().enumerate() {
-            let b = b?;
-            let lr = if iteration < warmup_iters { target_lr * iteration as f64 / warmup_iters as f64 } else { target_lr };
-            opt.set_lr(lr);
-            let x = batch_tensor(&b, cfg.imgsz, cfg.device);
-            let targets: Vec<Vec<Target>> = b.targets;
-            let loss = detection_loss(&loss_cfg, nc, &model.forward_levels(&x, true), &targets);
-            let total = loss.sum(Kind::Float);
-            if !total.double_value(&[]).is_finite() {
-                return Err(format!("loss became non-finite at epoch {} batch {bi}", epoch + 1));
-            }
-            total.backward();
-            for (k, s) in sums.iter_mut().enumerate() {
-                *s += loss.double_value(&[k as i64]);
-            }
-            seen += b.len;
-            iteration += 1;
-            if iteration % accumulate == 0 || bi + 1 == nb {
-                opt.clip_grad_norm(10.0);
-                opt.step();
-                opt.zero_grad();
-                // Decoupled weight decay on convolution weights only (not batch-norm or biases).
-                tch::no_grad(|| {
-                    for w in &conv_weights {
-                        let _ = w.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
-                    }
-                });
-                ema.update(&vs);
-            }
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let ev = validate(&ema_model, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
-        let n = seen.max(1) as f64;
-        let report = EpochReport {
-            epoch: epoch + 1,
-            box_loss: sums[0] / n,
-            cls_loss: sums[1] / n,
-            dfl_loss: sums[2] / n,
-            precision: ev.precision,
-            recall: ev.recall,
-            map50: ev.map50,
-            map50_95: ev.map50_95,
-            images_per_second: n / secs,
-        };
-        on_epoch(&report);
-        reports.push(report);
-    }
-    Ok((ema.vs, ema_model, reports))
+    let mut s = session::Session::new(arch, nc, cfg)?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(r))?;
+    Ok(s.into_ema())
 }

@@ -1,0 +1,282 @@
+//! A resumable detector training run. AdamW is implemented here (not with `tch`'s optimiser) so
+//! that its moments can be checkpointed: a checkpoint holds the model, the EMA, the moments and
+//! the position in the schedule, and a resumed run continues exactly where the paused one was.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+
+use super::data::{Rng, Sample, epoch_batches};
+use super::{Ema, EpochReport, TrainConfig, batch_tensor, lr_factor, validate};
+use crate::loss::{LossConfig, detection_loss};
+use crate::model::{Architecture, Detector};
+
+/// Where a run is in its schedule (the JSON half of a checkpoint).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// Architecture name.
+    pub architecture: String,
+    /// Classes.
+    pub nc: i64,
+    /// Epoch to continue (0-based).
+    pub epoch: usize,
+    /// Batches of that epoch already done.
+    pub batch: usize,
+    /// Batches done in total.
+    pub iteration: usize,
+    /// Optimiser steps taken.
+    pub steps: u64,
+    /// EMA updates.
+    pub ema_updates: f64,
+    /// Shuffle RNG state at the start of `epoch`.
+    pub rng: u64,
+    /// Loss sums and images of the unfinished epoch.
+    pub sums: [f64; 3],
+    /// Images seen in the unfinished epoch.
+    pub seen: usize,
+    /// Reports of finished epochs.
+    pub reports: Vec<EpochReport>,
+    /// Best mAP50-95 so far.
+    pub best_fitness: f64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// All epochs done.
+    Finished,
+    /// Stopped on request after finishing a step; checkpoint and resume.
+    Paused,
+}
+
+/// A training run.
+pub struct Session {
+    arch_name: String,
+    vs: VarStore,
+    model: Detector,
+    ema: Ema,
+    ema_model: Detector,
+    names: Vec<String>,
+    m: HashMap<String, Tensor>,
+    v: HashMap<String, Tensor>,
+    /// Position in the schedule.
+    pub progress: Progress,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("progress", &self.progress).finish()
+    }
+}
+
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+
+impl Session {
+    /// A fresh run (seeded).
+    pub fn new(arch: &Architecture, nc: i64, cfg: &TrainConfig) -> Result<Session, String> {
+        tch::manual_seed(cfg.seed as i64);
+        let vs = VarStore::new(cfg.device);
+        let model = Detector::new(&(vs.root() / "model"), arch, nc);
+        let ema_vs = VarStore::new(cfg.device);
+        let ema_model = Detector::new(&(ema_vs.root() / "model"), arch, nc);
+        let ema = Ema::new(ema_vs, &vs)?;
+        let vars = vs.variables();
+        let mut names: Vec<String> = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(k, _)| k.clone()).collect();
+        names.sort();
+        let m = names.iter().map(|n| (n.clone(), vars[n].zeros_like())).collect();
+        let v = names.iter().map(|n| (n.clone(), vars[n].zeros_like())).collect();
+        let arch_name = format!("yolov8{}", arch.letter);
+        let progress = Progress {
+            architecture: arch_name.clone(),
+            nc,
+            epoch: 0,
+            batch: 0,
+            iteration: 0,
+            steps: 0,
+            ema_updates: 0.0,
+            rng: Rng::new(cfg.seed).state(),
+            sums: [0.0; 3],
+            seen: 0,
+            reports: vec![],
+            best_fitness: -1.0,
+        };
+        Ok(Session { arch_name, vs, model, ema, ema_model, names, m, v, progress })
+    }
+
+    /// Writes the tensors of a checkpoint (model, EMA, moments) to `path` (safetensors); the
+    /// matching [`Progress`] is `self.progress`.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let mut list: Vec<(String, Tensor)> = Vec::new();
+        for (k, t) in self.vs.variables() {
+            list.push((format!("model/{k}"), t));
+        }
+        for (k, t) in self.ema.vs.variables() {
+            list.push((format!("ema/{k}"), t));
+        }
+        for n in &self.names {
+            list.push((format!("adam_m/{n}"), self.m[n].shallow_clone()));
+            list.push((format!("adam_v/{n}"), self.v[n].shallow_clone()));
+        }
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Tensor::write_safetensors(&list, path).map_err(|e| e.to_string())
+    }
+
+    /// Restores a checkpoint written by [`Session::save`].
+    pub fn load(arch: &Architecture, cfg: &TrainConfig, progress: Progress, path: &Path) -> Result<Session, String> {
+        let mut s = Session::new(arch, progress.nc, cfg)?;
+        if s.arch_name != progress.architecture {
+            return Err(format!("checkpoint is for {}, not {}", progress.architecture, s.arch_name));
+        }
+        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(|e| e.to_string())?.into_iter().collect();
+        let restore = |vars: HashMap<String, Tensor>, prefix: &str| -> Result<(), String> {
+            for (k, t) in vars {
+                let src = tensors.get(&format!("{prefix}/{k}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{k}"))?;
+                tch::no_grad(|| t.shallow_clone().copy_(src));
+            }
+            Ok(())
+        };
+        restore(s.vs.variables(), "model")?;
+        restore(s.ema.vs.variables(), "ema")?;
+        for n in s.names.clone() {
+            for (prefix, map) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
+                let src = tensors.get(&format!("{prefix}/{n}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{n}"))?;
+                map.insert(n.clone(), src.to_device(cfg.device));
+            }
+        }
+        s.ema.set_updates(progress.ema_updates);
+        s.progress = progress;
+        Ok(s)
+    }
+
+    /// The EMA weights and model, and the reports (consumes the run).
+    pub fn into_ema(self) -> (VarStore, Detector, Vec<EpochReport>) {
+        (self.ema.vs, self.ema_model, self.progress.reports)
+    }
+
+    /// The EMA model (for export and prediction).
+    pub fn ema_model(&self) -> &Detector {
+        &self.ema_model
+    }
+
+    /// Clipping to norm 10, AdamW with decoupled decay on convolution weights, zeroing grads.
+    fn step(&mut self, lr: f64, wd: f64) {
+        let vars = self.vs.variables();
+        self.progress.steps += 1;
+        let t = self.progress.steps as f64;
+        tch::no_grad(|| {
+            let grads: Vec<(String, Tensor)> = self.names.iter().filter_map(|n| {
+                let g = vars[n].grad();
+                g.defined().then(|| (n.clone(), g))
+            }).collect();
+            let norm = grads.iter().map(|(_, g)| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+            let clip = if norm > 10.0 { 10.0 / (norm + 1e-6) } else { 1.0 };
+            for (n, g) in grads {
+                let p = &vars[&n];
+                let g = &g * clip;
+                let m = self.m.get_mut(&n).expect("moment");
+                let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
+                let v = self.v.get_mut(&n).expect("moment");
+                let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
+                let mhat = &self.m[&n] / (1.0 - BETA1.powf(t));
+                let vhat = &self.v[&n] / (1.0 - BETA2.powf(t));
+                if p.dim() == 4 {
+                    let _ = p.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
+                }
+                let _ = p.shallow_clone().g_sub_(&(mhat / (vhat.sqrt() + ADAM_EPS) * lr));
+                let _ = p.grad().zero_();
+            }
+        });
+        self.ema.update(&self.vs);
+        self.progress.ema_updates = self.ema.updates();
+    }
+
+    /// Trains until the last epoch or until `stop` is set (checked after every batch).
+    /// `on_epoch` gets each finished epoch's report and whether it is the best so far.
+    pub fn run(&mut self, train: Arc<Vec<Sample>>, val: Arc<Vec<Sample>>, cfg: &TrainConfig, stop: &AtomicBool, on_epoch: &mut dyn FnMut(&EpochReport, bool)) -> Result<Outcome, String> {
+        self.run_with(train, val, cfg, stop, &mut |r, best, _| on_epoch(r, best))
+    }
+
+    /// As [`Session::run`], with the session passed to `on_epoch` (to checkpoint it).
+    pub fn run_with(&mut self, train: Arc<Vec<Sample>>, val: Arc<Vec<Sample>>, cfg: &TrainConfig, stop: &AtomicBool, on_epoch: &mut dyn FnMut(&EpochReport, bool, &Session)) -> Result<Outcome, String> {
+        let nc = self.progress.nc;
+        let accumulate = (cfg.nbs as f64 / cfg.batch as f64).round().max(1.0) as usize;
+        let wd = cfg.weight_decay * (cfg.batch * accumulate) as f64 / cfg.nbs as f64;
+        let nb = train.len().div_ceil(cfg.batch);
+        let warmup_iters = if cfg.warmup_epochs > 0.0 { ((cfg.warmup_epochs * nb as f64).round() as usize).max(100) } else { 0 };
+        let loss_cfg = LossConfig::default();
+        while self.progress.epoch < cfg.epochs {
+            let epoch = self.progress.epoch;
+            let started = Instant::now();
+            let mut rng = Rng::from_state(self.progress.rng);
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            rng.shuffle(&mut order);
+            let skip = self.progress.batch;
+            let rest: Vec<usize> = order.into_iter().skip(skip * cfg.batch).collect();
+            let target_lr = cfg.lr0 * lr_factor(epoch as f64, cfg.epochs as f64, cfg.lrf, cfg.cos_lr);
+            let seed = cfg.seed ^ (epoch as u64) << 32;
+            for (j, b) in epoch_batches(train.clone(), rest, cfg.batch, cfg.imgsz, cfg.augment, seed, cfg.workers).into_iter().enumerate() {
+                let bi = skip + j;
+                let b = b?;
+                let it = self.progress.iteration;
+                let lr = if it < warmup_iters { target_lr * it as f64 / warmup_iters as f64 } else { target_lr };
+                let x = batch_tensor(&b, cfg.imgsz, cfg.device);
+                let loss = detection_loss(&loss_cfg, nc, &self.model.forward_levels(&x, true), &b.targets);
+                let total = loss.sum(Kind::Float);
+                if !total.double_value(&[]).is_finite() {
+                    return Err(format!("loss became non-finite at epoch {} batch {bi}", epoch + 1));
+                }
+                total.backward();
+                for (k, s) in self.progress.sums.iter_mut().enumerate() {
+                    *s += loss.double_value(&[k as i64]);
+                }
+                self.progress.seen += b.len;
+                self.progress.iteration += 1;
+                if self.progress.iteration % accumulate == 0 || bi + 1 == nb {
+                    self.step(lr, wd);
+                }
+                self.progress.batch = bi + 1;
+                // Pause only at an optimiser-step boundary, so no accumulated gradient is lost.
+                if stop.load(Ordering::SeqCst) && self.progress.iteration % accumulate == 0 && bi + 1 < nb {
+                    return Ok(Outcome::Paused);
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let ev = validate(&self.ema_model, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
+            let n = self.progress.seen.max(1) as f64;
+            let report = EpochReport {
+                epoch: epoch + 1,
+                box_loss: self.progress.sums[0] / n,
+                cls_loss: self.progress.sums[1] / n,
+                dfl_loss: self.progress.sums[2] / n,
+                precision: ev.precision,
+                recall: ev.recall,
+                map50: ev.map50,
+                map50_95: ev.map50_95,
+                images_per_second: n / secs,
+            };
+            let best = report.map50_95 > self.progress.best_fitness;
+            if best {
+                self.progress.best_fitness = report.map50_95;
+            }
+            self.progress.reports.push(report.clone());
+            self.progress.epoch += 1;
+            self.progress.batch = 0;
+            self.progress.sums = [0.0; 3];
+            self.progress.seen = 0;
+            self.progress.rng = rng.state();
+            on_epoch(&report, best, self);
+            if stop.load(Ordering::SeqCst) && self.progress.epoch < cfg.epochs {
+                return Ok(Outcome::Paused);
+            }
+        }
+        Ok(Outcome::Finished)
+    }
+}
