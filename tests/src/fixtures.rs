@@ -24,25 +24,7 @@ pub struct Shape {
     pub y1: u32,
 }
 
-/// A small deterministic PRNG (SplitMix64), so fixtures are identical on every machine.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    pub fn range(&mut self, lo: u32, hi: u32) -> u32 {
-        lo + (self.next_u64() % u64::from(hi - lo).max(1)) as u32
-    }
-}
+pub use ocellus_vision::rng::Rng;
 
 /// Draws `n` non-overlapping shapes on a `size`x`size` image; returns the image and its shapes.
 pub fn shapes_image(rng: &mut Rng, size: u32, n: usize) -> (RgbImage, Vec<Shape>) {
@@ -121,7 +103,7 @@ pub struct Sample {
 
 /// `n` samples, 80% train / 20% val, seeded.
 pub fn samples(seed: u64, n: usize, size: u32) -> Vec<Sample> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     (0..n)
         .map(|i| {
             let k = 1 + rng.range(0, 3) as usize;
@@ -171,7 +153,7 @@ pub fn write_coco(dir: &Path, samples: &[Sample], size: u32) {
 
 /// Writes a classification layout (`<split>/<class>/<image>`), one shape per image.
 pub fn write_folders(dir: &Path, seed: u64, n: usize, size: u32) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     for i in 0..n {
         let (img, shapes) = shapes_image(&mut rng, size, 1);
         let class = SHAPES[shapes[0].class];

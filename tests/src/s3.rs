@@ -66,6 +66,17 @@ impl S3Server {
         &self.endpoint
     }
 
+    /// Client settings for this server.
+    pub fn config(&self) -> ocellus_dataset::s3::S3Config {
+        ocellus_dataset::s3::S3Config {
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".into(),
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET_KEY.into(),
+            force_path_style: true,
+        }
+    }
+
     /// The value of [`MARKER_ENV`] in the server's environment.
     pub fn marker(&self) -> &str {
         &self.marker

@@ -26,13 +26,7 @@ fn server() -> &'static S3Server {
 }
 
 fn config() -> S3Config {
-    S3Config {
-        endpoint: Some(server().endpoint().to_string()),
-        region: "us-east-1".into(),
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: SECRET_KEY.into(),
-        force_path_style: true,
-    }
+    server().config()
 }
 
 async fn bucket(name: &str) -> Store {

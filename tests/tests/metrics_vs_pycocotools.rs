@@ -14,7 +14,7 @@ fn unit(rng: &mut Rng) -> f32 {
 
 /// Random scenes: jittered true positives, misses, class confusions and false positives.
 fn scenes(seed: u64, n: usize, jitter: f32, fp_rate: u32) -> Vec<ImageResult> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_state(seed);
     (0..n)
         .map(|_| {
             let mut img = ImageResult::default();

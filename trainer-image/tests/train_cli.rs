@@ -9,7 +9,7 @@ use ocellus_dataset::fetch::Source;
 use ocellus_dataset::image_check::ImageLimits;
 use ocellus_dataset::ingest::{self, Options, Policy};
 use ocellus_dataset::layout::FormatRequest;
-use ocellus_dataset::s3::{S3Config, Store};
+use ocellus_dataset::s3::Store;
 use ocellus_dataset::Task;
 use ocellus_tests::fixtures;
 use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
@@ -31,26 +31,8 @@ fn trainer(s3: &S3Server, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trains_from_an_ingested_manifest() {
     let s3 = S3Server::start().expect("s3");
-    let cfg = S3Config { endpoint: Some(s3.endpoint().into()), region: "us-east-1".into(), access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into(), force_path_style: true };
-    let store = Store::new(&cfg, "platform");
-    store.ensure_bucket().await.expect("bucket");
     let dir = std::env::temp_dir().join(format!("ocellus-train-cli-{}", std::process::id()));
-    fixtures::write_yolo(&dir.join("ds"), &fixtures::samples(3, 60, 96), 96);
-    let opts = Options {
-        name: "shapes".into(),
-        task: Task::Detect,
-        class_names: vec![],
-        format: FormatRequest::Auto,
-        ratios: None,
-        policy: Policy::default(),
-        archive_limits: Limits::default(),
-        image_limits: ImageLimits::default(),
-        prefix: "team/datasets/shapes".into(),
-        work_dir: dir.join("ingest"),
-        upload_concurrency: 8,
-    };
-    ingest::ingest(&store, &Source::Local(dir.join("ds")), &opts, &|_| {}).await.expect("ingest");
-
+    let store = ingest_shapes(&s3, "team/datasets/shapes", &dir).await;
     let work = dir.join("train").display().to_string();
     let (code, lines) = trainer(&s3, &[
         "--manifest", "s3://platform/team/datasets/shapes/manifest.ndjson", "--output-prefix", "team/trainingjobs/t1",
@@ -79,8 +61,7 @@ async fn trains_from_an_ingested_manifest() {
 
 /// Ingests a small shapes dataset into `platform/<prefix>`.
 async fn ingest_shapes(s3: &S3Server, prefix: &str, dir: &std::path::Path) -> Store {
-    let cfg = S3Config { endpoint: Some(s3.endpoint().into()), region: "us-east-1".into(), access_key_id: ACCESS_KEY.into(), secret_access_key: SECRET_KEY.into(), force_path_style: true };
-    let store = Store::new(&cfg, "platform");
+    let store = Store::new(&s3.config(), "platform");
     store.ensure_bucket().await.expect("bucket");
     fixtures::write_yolo(&dir.join("ds"), &fixtures::samples(5, 60, 96), 96);
     let opts = Options {

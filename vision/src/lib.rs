@@ -7,5 +7,6 @@ pub mod decode;
 pub mod letterbox;
 pub mod metrics;
 pub mod nms;
+pub mod rng;
 
 pub use boxes::{BBox, Detection};

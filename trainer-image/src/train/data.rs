@@ -29,48 +29,7 @@ pub fn targets_of(anns: &[Annotation]) -> Vec<Target> {
         .collect()
 }
 
-/// A small deterministic PRNG (SplitMix64) for shuffling and augmentation.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    /// The generator's state, for checkpoints.
-    pub fn state(&self) -> u64 {
-        self.0
-    }
-
-    /// A generator restored from [`Rng::state`].
-    pub fn from_state(state: u64) -> Rng {
-        Rng(state)
-    }
-
-    /// Next 64 bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Fisher–Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next_u64() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
+pub use ocellus_vision::rng::Rng;
 
 /// Augmentation settings (Ultralytics' names and defaults).
 #[derive(Debug, Clone, Copy)]
