@@ -78,6 +78,8 @@ impl std::fmt::Debug for Session {
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
+/// Learning rate biases start warm-up with (Ultralytics' `warmup_bias_lr`).
+const WARMUP_BIAS_LR: f64 = 0.1;
 
 impl Session {
     /// A fresh run (seeded).
@@ -166,8 +168,9 @@ impl Session {
         &self.ema_model
     }
 
-    /// Clipping to norm 10, AdamW with decoupled decay on convolution weights, zeroing grads.
-    fn step(&mut self, lr: f64, wd: f64) {
+    /// Clipping to norm 10, AdamW with decoupled decay on convolution weights (batch-norm and
+    /// bias parameters are not decayed), zeroing grads. Biases use `lr_bias`.
+    fn step(&mut self, lr: f64, lr_bias: f64, wd: f64) {
         let vars = self.vs.variables();
         self.progress.steps += 1;
         let t = self.progress.steps as f64;
@@ -190,7 +193,8 @@ impl Session {
                 if p.dim() == 4 {
                     let _ = p.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
                 }
-                let _ = p.shallow_clone().g_sub_(&(mhat / (vhat.sqrt() + ADAM_EPS) * lr));
+                let step_lr = if n.ends_with(".bias") { lr_bias } else { lr };
+                let _ = p.shallow_clone().g_sub_(&(mhat / (vhat.sqrt() + ADAM_EPS) * step_lr));
                 let _ = p.grad().zero_();
             }
         });
@@ -226,7 +230,13 @@ impl Session {
                 let bi = skip + j;
                 let b = b?;
                 let it = self.progress.iteration;
-                let lr = if it < warmup_iters { target_lr * it as f64 / warmup_iters as f64 } else { target_lr };
+                // Warm-up as Ultralytics: weights ramp up from 0, biases down from 0.1.
+                let (lr, lr_bias) = if it < warmup_iters {
+                    let f = it as f64 / warmup_iters as f64;
+                    (target_lr * f, WARMUP_BIAS_LR + (target_lr - WARMUP_BIAS_LR) * f)
+                } else {
+                    (target_lr, target_lr)
+                };
                 let x = batch_tensor(&b, cfg.imgsz, cfg.device);
                 let loss = detection_loss(&loss_cfg, nc, &self.model.forward_levels(&x, true), &b.targets);
                 let total = loss.sum(Kind::Float);
@@ -240,7 +250,7 @@ impl Session {
                 self.progress.seen += b.len;
                 self.progress.iteration += 1;
                 if self.progress.iteration % accumulate == 0 || bi + 1 == nb {
-                    self.step(lr, wd);
+                    self.step(lr, lr_bias, wd);
                 }
                 self.progress.batch = bi + 1;
                 // Pause only at an optimiser-step boundary, so no accumulated gradient is lost.
