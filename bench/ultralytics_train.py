@@ -11,5 +11,5 @@ t0 = time.perf_counter()
 model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=2, plots=False, amp=False,
             project=project, name="run", exist_ok=True, verbose=False, seed=0, deterministic=True)
 elapsed = time.perf_counter() - t0
-res = model.val(data=data, imgsz=imgsz, batch=batch, device="cpu", plots=False, verbose=False)
+res = model.val(data=data, imgsz=imgsz, batch=batch, device="cpu", plots=False, verbose=False, project=project, name="val", exist_ok=True)
 print(json.dumps({"seconds": elapsed, "map50": float(res.box.map50), "map50_95": float(res.box.map)}))
