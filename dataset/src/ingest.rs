@@ -65,6 +65,26 @@ pub struct Options {
     pub upload_concurrency: usize,
 }
 
+impl Options {
+    /// Options with the defaults: auto layout, the source's splits and class names, exclude
+    /// invalid items up to 5%, default caps, 32 concurrent uploads.
+    pub fn new(name: &str, task: Task, prefix: &str, work_dir: PathBuf) -> Options {
+        Options {
+            name: name.into(),
+            task,
+            class_names: vec![],
+            format: FormatRequest::Auto,
+            ratios: None,
+            policy: Policy::default(),
+            archive_limits: Limits::default(),
+            image_limits: ImageLimits::default(),
+            prefix: prefix.into(),
+            work_dir,
+            upload_concurrency: 32,
+        }
+    }
+}
+
 /// A progress report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {

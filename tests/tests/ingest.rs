@@ -5,12 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ocellus_dataset::archive::{ArchiveError, Limits};
+use ocellus_dataset::archive::ArchiveError;
 use ocellus_dataset::fetch::Source;
-use ocellus_dataset::image_check::ImageLimits;
 use ocellus_dataset::ingest::{self, Options, Policy, Summary};
 use ocellus_dataset::labels::Annotation;
-use ocellus_dataset::layout::FormatRequest;
 use ocellus_dataset::manifest;
 use ocellus_dataset::s3::{S3Config, S3Uri, Store};
 use ocellus_dataset::split::Ratios;
@@ -43,19 +41,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn options(name: &str, prefix: &str, task: Task) -> Options {
-    Options {
-        name: name.into(),
-        task,
-        class_names: SHAPES.iter().map(|s| s.to_string()).collect(),
-        format: FormatRequest::Auto,
-        ratios: None,
-        policy: Policy::default(),
-        archive_limits: Limits::default(),
-        image_limits: ImageLimits::default(),
-        prefix: prefix.into(),
-        work_dir: scratch(&format!("{name}-work")),
-        upload_concurrency: 8,
-    }
+    let mut o = Options::new(name, task, prefix, scratch(&format!("{name}-work")));
+    o.class_names = SHAPES.iter().map(|s| s.to_string()).collect();
+    o.upload_concurrency = 8;
+    o
 }
 
 /// Uploads `bytes` as the source object and ingests it.

@@ -4,11 +4,8 @@
 
 use std::process::Command;
 
-use ocellus_dataset::archive::Limits;
 use ocellus_dataset::fetch::Source;
-use ocellus_dataset::image_check::ImageLimits;
-use ocellus_dataset::ingest::{self, Options, Policy};
-use ocellus_dataset::layout::FormatRequest;
+use ocellus_dataset::ingest::{self, Options};
 use ocellus_dataset::s3::Store;
 use ocellus_dataset::Task;
 use ocellus_tests::fixtures;
@@ -64,19 +61,7 @@ async fn ingest_shapes(s3: &S3Server, prefix: &str, dir: &std::path::Path) -> St
     let store = Store::new(&s3.config(), "platform");
     store.ensure_bucket().await.expect("bucket");
     fixtures::write_yolo(&dir.join("ds"), &fixtures::samples(5, 60, 96), 96);
-    let opts = Options {
-        name: "shapes".into(),
-        task: Task::Detect,
-        class_names: vec![],
-        format: FormatRequest::Auto,
-        ratios: None,
-        policy: Policy::default(),
-        archive_limits: Limits::default(),
-        image_limits: ImageLimits::default(),
-        prefix: prefix.into(),
-        work_dir: dir.join("ingest"),
-        upload_concurrency: 8,
-    };
+    let opts = Options::new("shapes", Task::Detect, prefix, dir.join("ingest"));
     ingest::ingest(&store, &Source::Local(dir.join("ds")), &opts, &|_| {}).await.expect("ingest");
     store
 }
