@@ -207,7 +207,7 @@ fn validate_one(item: layout::Item, task: Task, classes: usize, kpt: Option<(usi
     Ok(Valid { item, info, anns })
 }
 
-fn check_classes(task: Task, format: layout::Format, expected: &[String], found: Vec<String>) -> Result<Vec<String>, IngestError> {
+fn check_classes(format: layout::Format, expected: &[String], found: Vec<String>) -> Result<Vec<String>, IngestError> {
     if expected.is_empty() {
         if found.is_empty() {
             return Err(IngestError::Layout("no class names in the source (data.yaml `names`) and none in the Dataset's classNames".into()));
@@ -232,7 +232,6 @@ fn check_classes(task: Task, format: layout::Format, expected: &[String], found:
     if !same {
         return Err(IngestError::ClassMismatch { expected: expected.to_vec(), found });
     }
-    let _ = task;
     Ok(expected.to_vec())
 }
 
@@ -254,13 +253,10 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
         return Err(IngestError::Task(format!("class folders can only be ingested for task classify, not {}", task.as_str())));
     }
     let source_names = layout.class_names.clone();
-    let mut class_names = check_classes(task, layout.format, &opts.class_names, source_names.clone())?;
+    let class_names = check_classes(layout.format, &opts.class_names, source_names.clone())?;
     // COCO/folders: indices were assigned in the source's order; remap to the adopted order.
     let remap: Option<Vec<usize>> = (layout.format != layout::Format::Yolo && source_names != class_names && !source_names.is_empty())
         .then(|| source_names.iter().map(|n| class_names.iter().position(|c| c == n).unwrap_or(0)).collect());
-    if class_names.is_empty() {
-        class_names = source_names;
-    }
 
     // Validate every image in parallel.
     let total = layout.items.len();

@@ -159,10 +159,14 @@ fn read_data_yaml(path: &Path) -> Result<(Vec<String>, Option<(usize, usize)>), 
 pub fn detect(dir: &Path, request: FormatRequest, task: Task) -> Result<Layout, IngestError> {
     let root = dataset_root(dir);
     let files = walk(&root);
-    let yaml = files.iter().find(|p| {
-        let n = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-        (n.ends_with(".yaml") || n.ends_with(".yml")) && read_data_yaml(p).is_ok()
-    });
+    // The first YAML with class names is the dataset's data.yaml; it is parsed once.
+    let yaml = files
+        .iter()
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            n.ends_with(".yaml") || n.ends_with(".yml")
+        })
+        .find_map(|p| read_data_yaml(p).ok());
     let coco_files: Vec<&PathBuf> = files
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
@@ -188,17 +192,14 @@ pub fn detect(dir: &Path, request: FormatRequest, task: Task) -> Result<Layout, 
         }
     };
     match format {
-        Format::Yolo => yolo(&root, &files, yaml.map(PathBuf::as_path)),
+        Format::Yolo => yolo(&root, &files, yaml),
         Format::Coco => coco_layout(&root, &files, &coco_files, task),
         Format::Folders => folders(&root, &files),
     }
 }
 
-fn yolo(root: &Path, files: &[PathBuf], yaml: Option<&Path>) -> Result<Layout, IngestError> {
-    let (class_names, kpt_shape) = match yaml {
-        Some(y) => read_data_yaml(y)?,
-        None => (vec![], None),
-    };
+fn yolo(root: &Path, files: &[PathBuf], data_yaml: Option<(Vec<String>, Option<(usize, usize)>)>) -> Result<Layout, IngestError> {
+    let (class_names, kpt_shape) = data_yaml.unwrap_or_default();
     let label_files: BTreeSet<PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).cloned().collect();
     let mut used = BTreeSet::new();
     let mut items = Vec::new();

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,10 +17,10 @@ use kube::{Api, Client, Config};
 
 use crate::node::{ImageMap, LocalNode, NodeConfig};
 use crate::proc::{self, MARKER_ENV, Spec};
-use crate::{cache_dir, require_tool};
+use crate::require_tool;
 
 /// Options of a local cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// GPUs the node advertises (`nvidia.com/gpu`); `None` counts the local GPUs.
     pub gpus: Option<u32>,
@@ -30,12 +30,6 @@ pub struct ClusterOptions {
     pub images: ImageMap,
     /// Keep the state directory after drop (for debugging).
     pub keep_dir: bool,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        ClusterOptions { gpus: None, gpu_product: None, images: ImageMap::default(), keep_dir: false }
-    }
 }
 
 /// A running local cluster.
@@ -335,9 +329,6 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Shared handle type for tests that keep one cluster per test binary.
-pub type SharedCluster = Arc<LocalCluster>;
-
 /// Builds a client from a kubeconfig file.
 pub async fn client_from(kubeconfig: &Path) -> Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig)?;
@@ -377,9 +368,4 @@ fn wait_http(url: &str, token: Option<&str>, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("{url}: {last}")
-}
-
-/// Where the cached tools live (re-exported for binaries).
-pub fn tools_dir() -> PathBuf {
-    cache_dir().join("bin")
 }

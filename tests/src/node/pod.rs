@@ -252,10 +252,6 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
             c.last = Some(json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}}));
             c.state = State::Waiting { reason: "ContainerCreating".into(), message: String::new(), retry_at: Instant::now() };
         }
-        State::Terminated { restart_at: Some(at), .. } => {
-            // Kubelet reports CrashLoopBackOff while waiting to restart; keep the terminated state visible.
-            let _ = at;
-        }
         _ => {}
     }
 }
