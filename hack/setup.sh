@@ -88,12 +88,14 @@ setup_cluster() {
   log "control-plane binaries ready in $bin"
 }
 
-# Python tools the tests run for real: moto's S3 server and pycocotools (the mAP reference).
-PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11"
+# Python tools the tests run for real: moto's S3 server, pycocotools (the mAP reference) and
+# onnxruntime (runs exported ONNX; its libonnxruntime.so is what the predictor loads).
+PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11 onnxruntime==1.32.0"
 
 setup_python() {
   local v; v=$(venv)
-  if [ "$(cat "$OCELLUS_CACHE/bin/.python-tools" 2>/dev/null)" = "$PY_TOOLS" ] && [ -x "$v/bin/moto_server" ]; then
+  if [ "$(cat "$OCELLUS_CACHE/bin/.python-tools" 2>/dev/null)" = "$PY_TOOLS" ] && [ -x "$v/bin/moto_server" ] \
+     && [ -e "$OCELLUS_CACHE/lib/libonnxruntime.so" ]; then
     return 0
   fi
   log "installing $PY_TOOLS into $v"
@@ -104,6 +106,9 @@ setup_python() {
   rm -f "$OCELLUS_CACHE/bin/ocellus-python"
   printf '#!/bin/sh\nexec "%s/bin/python" "$@"\n' "$v" > "$OCELLUS_CACHE/bin/ocellus-python"
   chmod +x "$OCELLUS_CACHE/bin/ocellus-python"
+  # The predictor's ONNX Runtime backend loads this library (ORT_DYLIB_PATH).
+  mkdir -p "$OCELLUS_CACHE/lib"
+  ln -sf "$(ls "$v"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -1)" "$OCELLUS_CACHE/lib/libonnxruntime.so"
   echo "$PY_TOOLS" > "$OCELLUS_CACHE/bin/.python-tools"
 }
 

@@ -1,5 +1,7 @@
-//! The trainer image's library: the libtorch model code (`torch` feature).
+//! The trainer image's library: the libtorch model code, training and export (`torch` feature),
+//! and the ONNX writer.
 
+pub mod export;
 #[cfg(feature = "torch")]
 pub mod loss;
 #[cfg(feature = "torch")]

@@ -6,7 +6,9 @@ pub mod boxes;
 pub mod decode;
 pub mod letterbox;
 pub mod metrics;
+pub mod model_info;
 pub mod nms;
 pub mod rng;
 
 pub use boxes::{BBox, Detection};
+pub use model_info::ModelInfo;

@@ -1,13 +1,36 @@
 //! Building blocks: Conv (conv + BN + SiLU), Bottleneck, C2f, SPPF.
 
 use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
+
+use crate::export::onnx::{Attr, Graph};
+
+/// A float tensor's values, row-major (export only: every variable of these models is float).
+pub(crate) fn values(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1)).expect("float tensor")
+}
+
+/// Emits `conv` (with its bias, if any) as an ONNX `Conv`.
+pub(crate) fn conv_onnx(g: &mut Graph, x: &str, w: &Tensor, b: Option<&Tensor>, stride: i64) -> String {
+    let dims = w.size();
+    let k = dims[2];
+    let wn = g.init_f32("w", &dims, &values(w));
+    let attrs = [Attr::Ints("kernel_shape", vec![k, k]), Attr::Ints("strides", vec![stride, stride]), Attr::Ints("pads", vec![k / 2; 4])];
+    match b {
+        Some(b) => {
+            let bn = g.init_f32("b", &[dims[0]], &values(b));
+            g.node("Conv", &[x, &wn, &bn], &attrs)
+        }
+        None => g.node("Conv", &[x, &wn], &attrs),
+    }
+}
 
 /// Convolution without bias, batch norm (eps 1e-3, momentum 0.03) and SiLU.
 #[derive(Debug)]
 pub struct ConvBn {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
+    stride: i64,
 }
 
 impl ConvBn {
@@ -15,7 +38,20 @@ impl ConvBn {
     pub fn new(p: &nn::Path, c1: i64, c2: i64, k: i64, s: i64) -> ConvBn {
         let conv = nn::conv2d(p / "conv", c1, c2, k, nn::ConvConfig { stride: s, padding: k / 2, bias: false, ..Default::default() });
         let bn = nn::batch_norm2d(p / "bn", c2, nn::BatchNormConfig { eps: 1e-3, momentum: 0.03, ..Default::default() });
-        ConvBn { conv, bn }
+        ConvBn { conv, bn, stride: s }
+    }
+
+    /// ONNX: the batch norm folded into the convolution (inference statistics), then SiLU.
+    pub(crate) fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let (w, b) = tch::no_grad(|| {
+            let gamma = self.bn.ws.as_ref().expect("affine batch norm");
+            let beta = self.bn.bs.as_ref().expect("affine batch norm");
+            let scale = gamma / (&self.bn.running_var + 1e-3).sqrt();
+            (&self.conv.ws * scale.view([-1, 1, 1, 1]), beta - &self.bn.running_mean * &scale)
+        });
+        let y = conv_onnx(g, x, &w, Some(&b), self.stride);
+        let s = g.node("Sigmoid", &[&y], &[]);
+        g.node("Mul", &[&y, &s], &[])
     }
 }
 
@@ -44,6 +80,14 @@ impl ModuleT for Bottleneck {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let y = self.cv2.forward_t(&self.cv1.forward_t(xs, train), train);
         if self.add { xs + y } else { y }
+    }
+}
+
+impl Bottleneck {
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let y = self.cv1.onnx(g, x);
+        let y = self.cv2.onnx(g, &y);
+        if self.add { g.node("Add", &[x, &y], &[]) } else { y }
     }
 }
 
@@ -79,6 +123,23 @@ impl ModuleT for C2f {
     }
 }
 
+impl C2f {
+    /// ONNX: `Split` in halves, the bottlenecks, `Concat`, fuse.
+    pub(crate) fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let y = self.cv1.onnx(g, x);
+        let c = self.cv2.conv.ws.size()[1] / (2 + self.m.len() as i64);
+        let split = g.init_i64("split", &[c, c]);
+        let mut ys = g.node_n("Split", &[&y, &split], 2, &[Attr::Int("axis", 1)]);
+        for m in &self.m {
+            let next = m.onnx(g, ys.last().expect("split"));
+            ys.push(next);
+        }
+        let refs: Vec<&str> = ys.iter().map(String::as_str).collect();
+        let cat = g.node("Concat", &refs, &[Attr::Int("axis", 1)]);
+        self.cv2.onnx(g, &cat)
+    }
+}
+
 /// Spatial pyramid pooling, fast: three chained 5x5 max-pools.
 #[derive(Debug)]
 pub struct Sppf {
@@ -102,5 +163,18 @@ impl ModuleT for Sppf {
         let y2 = pool(&y1);
         let y3 = pool(&y2);
         Tensor::cat(&[x, y1, y2, y3], 1).apply_t(&self.cv2, train)
+    }
+}
+
+impl Sppf {
+    /// ONNX: three chained `MaxPool`s.
+    pub(crate) fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        let x = self.cv1.onnx(g, x);
+        let pool = [Attr::Ints("kernel_shape", vec![5, 5]), Attr::Ints("strides", vec![1, 1]), Attr::Ints("pads", vec![2, 2, 2, 2])];
+        let y1 = g.node("MaxPool", &[&x], &pool);
+        let y2 = g.node("MaxPool", &[&y1], &pool);
+        let y3 = g.node("MaxPool", &[&y2], &pool);
+        let cat = g.node("Concat", &[&x, &y1, &y2, &y3], &[Attr::Int("axis", 1)]);
+        self.cv2.onnx(g, &cat)
     }
 }

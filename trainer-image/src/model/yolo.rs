@@ -5,7 +5,8 @@ use std::str::FromStr;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use super::blocks::{C2f, ConvBn, Sppf};
+use super::blocks::{C2f, ConvBn, Sppf, conv_onnx};
+use crate::export::onnx::{Attr, Graph};
 
 /// Detector or classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,14 +137,14 @@ impl DetectHead {
 
     /// `[B, 4 + nc, anchors]`: boxes (cx, cy, w, h in input pixels) and class probabilities.
     fn decode(&self, levels: &[Tensor]) -> Tensor {
-        let b = levels[0].size()[0];
+        // The batch dimension is always `-1` so that traced (TorchScript) graphs keep it dynamic.
         let no = REG_MAX * 4 + self.nc;
-        let flat: Vec<Tensor> = levels.iter().map(|l| l.view([b, no, -1])).collect();
+        let flat: Vec<Tensor> = levels.iter().map(|l| l.view([-1, no, l.size()[2] * l.size()[3]])).collect();
         let x = Tensor::cat(&flat, 2);
         let parts = x.split_with_sizes([REG_MAX * 4, self.nc], 1);
         let a = x.size()[2];
         // Expected distance per side: softmax over the bins, weighted by 0..16.
-        let dist = parts[0].view([b, 4, REG_MAX, a]).softmax(2, Kind::Float).transpose(1, 2).conv2d(&self.dfl, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 1).view([b, 4, a]);
+        let dist = parts[0].view([-1, 4, REG_MAX, a]).softmax(2, Kind::Float).transpose(1, 2).conv2d(&self.dfl, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 1).view([-1, 4, a]);
         let (anchors, strides) = make_anchors(levels, x.device());
         let lt = dist.narrow(1, 0, 2);
         let rb = dist.narrow(1, 2, 2);
@@ -154,6 +155,67 @@ impl DetectHead {
         let wh = x2y2 - x1y1;
         let boxes = Tensor::cat(&[cxy, wh], 1) * strides.transpose(0, 1).unsqueeze(0);
         Tensor::cat(&[boxes, parts[1].sigmoid()], 1)
+    }
+}
+
+impl DetectHead {
+    /// ONNX: the branches, then decoding with anchors precomputed for a `imgsz` square input
+    /// (the batch stays dynamic). Same arithmetic as [`DetectHead::decode`].
+    fn onnx(&self, g: &mut Graph, feats: &[String], imgsz: i64) -> String {
+        let no = REG_MAX * 4 + self.nc;
+        let branch = |g: &mut Graph, b: &(ConvBn, ConvBn, nn::Conv2D), x: &str| {
+            let y = b.0.onnx(g, x);
+            let y = b.1.onnx(g, &y);
+            conv_onnx(g, &y, &b.2.ws, b.2.bs.as_ref(), 1)
+        };
+        let shape = g.init_i64("shape", &[0, no, -1]);
+        let mut flat = Vec::new();
+        for (i, x) in feats.iter().enumerate() {
+            let a = branch(g, &self.cv2[i], x);
+            let c = branch(g, &self.cv3[i], x);
+            let cat = g.node("Concat", &[&a, &c], &[Attr::Int("axis", 1)]);
+            flat.push(g.node("Reshape", &[&cat, &shape], &[]));
+        }
+        let refs: Vec<&str> = flat.iter().map(String::as_str).collect();
+        let x = g.node("Concat", &refs, &[Attr::Int("axis", 2)]);
+        let split = g.init_i64("split", &[REG_MAX * 4, self.nc]);
+        let parts = g.node_n("Split", &[&x, &split], 2, &[Attr::Int("axis", 1)]);
+        let shape = g.init_i64("shape", &[0, 4, REG_MAX, -1]);
+        let bins = g.node("Reshape", &[&parts[0], &shape], &[]);
+        let soft = g.node("Softmax", &[&bins], &[Attr::Int("axis", 2)]);
+        let proj: Vec<f32> = (0..REG_MAX).map(|i| i as f32).collect();
+        let proj = g.init_f32("dfl", &[1, 1, REG_MAX, 1], &proj);
+        let weighted = g.node("Mul", &[&soft, &proj], &[]);
+        let axes = g.init_i64("axes", &[2]);
+        let dist = g.node("ReduceSum", &[&weighted, &axes], &[Attr::Int("keepdims", 0)]);
+        let halves = g.init_i64("split", &[2, 2]);
+        let lr = g.node_n("Split", &[&dist, &halves], 2, &[Attr::Int("axis", 1)]);
+        // Anchors and strides for the fixed input size.
+        let sizes: Vec<(i64, i64)> = STRIDES.iter().map(|s| (imgsz / s, *s)).collect();
+        let (mut ax, mut ay, mut st) = (Vec::new(), Vec::new(), Vec::new());
+        for (n, s) in sizes {
+            for y in 0..n {
+                for x in 0..n {
+                    ax.push(x as f32 + 0.5);
+                    ay.push(y as f32 + 0.5);
+                    st.push(s as f32);
+                }
+            }
+        }
+        let a = ax.len() as i64;
+        ax.extend(ay);
+        let anchors = g.init_f32("anchors", &[1, 2, a], &ax);
+        let strides = g.init_f32("strides", &[1, 1, a], &st);
+        let x1y1 = g.node("Sub", &[&anchors, &lr[0]], &[]);
+        let x2y2 = g.node("Add", &[&anchors, &lr[1]], &[]);
+        let sum = g.node("Add", &[&x1y1, &x2y2], &[]);
+        let two = g.init_f32("two", &[1], &[2.0]);
+        let cxy = g.node("Div", &[&sum, &two], &[]);
+        let wh = g.node("Sub", &[&x2y2, &x1y1], &[]);
+        let boxes = g.node("Concat", &[&cxy, &wh], &[Attr::Int("axis", 1)]);
+        let boxes = g.node("Mul", &[&boxes, &strides], &[]);
+        let cls = g.node("Sigmoid", &[&parts[1]], &[]);
+        g.node("Concat", &[&boxes, &cls], &[Attr::Int("axis", 1)])
     }
 }
 
@@ -172,24 +234,47 @@ pub fn make_anchors(levels: &[Tensor], device: Device) -> (Tensor, Tensor) {
     (Tensor::cat(&points, 0), Tensor::cat(&strides, 0))
 }
 
+/// A backbone layer.
+#[derive(Debug)]
+enum Layer {
+    Conv(ConvBn),
+    C2f(C2f),
+}
+
+impl Layer {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Layer::Conv(l) => l.forward_t(xs, train),
+            Layer::C2f(l) => l.forward_t(xs, train),
+        }
+    }
+
+    fn onnx(&self, g: &mut Graph, x: &str) -> String {
+        match self {
+            Layer::Conv(l) => l.onnx(g, x),
+            Layer::C2f(l) => l.onnx(g, x),
+        }
+    }
+}
+
 /// The backbone shared by detector and classifier (layers 0–8).
 #[derive(Debug)]
 struct Backbone {
-    layers: Vec<Box<dyn ModuleT>>,
+    layers: Vec<Layer>,
 }
 
 fn backbone(p: &nn::Path, s: &Scale) -> (Backbone, [i64; 3]) {
     let (c64, c128, c256, c512, c1024) = (s.ch(64), s.ch(128), s.ch(256), s.ch(512), s.ch(1024));
-    let layers: Vec<Box<dyn ModuleT>> = vec![
-        Box::new(ConvBn::new(&(p / 0), 3, c64, 3, 2)),
-        Box::new(ConvBn::new(&(p / 1), c64, c128, 3, 2)),
-        Box::new(C2f::new(&(p / 2), c128, c128, s.n(3), true)),
-        Box::new(ConvBn::new(&(p / 3), c128, c256, 3, 2)),
-        Box::new(C2f::new(&(p / 4), c256, c256, s.n(6), true)),
-        Box::new(ConvBn::new(&(p / 5), c256, c512, 3, 2)),
-        Box::new(C2f::new(&(p / 6), c512, c512, s.n(6), true)),
-        Box::new(ConvBn::new(&(p / 7), c512, c1024, 3, 2)),
-        Box::new(C2f::new(&(p / 8), c1024, c1024, s.n(3), true)),
+    let layers = vec![
+        Layer::Conv(ConvBn::new(&(p / 0), 3, c64, 3, 2)),
+        Layer::Conv(ConvBn::new(&(p / 1), c64, c128, 3, 2)),
+        Layer::C2f(C2f::new(&(p / 2), c128, c128, s.n(3), true)),
+        Layer::Conv(ConvBn::new(&(p / 3), c128, c256, 3, 2)),
+        Layer::C2f(C2f::new(&(p / 4), c256, c256, s.n(6), true)),
+        Layer::Conv(ConvBn::new(&(p / 5), c256, c512, 3, 2)),
+        Layer::C2f(C2f::new(&(p / 6), c512, c512, s.n(6), true)),
+        Layer::Conv(ConvBn::new(&(p / 7), c512, c1024, 3, 2)),
+        Layer::C2f(C2f::new(&(p / 8), c1024, c1024, s.n(3), true)),
     ];
     (Backbone { layers }, [c256, c512, c1024])
 }
@@ -255,6 +340,37 @@ impl Detector {
     pub fn decode(&self, levels: &[Tensor]) -> Tensor {
         self.head.decode(levels)
     }
+
+    /// Emits the inference graph (eval mode, batch norm folded) for an `imgsz` square input;
+    /// returns the name of the `[B, 4 + nc, anchors]` output.
+    pub fn onnx(&self, g: &mut Graph, input: &str, imgsz: i64) -> String {
+        let mut x = input.to_string();
+        let mut saved = Vec::new();
+        for (i, l) in self.backbone.layers.iter().enumerate() {
+            x = l.onnx(g, &x);
+            if i == 4 || i == 6 {
+                saved.push(x.clone());
+            }
+        }
+        let p5 = self.sppf.onnx(g, &x);
+        let scales = g.init_f32_exact("scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
+        let up = |g: &mut Graph, t: &str| {
+            g.node("Resize", &[t, "", &scales], &[Attr::Str("mode", "nearest"), Attr::Str("coordinate_transformation_mode", "asymmetric"), Attr::Str("nearest_mode", "floor")])
+        };
+        let u = up(g, &p5);
+        let cat = g.node("Concat", &[&u, &saved[1]], &[Attr::Int("axis", 1)]);
+        let h12 = self.neck[0].onnx(g, &cat);
+        let u = up(g, &h12);
+        let cat = g.node("Concat", &[&u, &saved[0]], &[Attr::Int("axis", 1)]);
+        let p3 = self.neck[1].onnx(g, &cat);
+        let d = self.down[0].onnx(g, &p3);
+        let cat = g.node("Concat", &[&d, &h12], &[Attr::Int("axis", 1)]);
+        let p4 = self.neck[2].onnx(g, &cat);
+        let d = self.down[1].onnx(g, &p4);
+        let cat = g.node("Concat", &[&d, &p5], &[Attr::Int("axis", 1)]);
+        let p5 = self.neck[3].onnx(g, &cat);
+        self.head.onnx(g, &[p3, p4, p5], imgsz)
+    }
 }
 
 /// The YOLOv8 classifier: the backbone and a 1280-channel pooled linear head.
@@ -280,6 +396,27 @@ impl Classifier {
             x = l.forward_t(&x, train);
         }
         self.conv.forward_t(&x, train).adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.linear)
+    }
+
+    /// Class probabilities `[B, nc]` (softmax of the logits), as exported.
+    pub fn probabilities(&self, xs: &Tensor) -> Tensor {
+        self.forward_t(xs, false).softmax(1, Kind::Float)
+    }
+
+    /// Emits the inference graph; returns the name of the `[B, nc]` probabilities.
+    pub fn onnx(&self, g: &mut Graph, input: &str) -> String {
+        let mut x = input.to_string();
+        for l in &self.backbone.layers {
+            x = l.onnx(g, &x);
+        }
+        let y = self.conv.onnx(g, &x);
+        let pooled = g.node("GlobalAveragePool", &[&y], &[]);
+        let flat = g.node("Flatten", &[&pooled], &[Attr::Int("axis", 1)]);
+        let w = g.init_f32("w", &self.linear.ws.size(), &super::blocks::values(&self.linear.ws));
+        let b = self.linear.bs.as_ref().expect("linear bias");
+        let b = g.init_f32("b", &b.size(), &super::blocks::values(b));
+        let logits = g.node("Gemm", &[&flat, &w, &b], &[Attr::Int("transB", 1)]);
+        g.node("Softmax", &[&logits], &[Attr::Int("axis", 1)])
     }
 }
 

@@ -1,0 +1,1 @@
+//! TensorRT engines, placeholder replaced below.
