@@ -55,6 +55,14 @@ pub struct ImageRecord {
     pub annotations: BTreeMap<String, Value>,
 }
 
+impl Header {
+    /// Class names ordered by class id (ids without a name are named by their number).
+    pub fn names(&self) -> Vec<String> {
+        let max = self.class_names.keys().filter_map(|k| k.parse::<usize>().ok()).max();
+        (0..max.map_or(0, |m| m + 1)).map(|i| self.class_names.get(&i.to_string()).cloned().unwrap_or_else(|| i.to_string())).collect()
+    }
+}
+
 /// The annotation key Ultralytics uses for a task.
 pub fn annotation_key(task: Task) -> &'static str {
     match task {

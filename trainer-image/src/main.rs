@@ -5,9 +5,15 @@
 //! Exit codes: 0 success, 2 the input is invalid (retrying will not help), 3 transient failure,
 //! 4 paused (`train` received SIGTERM, saved its `last` checkpoint; run again with `--resume`).
 
+#[cfg(feature = "torch")]
+mod cli;
+#[cfg(feature = "torch")]
+mod export_cmd;
 mod ingest_cmd;
 #[cfg(feature = "torch")]
 mod train_cmd;
+#[cfg(feature = "torch")]
+mod val_cmd;
 
 use std::process::ExitCode;
 
@@ -32,6 +38,12 @@ enum Command {
     /// Train a detector on a dataset manifest (needs the `torch` feature).
     #[cfg(feature = "torch")]
     Train(Box<train_cmd::TrainArgs>),
+    /// Validate weights on a dataset: mAP, per-class AP, and (optionally) the predictions.
+    #[cfg(feature = "torch")]
+    Val(Box<val_cmd::ValArgs>),
+    /// Export weights to TorchScript, ONNX or a TensorRT engine.
+    #[cfg(feature = "torch")]
+    Export(Box<export_cmd::ExportArgs>),
     /// Print the build and runtime versions as JSON.
     Version,
 }
@@ -58,6 +70,10 @@ fn main() -> ExitCode {
         Command::Freeze(args) => rt.block_on(ingest_cmd::freeze(args)),
         #[cfg(feature = "torch")]
         Command::Train(args) => rt.block_on(train_cmd::run(*args)),
+        #[cfg(feature = "torch")]
+        Command::Val(args) => rt.block_on(val_cmd::run(*args)),
+        #[cfg(feature = "torch")]
+        Command::Export(args) => rt.block_on(export_cmd::run(*args)),
         Command::Version => {
             println!("{}", serde_json::json!({ "trainer": env!("CARGO_PKG_VERSION") }));
             ExitCode::SUCCESS

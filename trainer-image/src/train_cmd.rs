@@ -3,7 +3,8 @@
 //! Writes `<output>/results.jsonl` (one line per epoch, rewritten after each epoch),
 //! `<output>/checkpoints/{last,best}.{safetensors,json}` (model, EMA, optimiser moments and
 //! schedule position; the JSON, written last, carries the tensors' SHA-256) and
-//! `<output>/weights/last.safetensors` (final EMA weights, Ultralytics' state-dict names).
+//! `<output>/weights/{last,best}.safetensors` (EMA weights, Ultralytics' state-dict names) with
+//! their `ModelInfo` in `{last,best}.json` (the input of `export`).
 //! SIGTERM finishes the current step, saves `last` and exits with [`crate::EXIT_PAUSED`];
 //! `--resume` continues from `last` with the same epoch numbering and schedule.
 
@@ -12,14 +13,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
-use futures::StreamExt;
 use ocellus_dataset::manifest;
-use ocellus_dataset::s3::{S3Config, S3Uri, Store};
+use ocellus_dataset::s3::{S3Config, Store};
 use ocellus_dataset::Task;
+use ocellus_vision::ModelInfo;
 use serde_json::json;
 
+use crate::cli::{device, fetch_images, invalid, load_manifest, transient};
 use crate::ingest_cmd::emit;
-use crate::{EXIT_INVALID, EXIT_PAUSED, EXIT_TRANSIENT};
+use crate::EXIT_PAUSED;
 use ocellus_trainer::model::{Architecture, ModelKind};
 use ocellus_trainer::train::TrainConfig;
 use ocellus_trainer::train::data::{Augment, Sample, targets_of};
@@ -105,6 +107,20 @@ async fn save_checkpoint(out: &Store, prefix: &str, name: &str, session: &Sessio
     out.put(&format!("{prefix}/checkpoints/{name}.json"), meta.into(), "application/json").await.map_err(|e| e.to_string())
 }
 
+/// Saves EMA weights as `<prefix>/weights/<name>.safetensors` and their [`ModelInfo`]
+/// (`<name>.json`, written last, with the SHA-256) — the input of `export`.
+async fn save_weights(out: &Store, prefix: &str, name: &str, vs: &tch::nn::VarStore, info: &ModelInfo, work: &std::path::Path) -> Result<String, String> {
+    let path = work.join(format!("weights-{name}.safetensors"));
+    vs.save(&path).map_err(|e| e.to_string())?;
+    let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
+    let info = ModelInfo { sha256: Some(hex::encode(Sha256::digest(&bytes))), ..info.clone() };
+    let key = format!("{prefix}/weights/{name}.safetensors");
+    out.put(&key, bytes.into(), "application/octet-stream").await.map_err(|e| e.to_string())?;
+    let meta = serde_json::to_vec(&info).map_err(|e| e.to_string())?;
+    out.put(&format!("{prefix}/weights/{name}.json"), meta.into(), "application/json").await.map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
 async fn load_checkpoint(out: &Store, prefix: &str, arch: &Architecture, cfg: &TrainConfig, work: &std::path::Path) -> Result<Session, String> {
     let meta = out.get(&format!("{prefix}/checkpoints/last.json")).await.map_err(|e| format!("no checkpoint to resume: {e}"))?;
     let meta: CheckpointMeta = serde_json::from_slice(&meta).map_err(|e| format!("checkpoint metadata: {e}"))?;
@@ -115,29 +131,6 @@ async fn load_checkpoint(out: &Store, prefix: &str, arch: &Architecture, cfg: &T
     let path = work.join("resume.safetensors");
     tokio::fs::write(&path, &bytes).await.map_err(|e| e.to_string())?;
     Session::load(arch, cfg, meta.progress, &path)
-}
-
-fn device(s: &str) -> Result<tch::Device, String> {
-    match s {
-        "auto" => Ok(tch::Device::cuda_if_available()),
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(tch::Device::Cuda)
-            .ok_or_else(|| format!("unknown device {other:?} (auto, cpu, cuda, cuda:N)")),
-    }
-}
-
-fn invalid(reason: &str, message: String) -> ExitCode {
-    emit(json!({"event": "error", "reason": reason, "message": message}));
-    ExitCode::from(EXIT_INVALID)
-}
-
-fn transient(message: String) -> ExitCode {
-    emit(json!({"event": "error", "reason": "StorageError", "message": message}));
-    ExitCode::from(EXIT_TRANSIENT)
 }
 
 /// Runs `train`.
@@ -160,19 +153,9 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return transient(e),
     };
-    let uri = match S3Uri::parse(&args.manifest) {
-        Ok(u) => u,
-        Err(e) => return invalid("InvalidManifest", e),
-    };
-    let src = Store::new(&cfg, &uri.bucket);
-    let text = match src.get(&uri.key).await {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.not_found => return invalid("ManifestNotFound", e.to_string()),
-        Err(e) => return transient(e.to_string()),
-    };
-    let (header, records) = match manifest::from_ndjson(&text) {
+    let (header, records) = match load_manifest(&cfg, &args.manifest).await {
         Ok(m) => m,
-        Err(e) => return invalid("InvalidManifest", e),
+        Err(f) => return f.exit(),
     };
     if header.task != Task::Detect {
         return invalid("UnsupportedTask", format!("dataset task {} is not supported by detector training", header.task.as_str()));
@@ -180,23 +163,7 @@ pub async fn run(args: TrainArgs) -> ExitCode {
 
     // Images, content-addressed, into the scratch directory.
     let dir = args.work_dir.join("images");
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return transient(e.to_string());
-    }
-    let jobs = records.iter().map(|r| {
-        let dest = dir.join(&r.file);
-        let url = r.url.clone();
-        let cfg = cfg.clone();
-        async move {
-            if dest.exists() {
-                return Ok(());
-            }
-            let u = S3Uri::parse(&url)?;
-            Store::new(&cfg, &u.bucket).download(&u.key, &dest, 1 << 30).await.map(|_| ()).map_err(|e| e.to_string())
-        }
-    });
-    let results: Vec<Result<(), String>> = futures::stream::iter(jobs).buffer_unordered(16).collect().await;
-    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+    if let Err(e) = fetch_images(&cfg, &records, &dir).await {
         return transient(e);
     }
     let (mut tr, mut va) = (Vec::new(), Vec::new());
@@ -210,6 +177,17 @@ pub async fn run(args: TrainArgs) -> ExitCode {
     emit(json!({"event": "progress", "phase": "data", "train": tr.len(), "val": va.len(), "classes": header.class_names.len()}));
 
     let nc = header.class_names.len() as i64;
+    let info = ModelInfo {
+        architecture: args.architecture.clone(),
+        task: "detect".into(),
+        names: header.names(),
+        imgsz: args.imgsz,
+        format: "safetensors".into(),
+        sha256: None,
+        batch: 1,
+        dynamic: false,
+        half: false,
+    };
     let tcfg = TrainConfig {
         epochs: args.epochs,
         imgsz: args.imgsz,
@@ -267,6 +245,7 @@ pub async fn run(args: TrainArgs) -> ExitCode {
                 }
                 if best {
                     save_checkpoint(&out, &prefix, "best", s, &work).await?;
+                    save_weights(&out, &prefix, "best", s.ema_var_store(), &info, &work).await?;
                 }
                 Ok::<_, String>(())
             });
@@ -295,15 +274,10 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         return transient(e);
     }
     let reports = session.progress.reports.clone();
-    let (vs, _model, _) = session.into_ema();
-    let weights = args.work_dir.join("last.safetensors");
-    if let Err(e) = vs.save(&weights) {
-        return transient(e.to_string());
-    }
-    let weights_key = format!("{prefix}/weights/last.safetensors");
-    if let Err(e) = out.put_file(&weights_key, &weights, "application/octet-stream").await {
-        return transient(e.to_string());
-    }
+    let weights_key = match save_weights(&out, &prefix, "last", session.ema_var_store(), &info, &args.work_dir).await {
+        Ok(k) => k,
+        Err(e) => return transient(e),
+    };
     let _ = std::fs::remove_dir_all(&args.work_dir);
     let last = reports.last();
     emit(json!({"event": "done", "epochs": reports.len(), "resultsUri": out.uri(&results_key), "weightsUri": out.uri(&weights_key),

@@ -12,8 +12,12 @@ use ocellus_tests::fixtures;
 use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
 fn trainer(s3: &S3Server, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
+    run(s3, "train", args)
+}
+
+fn run(s3: &S3Server, command: &str, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
     let out = Command::new(env!("CARGO_BIN_EXE_ocellus-trainer"))
-        .arg("train")
+        .arg(command)
         .args(args)
         .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -45,6 +49,50 @@ async fn trains_from_an_ingested_manifest() {
     assert_eq!(epochs.iter().map(|e| e["epoch"].as_u64()).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
     assert!(epochs.iter().all(|e| e["box_loss"].as_f64().is_some_and(f64::is_finite) && e["map50"].as_f64().is_some()));
     assert!(store.head("team/trainingjobs/t1/weights/last.safetensors").await.expect("head").is_some_and(|n| n > 1_000_000));
+    let info: serde_json::Value = serde_json::from_slice(&store.get("team/trainingjobs/t1/weights/last.json").await.expect("info")).expect("json");
+    assert_eq!((info["architecture"].as_str(), info["imgsz"].as_u64(), info["names"].as_array().map(Vec::len)), (Some("yolov8n"), Some(96), Some(3)));
+
+    // val: metrics with per-class AP, predictions saved.
+    let weights = "s3://platform/team/trainingjobs/t1/weights/last.safetensors";
+    let (code, lines) = run(&s3, "val", &["--weights", weights, "--manifest", "s3://platform/team/datasets/shapes/manifest.ndjson",
+        "--predictions", "s3://platform/team/trainingjobs/t1/val/predictions.json", "--device", "cpu", "--work-dir", &work]);
+    assert_eq!(code, 0, "{lines:?}");
+    let done = lines.last().expect("done");
+    assert_eq!(done["perClass"].as_array().map(Vec::len), Some(3), "{done}");
+    assert!(done["metrics"]["map50"].as_f64().is_some_and(|m| (0.0..=1.0).contains(&m)));
+    let preds: Vec<serde_json::Value> = serde_json::from_slice(&store.get("team/trainingjobs/t1/val/predictions.json").await.expect("preds")).expect("json");
+    assert_eq!(preds.len() as u64, done["images"].as_u64().expect("images"));
+
+    // export: ONNX to S3 and TorchScript to a local path, each with a sidecar carrying its SHA-256.
+    let (code, lines) = run(&s3, "export", &["--weights", weights, "--format", "onnx", "--dynamic", "--output", "s3://platform/team/exports/e1/model.onnx", "--work-dir", &work]);
+    assert_eq!(code, 0, "{lines:?}");
+    let onnx = store.get("team/exports/e1/model.onnx").await.expect("onnx");
+    let sidecar: serde_json::Value = serde_json::from_slice(&store.get("team/exports/e1/model.onnx.json").await.expect("sidecar")).expect("json");
+    assert_eq!(sidecar["sha256"], lines.last().expect("done")["sha256"]);
+    assert_eq!((sidecar["format"].as_str(), sidecar["dynamic"].as_bool()), (Some("onnx"), Some(true)));
+    assert_eq!(lines.last().expect("done")["sizeBytes"].as_u64(), Some(onnx.len() as u64));
+    let ts = dir.join("out/model.torchscript").display().to_string();
+    let (code, lines) = run(&s3, "export", &["--weights", weights, "--format", "torchscript", "--output", &ts, "--device", "cpu", "--work-dir", &work]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(tch::CModule::load(&ts).is_ok());
+    // Refusals: unknown format, int8 outside engine, half TorchScript on CPU, TensorRT absent.
+    for (args, reason) in [
+        (vec!["--format", "tflite"], "UnsupportedFormat"),
+        (vec!["--format", "onnx", "--int8"], "InvalidOptions"),
+        (vec!["--format", "torchscript", "--half", "--device", "cpu"], "InvalidOptions"),
+        (vec!["--format", "engine"], "TensorRTUnavailable"),
+    ] {
+        let mut a = vec!["--weights", weights, "--output", "s3://platform/x/model", "--work-dir", &work];
+        a.extend(args);
+        let (code, lines) = run(&s3, "export", &a);
+        assert_eq!((code, lines.last().map(|l| l["reason"].clone())), (2, Some(serde_json::json!(reason))), "{lines:?}");
+    }
+    // A tampered sidecar hash is refused.
+    let mut bad = info.clone();
+    bad["sha256"] = serde_json::json!("00");
+    store.put("team/trainingjobs/t1/weights/last.json", serde_json::to_vec(&bad).expect("json").into(), "application/json").await.expect("put");
+    let (code, lines) = run(&s3, "export", &["--weights", weights, "--format", "onnx", "--output", "s3://platform/x/m.onnx", "--work-dir", &work]);
+    assert_eq!((code, lines.last().map(|l| l["reason"].clone())), (2, Some(serde_json::json!("ChecksumMismatch"))));
 
     // Bad input: exit 2 with a reason, nothing trained.
     let (code, lines) = trainer(&s3, &["--manifest", "s3://platform/nope/manifest.ndjson", "--output-prefix", "x", "--work-dir", &work]);

@@ -2,6 +2,7 @@
 //! rows `cx, cy, w, h` in input pixels, then per-class scores (already sigmoid).
 
 use crate::boxes::{BBox, Detection};
+use crate::letterbox::Letterbox;
 use crate::nms::nms;
 
 /// Post-processing thresholds.
@@ -45,6 +46,11 @@ pub fn decode(data: &[f32], classes: usize, anchors: usize, t: Thresholds) -> Ve
         cands.truncate(MAX_NMS);
     }
     nms(cands, t.iou, t.max_det)
+}
+
+/// [`decode`], then boxes mapped back from the letterboxed input to the original image.
+pub fn decode_to_original(data: &[f32], classes: usize, anchors: usize, t: Thresholds, lb: &Letterbox) -> Vec<Detection> {
+    decode(data, classes, anchors, t).into_iter().map(|d| Detection { bbox: lb.unmap(&d.bbox), ..d }).collect()
 }
 
 #[cfg(test)]

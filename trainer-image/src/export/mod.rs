@@ -9,7 +9,6 @@
 //! Every artifact gets a [`ModelInfo`] sidecar (`<artifact>.json`) carrying its SHA-256.
 
 pub mod onnx;
-#[cfg(feature = "torch")]
 pub mod tensorrt;
 
 #[cfg(feature = "torch")]

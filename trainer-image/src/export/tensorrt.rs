@@ -1,1 +1,82 @@
-//! TensorRT engines, placeholder replaced below.
+//! TensorRT engines, built from our ONNX by TensorRT's own builder (`trt.Builder`,
+//! `OnnxParser`, FP16/INT8 flags, an entropy calibrator fed with letterboxed dataset images)
+//! through its Python API, which the GPU trainer image installs with TensorRT. Where TensorRT is
+//! absent (CPU images, CI) [`available`] says so plainly and the export fails with that reason.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The builder script (TensorRT's Python API).
+const BUILD_ENGINE: &str = include_str!("build_engine.py");
+
+/// The Python that has TensorRT: `OCELLUS_TENSORRT_PYTHON`, else `python3`.
+fn python() -> String {
+    std::env::var("OCELLUS_TENSORRT_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// `Ok(version)` when TensorRT can be used here.
+pub fn available() -> Result<String, String> {
+    let out = Command::new(python())
+        .args(["-c", "import tensorrt; print(tensorrt.__version__)"])
+        .output()
+        .map_err(|e| format!("TensorRT is not available: cannot run {}: {e}", python()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim();
+        return Err(format!(
+            "TensorRT is not available in this image ({last}); engines are built on a GPU node with TensorRT installed \
+             (set OCELLUS_TENSORRT_PYTHON to its Python), or export ONNX and serve it with ONNX Runtime"
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// What to build.
+#[derive(Debug)]
+pub struct BuildRequest<'a> {
+    /// ONNX input.
+    pub onnx: &'a Path,
+    /// Engine output.
+    pub engine: &'a Path,
+    /// FP16 kernels.
+    pub fp16: bool,
+    /// INT8 kernels (needs `calibration`).
+    pub int8: bool,
+    /// Raw float32 `[N, 3, S, S]` calibration images.
+    pub calibration: Option<&'a Path>,
+    /// Input size.
+    pub imgsz: u32,
+    /// (Maximum) batch.
+    pub batch: u32,
+    /// Dynamic batch (an optimisation profile from 1 to `batch`).
+    pub dynamic: bool,
+}
+
+/// Builds the engine.
+pub fn build(req: &BuildRequest<'_>) -> Result<(), String> {
+    if req.int8 && req.calibration.is_none() {
+        return Err("INT8 needs calibration images".into());
+    }
+    let args = serde_json::json!({
+        "onnx": req.onnx, "engine": req.engine, "fp16": req.fp16, "int8": req.int8,
+        "calibration": req.calibration, "imgsz": req.imgsz, "batch": req.batch, "dynamic": req.dynamic,
+    });
+    let out = Command::new(python()).args(["-c", BUILD_ENGINE]).arg(args.to_string()).output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+    if out.status.success() && last["ok"] == true {
+        return Ok(());
+    }
+    Err(last["error"].as_str().map(str::to_string).unwrap_or_else(|| format!("TensorRT build failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn missing_tensorrt_is_a_clear_error() {
+        // CI and this machine have no TensorRT: the check must say so, not fail obscurely.
+        if let Err(e) = super::available() {
+            assert!(e.contains("TensorRT is not available"), "{e}");
+        }
+    }
+}

@@ -163,7 +163,12 @@ impl Session {
         (self.ema.vs, self.ema_model, self.progress.reports)
     }
 
-    /// The EMA model (for export and prediction).
+    /// The EMA weights (what `weights/*.safetensors` hold).
+    pub fn ema_var_store(&self) -> &VarStore {
+        &self.ema.vs
+    }
+
+    /// The EMA model (what validation and export use).
     pub fn ema_model(&self) -> &Detector {
         &self.ema_model
     }

@@ -1,0 +1,157 @@
+//! `val`: weights against a dataset split, in original-image pixels (letterbox, forward, decode,
+//! class-aware NMS, boxes mapped back: the predictor's pipeline). Prints COCO-style metrics with
+//! per-class AP and can save every prediction as JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use ocellus_dataset::manifest;
+use ocellus_dataset::s3::S3Config;
+use ocellus_trainer::export::Loaded;
+use ocellus_vision::decode::{Thresholds, decode_to_original};
+use ocellus_vision::letterbox::{letterbox, to_chw};
+use ocellus_vision::metrics::{GroundTruth, ImageResult, evaluate};
+use ocellus_vision::{BBox, ModelInfo};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::cli::{Failure, device, fetch, fetch_images, load_manifest, sidecar, store};
+use crate::ingest_cmd::emit;
+
+/// `val` flags.
+#[derive(Args, Debug)]
+pub struct ValArgs {
+    /// Weights (`s3://...safetensors` or a local path), next to their `.json`.
+    #[arg(long, env = "OCELLUS_WEIGHTS")]
+    pub weights: String,
+    /// Dataset manifest (`s3://.../manifest.ndjson`).
+    #[arg(long, env = "OCELLUS_MANIFEST")]
+    pub manifest: String,
+    /// Split to evaluate.
+    #[arg(long, env = "OCELLUS_SPLIT", default_value = "val")]
+    pub split: String,
+    /// Square input size (default: the training size).
+    #[arg(long, env = "OCELLUS_IMGSZ")]
+    pub imgsz: Option<u32>,
+    /// Images per forward pass.
+    #[arg(long, env = "OCELLUS_BATCH", default_value_t = 16)]
+    pub batch: usize,
+    /// Confidence threshold.
+    #[arg(long, env = "OCELLUS_CONF", default_value_t = 0.001)]
+    pub conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, env = "OCELLUS_IOU", default_value_t = 0.7)]
+    pub iou: f32,
+    /// Most detections per image.
+    #[arg(long, env = "OCELLUS_MAX_DET", default_value_t = 300)]
+    pub max_det: usize,
+    /// Write the predictions (JSON) here (`s3://...` or a local path).
+    #[arg(long, env = "OCELLUS_PREDICTIONS")]
+    pub predictions: Option<String>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[arg(long, env = "OCELLUS_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Scratch directory.
+    #[arg(long, env = "OCELLUS_WORK_DIR", default_value = "/tmp/ocellus-val")]
+    pub work_dir: PathBuf,
+}
+
+/// Runs `val`.
+pub async fn run(args: ValArgs) -> ExitCode {
+    match val(&args).await {
+        Ok(done) => {
+            emit(done);
+            let _ = std::fs::remove_dir_all(&args.work_dir);
+            ExitCode::SUCCESS
+        }
+        Err(f) => f.exit(),
+    }
+}
+
+async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
+    let dev = device(&args.device).map_err(|e| Failure::Invalid("InvalidDevice", e))?;
+    if !(0.0..=1.0).contains(&args.conf) || !(0.0..=1.0).contains(&args.iou) || args.batch == 0 {
+        return Err(Failure::Invalid("InvalidOptions", "conf and iou must be in [0, 1], batch at least 1".into()));
+    }
+    let s3 = S3Config::from_env().map_err(Failure::Transient)?;
+    std::fs::create_dir_all(&args.work_dir).map_err(|e| Failure::Transient(e.to_string()))?;
+    let weights = fetch(Some(&s3), &args.weights, &args.work_dir.join("weights.safetensors")).await?;
+    let info_path = fetch(Some(&s3), &sidecar(&args.weights), &args.work_dir.join("weights.json")).await?;
+    let info: ModelInfo = serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
+        .map_err(|e| Failure::Invalid("InvalidModelInfo", e.to_string()))?;
+    if !info.is_detect() {
+        return Err(Failure::Invalid("UnsupportedTask", format!("val supports detectors; {} is a {} model", info.architecture, info.task)));
+    }
+    let imgsz = args.imgsz.unwrap_or(info.imgsz);
+    if imgsz % 32 != 0 {
+        return Err(Failure::Invalid("InvalidOptions", format!("imgsz {imgsz} is not a multiple of 32")));
+    }
+    let (header, records) = load_manifest(&s3, &args.manifest).await?;
+    if header.names() != info.names {
+        return Err(Failure::Invalid("ClassMismatch", format!("the dataset's classes {:?} differ from the model's {:?}", header.names(), info.names)));
+    }
+    let records: Vec<_> = records.into_iter().filter(|r| r.split.as_str() == args.split).collect();
+    if records.is_empty() {
+        return Err(Failure::Invalid("InvalidSplits", format!("the dataset has no {:?} images", args.split)));
+    }
+    let dir = args.work_dir.join("images");
+    fetch_images(&s3, &records, &dir).await.map_err(Failure::Transient)?;
+    let model = Loaded::load(&info, &weights, dev).map_err(|e| Failure::Invalid("InvalidWeights", e))?;
+
+    let th = Thresholds { conf: args.conf, iou: args.iou, max_det: args.max_det };
+    let nc = info.names.len();
+    let mut results = Vec::new();
+    let mut predictions = Vec::new();
+    tokio::task::block_in_place(|| {
+        for chunk in records.chunks(args.batch) {
+            let mut pixels = Vec::new();
+            let mut boxes = Vec::new();
+            for r in chunk {
+                let img = image::open(dir.join(&r.file)).map_err(|e| Failure::Invalid("CorruptImage", format!("{}: {e}", r.source)))?.to_rgb8();
+                let (boxed, lb) = letterbox(&img, imgsz);
+                to_chw(&boxed, &mut pixels);
+                boxes.push(lb);
+            }
+            let s = i64::from(imgsz);
+            let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, s, s]).to_device(dev);
+            let y = model.forward(&x).to_device(Device::Cpu).to_kind(Kind::Float);
+            let (c, a) = (y.size()[1] as usize, y.size()[2] as usize);
+            let flat = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| Failure::Transient(e.to_string()))?;
+            for (i, r) in chunk.iter().enumerate() {
+                let dets = decode_to_original(&flat[i * c * a..(i + 1) * c * a], c - 4, a, th, &boxes[i]);
+                let (w, h) = (r.width as f32, r.height as f32);
+                let gts = manifest::parse_annotations(header.task, r)
+                    .iter()
+                    .filter_map(|an| {
+                        let (cx, cy, bw, bh) = an.bbox()?;
+                        Some(GroundTruth { bbox: BBox::from_cxcywh(cx as f32 * w, cy as f32 * h, bw as f32 * w, bh as f32 * h), class: an.class() })
+                    })
+                    .collect();
+                predictions.push(json!({
+                    "file": r.file, "source": r.source, "width": r.width, "height": r.height,
+                    "detections": dets.iter().map(|d| json!({
+                        "class": d.class, "name": info.names.get(d.class), "confidence": d.score,
+                        "box": {"x1": d.bbox.x1, "y1": d.bbox.y1, "x2": d.bbox.x2, "y2": d.bbox.y2},
+                    })).collect::<Vec<_>>(),
+                }));
+                results.push(ImageResult { gts, dets });
+            }
+        }
+        Ok::<_, Failure>(())
+    })?;
+    let e = evaluate(&results, nc, args.max_det);
+    let per_class: Vec<serde_json::Value> = (0..nc)
+        .map(|c| json!({"class": c, "name": info.names[c], "ap50": e.per_class_ap50[c], "ap50_95": e.per_class_ap[c]}))
+        .collect();
+    if let Some(dest) = &args.predictions {
+        let path = args.work_dir.join("predictions.json");
+        std::fs::write(&path, serde_json::to_vec(&predictions).unwrap_or_default()).map_err(|e| Failure::Transient(e.to_string()))?;
+        store(Some(&s3), &path, dest, "application/json").await?;
+    }
+    Ok(json!({
+        "event": "done", "images": results.len(), "imgsz": imgsz,
+        "metrics": {"precision": e.precision, "recall": e.recall, "map50": e.map50, "map50_95": e.map50_95},
+        "perClass": per_class, "predictionsUri": args.predictions,
+    }))
+}
