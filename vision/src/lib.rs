@@ -8,6 +8,7 @@ pub mod letterbox;
 pub mod metrics;
 pub mod model_info;
 pub mod nms;
+pub mod onnx;
 pub mod rng;
 
 pub use boxes::{BBox, Detection};

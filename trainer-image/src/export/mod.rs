@@ -8,7 +8,7 @@
 //!
 //! Every artifact gets a [`ModelInfo`] sidecar (`<artifact>.json`) carrying its SHA-256.
 
-pub mod onnx;
+pub use ocellus_vision::onnx;
 pub mod tensorrt;
 
 #[cfg(feature = "torch")]

@@ -3,7 +3,7 @@
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use crate::export::onnx::{Attr, Graph};
+use ocellus_vision::onnx::{Attr, Graph};
 
 /// A float tensor's values, row-major (export only: every variable of these models is float).
 pub(crate) fn values(t: &Tensor) -> Vec<f32> {

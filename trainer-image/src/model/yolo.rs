@@ -6,7 +6,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use super::blocks::{C2f, ConvBn, Sppf, conv_onnx};
-use crate::export::onnx::{Attr, Graph};
+use ocellus_vision::onnx::{Attr, Graph};
 
 /// Detector or classifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! A small ONNX writer: the protobuf wire format of the `ModelProto` subset an inference graph
+//! A small ONNX writer (shared by the trainer's export and the predictor's TensorRT wrapper): the protobuf wire format of the `ModelProto` subset an inference graph
 //! needs (nodes, float/int64 initializers, typed inputs/outputs, opset imports, metadata), and
 //! a graph builder the model code emits its layers into. Field numbers are those of `onnx.proto`.
 
@@ -60,6 +60,8 @@ pub enum Attr {
     Ints(&'static str, Vec<i64>),
     /// `s`
     Str(&'static str, &'static str),
+    /// `s`, owned
+    Text(&'static str, String),
 }
 
 impl Attr {
@@ -88,6 +90,11 @@ impl Attr {
                 a.str(4, s);
                 a.int(20, 3);
             }
+            Attr::Text(n, s) => {
+                a.str(1, n);
+                a.str(4, s);
+                a.int(20, 3);
+            }
         }
         a
     }
@@ -110,6 +117,8 @@ pub struct Graph {
     counter: usize,
     /// Convert float initializers to float16 when written.
     pub half: bool,
+    /// Operator sets of other domains the graph uses (e.g. `com.microsoft`).
+    pub domains: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -228,6 +237,24 @@ impl Graph {
         self.node_n(op, inputs, 1, attrs).remove(0)
     }
 
+    /// A node of another domain with named outputs (e.g. an `EPContext` node).
+    pub fn custom_node(&mut self, op: &str, domain: &str, inputs: &[&str], outputs: &[&str], attrs: &[Attr]) {
+        let mut n = Pb::default();
+        for i in inputs {
+            n.str(1, i);
+        }
+        for o in outputs {
+            n.str(2, o);
+        }
+        n.str(3, &self.fresh(op));
+        n.str(4, op);
+        for a in attrs {
+            n.msg(5, &a.encode());
+        }
+        n.str(7, domain);
+        self.nodes.push(n);
+    }
+
     /// Renames value `from` to the graph output name `to` (an Identity node).
     pub fn output_as(&mut self, from: &str, to: &str) {
         let mut n = Pb::default();
@@ -282,6 +309,12 @@ impl Graph {
         os.str(1, "");
         os.int(2, opset);
         m.msg(8, &os);
+        for (domain, version) in &self.domains {
+            let mut os = Pb::default();
+            os.str(1, domain);
+            os.int(2, *version);
+            m.msg(8, &os);
+        }
         for (k, v) in metadata {
             let mut e = Pb::default();
             e.str(1, k);

@@ -1,0 +1,10 @@
+//! The predictor over real HTTP (one test binary, so the model is trained once): a model trained
+//! and exported by the trainer CLI, served by `ocellus-predictor serve` processes.
+#![cfg(feature = "torch")]
+
+#[path = "http/common/mod.rs"]
+mod common;
+#[path = "http/label_studio.rs"]
+mod label_studio;
+#[path = "http/serve.rs"]
+mod serve;
