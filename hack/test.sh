@@ -18,6 +18,7 @@ cargo build --locked
 log "running the tests"
 cargo test --locked --workspace --no-fail-fast
 
-log "running the libtorch tests (trainer models; CPU)"
+log "running the libtorch tests (trainer: models, training, export; predictor over HTTP; CPU)"
 source <(hack/setup.sh torch-env)
-cargo test --locked -p ocellus-trainer --features torch --no-fail-fast
+# One invocation, so the `ocellus-trainer` binary the predictor tests run is the libtorch build.
+cargo test --locked -p ocellus-trainer -p ocellus-predictor --features ocellus-trainer/torch,ocellus-predictor/torch --no-fail-fast

@@ -3,7 +3,6 @@
 //! hostname, access_token), `/predict` with full task JSON, `/webhook`, `/train`, `/versions`, and
 //! basic auth. Task images come from a local HTTP server acting as Label Studio's `/data/upload`.
 
-
 use super::common;
 
 use axum::extract::Path;

@@ -2,8 +2,6 @@
 //! equal the trainer's own validation predictions (ONNX Runtime and libtorch backends), bad
 //! input gets clear 4xx errors, overload gets 429, OIP v2, metrics, S3 loading, graceful drain.
 
-
-
 use std::time::Duration;
 
 use super::common::{CONF, Predictor, fixture, form};

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Predictor benchmark: ocellus-predictor (release, ONNX Runtime CPU) against (a) Ultralytics
+# YOLO(model.onnx).predict and (b) onnxruntime Python, both behind FastAPI/uvicorn, serving the
+# same ONNX model (our trainer's yolov8n export) the same JPEGs over HTTP, in the same run.
+#   IMGSZ=640 REQUESTS=200 bench/predict.sh
+source "$(dirname "$0")/../hack/lib.sh"
+cd "$(dirname "$0")/.."
+IMGSZ=${IMGSZ:-640}; REQUESTS=${REQUESTS:-200}; TRAIN_IMGSZ=${TRAIN_IMGSZ:-320}; EPOCHS=${EPOCHS:-5}
+hack/setup.sh python
+source <(hack/setup.sh torch-env)
+cargo build -q --release -p ocellus-trainer --features torch -p ocellus-predictor -p ocellus-tests --bins
+peer_env=$(bench/setup-peer.sh)
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+waitfor() { for _ in $(seq 1 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; die "$1 did not come up"; }
+
+# A model worth serving: yolov8n trained briefly on the synthetic shapes, exported at IMGSZ.
+port=$(freeport)
+"$OCELLUS_CACHE/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 & pids+=($!)
+target/release/ocellus-fixtures --images 200 --size "$TRAIN_IMGSZ" --out "$work/ds" >/dev/null
+target/release/ocellus-fixtures --images 64 --size "$IMGSZ" --seed 99 --out "$work/test" >/dev/null
+mkdir -p "$work/images" && cp "$work"/test/images/*/*.jpg "$work/images/"
+for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+python3 -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$port/bench', method='PUT'))"
+export OCELLUS_S3_ENDPOINT=http://127.0.0.1:$port AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench OCELLUS_S3_BUCKET=bench
+target/release/ocellus-trainer ingest --source "$work/ds" --prefix b/datasets/shapes --name shapes --task detect --work-dir "$work/i" >/dev/null
+log "training the model to serve ($EPOCHS epochs at $TRAIN_IMGSZ)"
+target/release/ocellus-trainer train --manifest s3://bench/b/datasets/shapes/manifest.ndjson --output-prefix b/t \
+  --epochs "$EPOCHS" --imgsz "$TRAIN_IMGSZ" --batch 16 --device cpu --work-dir "$work/t" >/dev/null
+target/release/ocellus-trainer export --weights s3://bench/b/t/weights/last.safetensors --format onnx --dynamic \
+  --imgsz "$IMGSZ" --output "$work/model.onnx" --work-dir "$work/e" >/dev/null
+
+run_load() { # url concurrency
+  target/release/ocellus-loadgen --url "$1" --images "$work/images" --concurrency "$2" --requests "$REQUESTS" --warmup 16
+}
+results="$work/results.jsonl"
+measure() { # name url
+  for c in 1 16; do
+    echo "{\"server\": \"$1\", \"result\": $(run_load "$2" "$c")}" >>"$results"
+  done
+}
+serve_ours() { # max_batch
+  local p; p=$(freeport)
+  ORT_DYLIB_PATH="$OCELLUS_CACHE/lib/libonnxruntime.so" target/release/ocellus-predictor serve --model "$work/model.onnx" \
+    --listen "127.0.0.1:$p" --max-batch "$1" --max-delay-ms 2 --queue-capacity 256 >"$work/ours-$1.log" 2>&1 & pids+=($!)
+  waitfor "http://127.0.0.1:$p/readyz"; echo "$p"
+}
+serve_peer() { # mode
+  local p; p=$(freeport)
+  (eval "$peer_env"; MODE=$1 MODEL="$work/model.onnx" IMGSZ=$IMGSZ exec uvicorn --app-dir bench peer_server:app --host 127.0.0.1 --port "$p" \
+     --log-level warning) >"$work/peer-$1.log" 2>&1 & pids+=($!)
+  waitfor "http://127.0.0.1:$p/docs"; echo "$p"
+}
+stop_last() { kill "${pids[-1]}" 2>/dev/null; wait "${pids[-1]}" 2>/dev/null; unset 'pids[-1]'; }
+
+log "ours (max batch 8)"; p=$(serve_ours 8); measure "ocellus-predictor" "http://127.0.0.1:$p/predict"; stop_last
+log "ours (max batch 1)"; p=$(serve_ours 1); echo "{\"server\": \"ocellus-predictor, max batch 1\", \"result\": $(run_load "http://127.0.0.1:$p/predict" 16)}" >>"$results"; stop_last
+log "peer: onnxruntime + FastAPI"; p=$(serve_peer ort); measure "onnxruntime Python + FastAPI" "http://127.0.0.1:$p/predict"; stop_last
+log "peer: Ultralytics YOLO(model.onnx).predict + FastAPI"; p=$(serve_peer ultralytics); measure "Ultralytics YOLO(onnx).predict + FastAPI" "http://127.0.0.1:$p/predict"; stop_last
+
+python3 - "$results" "$IMGSZ" "$REQUESTS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"| server ({sys.argv[3]} JPEG requests, {sys.argv[2]}x{sys.argv[2]}, CPU) | concurrency | images/s | p50 ms | p99 ms | errors |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for r in rows:
+    x = r["result"]
+    print(f"| {r['server']} | {x['concurrency']} | {x['images_per_second']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['errors']} |")
+ips = {(r["server"], r["result"]["concurrency"]): r["result"]["images_per_second"] for r in rows}
+print()
+for c in (1, 16):
+    ours = ips[("ocellus-predictor", c)]
+    print(f"- concurrency {c}: {ours / ips[('Ultralytics YOLO(onnx).predict + FastAPI', c)]:.2f}x Ultralytics, "
+          f"{ours / ips[('onnxruntime Python + FastAPI', c)]:.2f}x onnxruntime + FastAPI")
+print(f"- batching gain at concurrency 16: {ips[('ocellus-predictor', 16)] / ips[('ocellus-predictor, max batch 1', 16)]:.2f}x (max batch 8 vs 1)")
+PY
