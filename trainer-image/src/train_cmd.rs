@@ -23,7 +23,7 @@ use crate::cli::{device, fetch_images, invalid, load_manifest, transient};
 use crate::ingest_cmd::emit;
 use crate::EXIT_PAUSED;
 use ocellus_trainer::model::{Architecture, ModelKind};
-use ocellus_trainer::train::TrainConfig;
+use ocellus_trainer::train::{Optimizer, TrainConfig};
 use ocellus_trainer::train::data::{Augment, Sample, targets_of};
 use ocellus_trainer::train::session::{Outcome, Progress, Session};
 use sha2::{Digest, Sha256};
@@ -83,6 +83,20 @@ pub struct TrainArgs {
     /// Continue from `<output>/checkpoints/last`.
     #[arg(long, env = "OCELLUS_RESUME")]
     pub resume: bool,
+    /// `AdamW` or `SGD` (Nesterov momentum).
+    #[arg(long, env = "OCELLUS_OPTIMIZER", default_value = "AdamW")]
+    pub optimizer: Optimizer,
+    /// SGD momentum.
+    #[arg(long, env = "OCELLUS_MOMENTUM", default_value_t = 0.937)]
+    pub momentum: f64,
+    /// Mixed precision on CUDA (autocast and dynamic loss scaling).
+    #[arg(long, env = "OCELLUS_AMP")]
+    pub amp: bool,
+    /// Start from these weights (`s3://...safetensors` or a local path: our `weights/*` or a
+    /// checkpoint); layers whose shape differs (the class layers, when the class count
+    /// differs) are re-initialised.
+    #[arg(long, env = "OCELLUS_START_WEIGHTS")]
+    pub start_weights: Option<String>,
     /// Save `last` every N epochs.
     #[arg(long, env = "OCELLUS_CHECKPOINT_INTERVAL", default_value_t = 1)]
     pub checkpoint_interval: usize,
@@ -202,6 +216,9 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         workers: args.workers.max(1),
         device: dev,
         augment: Some(Augment::default()),
+        optimizer: args.optimizer,
+        momentum: args.momentum,
+        amp: args.amp,
     };
     let out = Store::new(&cfg, &args.bucket);
     let prefix = args.output_prefix.trim_end_matches('/').to_string();
@@ -212,10 +229,21 @@ pub async fn run(args: TrainArgs) -> ExitCode {
             Err(e) => return invalid("ResumeFailed", e),
         }
     } else {
-        match Session::new(&arch, nc, &tcfg) {
+        let mut s = match Session::new(&arch, nc, &tcfg) {
             Ok(s) => s,
             Err(e) => return invalid("TrainingFailed", e),
+        };
+        if let Some(start) = &args.start_weights {
+            let path = args.work_dir.join("start.safetensors");
+            if let Err(f) = crate::cli::fetch(Some(&cfg), start, &path).await {
+                return f.exit();
+            }
+            match s.init_from(&path) {
+                Ok(report) => emit(json!({"event": "progress", "phase": "fine-tune", "from": start, "loaded": report.loaded, "reinitialized": report.reinitialized})),
+                Err(e) => return invalid("InvalidStartWeights", e),
+            }
         }
+        s
     };
     emit(json!({"event": "progress", "phase": "train", "startEpoch": session.progress.epoch + 1, "epochs": tcfg.epochs}));
 

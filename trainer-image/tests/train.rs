@@ -51,6 +51,7 @@ fn yolov8n_learns_shapes_on_cpu() {
         workers: 2,
         device: Device::Cpu,
         augment: Some(Augment::default()),
+        ..Default::default()
     };
     let arch: Architecture = "yolov8n".parse().expect("arch");
     let (_, _, reports) = train(&arch, 3, tr, va, &cfg, &mut |r| eprintln!("{}", serde_json::to_string(r).expect("json"))).expect("train");

@@ -48,6 +48,56 @@ pub struct TrainConfig {
     pub device: Device,
     /// Augmentation (none when `None`).
     pub augment: Option<Augment>,
+    /// Optimiser.
+    pub optimizer: Optimizer,
+    /// SGD momentum (after warm-up, which ramps it up from 0.8), as Ultralytics' `momentum`.
+    pub momentum: f64,
+    /// Mixed precision: autocast on CUDA, with dynamic loss scaling.
+    pub amp: bool,
+}
+
+/// The optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optimizer {
+    /// AdamW (decoupled weight decay).
+    AdamW,
+    /// SGD with Nesterov momentum (L2 weight decay), as Ultralytics' `optimizer=SGD`.
+    Sgd,
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "adamw" => Ok(Optimizer::AdamW),
+            "sgd" => Ok(Optimizer::Sgd),
+            other => Err(format!("unknown optimizer {other:?}: AdamW or SGD")),
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    /// Ultralytics' defaults where they apply (CPU, AdamW at 0.002, no augmentation).
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 100,
+            imgsz: 640,
+            batch: 16,
+            nbs: 64,
+            lr0: 0.002,
+            lrf: 0.01,
+            cos_lr: false,
+            warmup_epochs: 3.0,
+            weight_decay: 0.0005,
+            seed: 0,
+            workers: 2,
+            device: Device::Cpu,
+            augment: None,
+            optimizer: Optimizer::AdamW,
+            momentum: 0.937,
+            amp: false,
+        }
+    }
 }
 
 /// Metrics after one epoch.

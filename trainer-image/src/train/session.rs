@@ -1,5 +1,5 @@
-//! A resumable detector training run. AdamW is implemented here (not with `tch`'s optimiser) so
-//! that its moments can be checkpointed: a checkpoint holds the model, the EMA, the moments and
+//! A resumable detector training run. AdamW and SGD are implemented here (not with `tch`'s
+//! optimisers) so that their state can be checkpointed: a checkpoint holds the model, the EMA, the moments and
 //! the position in the schedule, and a resumed run continues exactly where the paused one was.
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 use super::data::{Rng, Sample, epoch_batches};
-use super::{Ema, EpochReport, TrainConfig, batch_tensor, lr_factor, validate};
+use super::{Ema, EpochReport, Optimizer, TrainConfig, batch_tensor, lr_factor, validate};
 use crate::loss::{LossConfig, detection_loss};
 use crate::model::{Architecture, Detector};
 
@@ -44,7 +44,28 @@ pub struct Progress {
     pub reports: Vec<EpochReport>,
     /// Best mAP50-95 so far.
     pub best_fitness: f64,
+    /// Dynamic loss scale (mixed precision; 0 when unused).
+    #[serde(default)]
+    pub loss_scale: f64,
+    /// Optimiser steps since the loss scale last changed.
+    #[serde(default)]
+    pub scale_steps: u64,
 }
+
+/// What [`Session::init_from`] took from the starting weights.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FineTune {
+    /// Variables loaded.
+    pub loaded: usize,
+    /// Variables left at their fresh initialisation (absent, or of another shape: e.g. the
+    /// classification layers when the class count differs).
+    pub reinitialized: Vec<String>,
+}
+
+/// Initial dynamic loss scale (as PyTorch's GradScaler).
+const INITIAL_LOSS_SCALE: f64 = 65536.0;
+/// Clean steps before the loss scale doubles.
+const SCALE_GROWTH_INTERVAL: u64 = 2000;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +101,8 @@ const BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
 /// Learning rate biases start warm-up with (Ultralytics' `warmup_bias_lr`).
 const WARMUP_BIAS_LR: f64 = 0.1;
+/// SGD momentum at the start of warm-up (Ultralytics' `warmup_momentum`).
+const WARMUP_MOMENTUM: f64 = 0.8;
 
 impl Session {
     /// A fresh run (seeded).
@@ -109,6 +132,8 @@ impl Session {
             seen: 0,
             reports: vec![],
             best_fitness: -1.0,
+            loss_scale: if cfg.amp { INITIAL_LOSS_SCALE } else { 0.0 },
+            scale_steps: 0,
         };
         Ok(Session { arch_name, vs, model, ema, ema_model, names, m, v, progress })
     }
@@ -158,6 +183,31 @@ impl Session {
         Ok(s)
     }
 
+    /// Starts from trained weights (`weights/*.safetensors`, or a checkpoint's `ema/` tensors):
+    /// every variable with the same name and shape is copied (model and EMA); the others keep
+    /// their fresh initialisation, so a different class count re-initialises the class layers.
+    pub fn init_from(&mut self, path: &Path) -> Result<FineTune, String> {
+        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(|e| format!("starting weights: {e}"))?.into_iter().collect();
+        let find = |k: &str| tensors.get(&format!("ema/{k}")).or_else(|| tensors.get(k));
+        let mut report = FineTune { loaded: 0, reinitialized: vec![] };
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, t) in vars {
+            match find(&k) {
+                Some(src) if src.size() == t.size() => {
+                    tch::no_grad(|| t.shallow_clone().copy_(src));
+                    report.loaded += 1;
+                }
+                _ => report.reinitialized.push(k),
+            }
+        }
+        if report.loaded == 0 {
+            return Err(format!("the starting weights share no variable with {}: not a checkpoint of this architecture", self.arch_name));
+        }
+        self.ema.vs.copy(&self.vs).map_err(|e| e.to_string())?;
+        Ok(report)
+    }
+
     /// The EMA weights and model, and the reports (consumes the run).
     pub fn into_ema(self) -> (VarStore, Detector, Vec<EpochReport>) {
         (self.ema.vs, self.ema_model, self.progress.reports)
@@ -173,38 +223,74 @@ impl Session {
         &self.ema_model
     }
 
-    /// Clipping to norm 10, AdamW with decoupled decay on convolution weights (batch-norm and
-    /// bias parameters are not decayed), zeroing grads. Biases use `lr_bias`.
-    fn step(&mut self, lr: f64, lr_bias: f64, wd: f64) {
+    /// Unscales (mixed precision), clips to norm 10 and applies the optimiser, then zeroes the
+    /// grads. AdamW decays convolution weights decoupled; SGD (Nesterov) adds L2 decay to their
+    /// gradients; batch-norm and bias parameters are not decayed. Biases use `lr_bias`. With loss
+    /// scaling, a step whose gradients overflowed is skipped and the scale halved.
+    fn step(&mut self, cfg: &TrainConfig, lr: f64, lr_bias: f64, wd: f64, momentum: f64) {
         let vars = self.vs.variables();
-        self.progress.steps += 1;
-        let t = self.progress.steps as f64;
-        tch::no_grad(|| {
+        let scale = if self.progress.loss_scale > 0.0 { self.progress.loss_scale } else { 1.0 };
+        let skipped = tch::no_grad(|| {
             let grads: Vec<(String, Tensor)> = self.names.iter().filter_map(|n| {
                 let g = vars[n].grad();
                 g.defined().then(|| (n.clone(), g))
             }).collect();
-            let norm = grads.iter().map(|(_, g)| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+            let sq = grads.iter().map(|(_, g)| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>();
+            let norm = sq.sqrt() / scale;
+            if !norm.is_finite() {
+                for (_, g) in &grads {
+                    let _ = g.shallow_clone().zero_();
+                }
+                return true;
+            }
+            self.progress.steps += 1;
+            let t = self.progress.steps as f64;
             let clip = if norm > 10.0 { 10.0 / (norm + 1e-6) } else { 1.0 };
             for (n, g) in grads {
                 let p = &vars[&n];
-                let g = &g * clip;
-                let m = self.m.get_mut(&n).expect("moment");
-                let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
-                let v = self.v.get_mut(&n).expect("moment");
-                let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
-                let mhat = &self.m[&n] / (1.0 - BETA1.powf(t));
-                let vhat = &self.v[&n] / (1.0 - BETA2.powf(t));
-                if p.dim() == 4 {
-                    let _ = p.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
-                }
+                let g = &g * (clip / scale);
                 let step_lr = if n.ends_with(".bias") { lr_bias } else { lr };
-                let _ = p.shallow_clone().g_sub_(&(mhat / (vhat.sqrt() + ADAM_EPS) * step_lr));
+                match cfg.optimizer {
+                    Optimizer::AdamW => {
+                        let m = self.m.get_mut(&n).expect("moment");
+                        let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
+                        let v = self.v.get_mut(&n).expect("moment");
+                        let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
+                        let mhat = &self.m[&n] / (1.0 - BETA1.powf(t));
+                        let vhat = &self.v[&n] / (1.0 - BETA2.powf(t));
+                        if p.dim() == 4 {
+                            let _ = p.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
+                        }
+                        let _ = p.shallow_clone().g_sub_(&(mhat / (vhat.sqrt() + ADAM_EPS) * step_lr));
+                    }
+                    Optimizer::Sgd => {
+                        let g = if p.dim() == 4 { g + p * wd } else { g };
+                        let buf = self.m.get_mut(&n).expect("momentum buffer");
+                        let _ = buf.g_mul_scalar_(momentum).g_add_(&g);
+                        let update = g + &self.m[&n] * momentum;
+                        let _ = p.shallow_clone().g_sub_(&(update * step_lr));
+                    }
+                }
                 let _ = p.grad().zero_();
             }
+            false
         });
-        self.ema.update(&self.vs);
-        self.progress.ema_updates = self.ema.updates();
+        if self.progress.loss_scale > 0.0 {
+            if skipped {
+                self.progress.loss_scale = (self.progress.loss_scale / 2.0).max(1.0);
+                self.progress.scale_steps = 0;
+                return;
+            }
+            self.progress.scale_steps += 1;
+            if self.progress.scale_steps >= SCALE_GROWTH_INTERVAL {
+                self.progress.loss_scale *= 2.0;
+                self.progress.scale_steps = 0;
+            }
+        }
+        if !skipped {
+            self.ema.update(&self.vs);
+            self.progress.ema_updates = self.ema.updates();
+        }
     }
 
     /// Trains until the last epoch or until `stop` is set (checked after every batch).
@@ -236,26 +322,34 @@ impl Session {
                 let b = b?;
                 let it = self.progress.iteration;
                 // Warm-up as Ultralytics: weights ramp up from 0, biases down from 0.1.
-                let (lr, lr_bias) = if it < warmup_iters {
+                // (and SGD's momentum up from 0.8).
+                let (lr, lr_bias, momentum) = if it < warmup_iters {
                     let f = it as f64 / warmup_iters as f64;
-                    (target_lr * f, WARMUP_BIAS_LR + (target_lr - WARMUP_BIAS_LR) * f)
+                    (target_lr * f, WARMUP_BIAS_LR + (target_lr - WARMUP_BIAS_LR) * f, WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * f)
                 } else {
-                    (target_lr, target_lr)
+                    (target_lr, target_lr, cfg.momentum)
                 };
                 let x = batch_tensor(&b, cfg.imgsz, cfg.device);
-                let loss = detection_loss(&loss_cfg, nc, &self.model.forward_levels(&x, true), &b.targets);
+                // Mixed precision: the forward pass autocasts on CUDA; the loss is computed in float.
+                let autocast = cfg.amp && cfg.device.is_cuda();
+                let levels: Vec<Tensor> = tch::autocast(autocast, || self.model.forward_levels(&x, true)).into_iter().map(|l| l.to_kind(Kind::Float)).collect();
+                let loss = detection_loss(&loss_cfg, nc, &levels, &b.targets);
                 let total = loss.sum(Kind::Float);
                 if !total.double_value(&[]).is_finite() {
                     return Err(format!("loss became non-finite at epoch {} batch {bi}", epoch + 1));
                 }
-                total.backward();
+                if self.progress.loss_scale > 0.0 {
+                    (total * self.progress.loss_scale).backward();
+                } else {
+                    total.backward();
+                }
                 for (k, s) in self.progress.sums.iter_mut().enumerate() {
                     *s += loss.double_value(&[k as i64]);
                 }
                 self.progress.seen += b.len;
                 self.progress.iteration += 1;
                 if self.progress.iteration % accumulate == 0 || bi + 1 == nb {
-                    self.step(lr, lr_bias, wd);
+                    self.step(cfg, lr, lr_bias, wd, momentum);
                 }
                 self.progress.batch = bi + 1;
                 // Pause only at an optimiser-step boundary, so no accumulated gradient is lost.
