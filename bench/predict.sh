@@ -43,24 +43,25 @@ measure() { # name url
     echo "{\"server\": \"$1\", \"result\": $(run_load "$2" "$c")}" >>"$results"
   done
 }
+# Each server is started in this shell (not a subshell) so that it can be stopped; PORT is its port.
 serve_ours() { # max_batch
-  local p; p=$(freeport)
+  PORT=$(freeport)
   ORT_DYLIB_PATH="$OCELLUS_CACHE/lib/libonnxruntime.so" target/release/ocellus-predictor serve --model "$work/model.onnx" \
-    --listen "127.0.0.1:$p" --max-batch "$1" --max-delay-ms 2 --queue-capacity 256 >"$work/ours-$1.log" 2>&1 & pids+=($!)
-  waitfor "http://127.0.0.1:$p/readyz"; echo "$p"
+    --listen "127.0.0.1:$PORT" --max-batch "$1" --max-delay-ms 2 --queue-capacity 256 >"$work/ours-$1.log" 2>&1 &
+  pids+=($!); waitfor "http://127.0.0.1:$PORT/readyz"
 }
 serve_peer() { # mode
-  local p; p=$(freeport)
-  (eval "$peer_env"; MODE=$1 MODEL="$work/model.onnx" IMGSZ=$IMGSZ exec uvicorn --app-dir bench peer_server:app --host 127.0.0.1 --port "$p" \
-     --log-level warning) >"$work/peer-$1.log" 2>&1 & pids+=($!)
-  waitfor "http://127.0.0.1:$p/docs"; echo "$p"
+  PORT=$(freeport)
+  (eval "$peer_env"; MODE=$1 MODEL="$work/model.onnx" IMGSZ=$IMGSZ exec uvicorn --app-dir bench peer_server:app --host 127.0.0.1 --port "$PORT" \
+     --log-level warning) >"$work/peer-$1.log" 2>&1 &
+  pids+=($!); waitfor "http://127.0.0.1:$PORT/docs"
 }
-stop_last() { kill "${pids[-1]}" 2>/dev/null; wait "${pids[-1]}" 2>/dev/null; unset 'pids[-1]'; }
+stop_last() { local last=$((${#pids[@]} - 1)); kill "${pids[$last]}" 2>/dev/null; wait "${pids[$last]}" 2>/dev/null; unset "pids[$last]"; }
 
-log "ours (max batch 8)"; p=$(serve_ours 8); measure "ocellus-predictor" "http://127.0.0.1:$p/predict"; stop_last
-log "ours (max batch 1)"; p=$(serve_ours 1); echo "{\"server\": \"ocellus-predictor, max batch 1\", \"result\": $(run_load "http://127.0.0.1:$p/predict" 16)}" >>"$results"; stop_last
-log "peer: onnxruntime + FastAPI"; p=$(serve_peer ort); measure "onnxruntime Python + FastAPI" "http://127.0.0.1:$p/predict"; stop_last
-log "peer: Ultralytics YOLO(model.onnx).predict + FastAPI"; p=$(serve_peer ultralytics); measure "Ultralytics YOLO(onnx).predict + FastAPI" "http://127.0.0.1:$p/predict"; stop_last
+log "ours (max batch 8)"; serve_ours 8; measure "ocellus-predictor" "http://127.0.0.1:$PORT/predict"; stop_last
+log "ours (max batch 1)"; serve_ours 1; echo "{\"server\": \"ocellus-predictor, max batch 1\", \"result\": $(run_load "http://127.0.0.1:$PORT/predict" 16)}" >>"$results"; stop_last
+log "peer: onnxruntime + FastAPI"; serve_peer ort; measure "onnxruntime Python + FastAPI" "http://127.0.0.1:$PORT/predict"; stop_last
+log "peer: Ultralytics YOLO(model.onnx).predict + FastAPI"; serve_peer ultralytics; measure "Ultralytics YOLO(onnx).predict + FastAPI" "http://127.0.0.1:$PORT/predict"; stop_last
 
 python3 - "$results" "$IMGSZ" "$REQUESTS" <<'PY'
 import json, sys

@@ -1,4 +1,5 @@
-//! `train`: a manifest in S3 to trained weights and per-epoch results in S3.
+//! `train`: a manifest in S3 to trained weights and per-epoch results in S3 (detectors on detect
+//! datasets, `-cls` classifiers on classify datasets).
 //!
 //! Writes `<output>/results.jsonl` (one line per epoch, rewritten after each epoch),
 //! `<output>/checkpoints/{last,best}.{safetensors,json}` (model, EMA, optimiser moments and
@@ -24,6 +25,7 @@ use crate::ingest_cmd::emit;
 use crate::EXIT_PAUSED;
 use ocellus_trainer::model::{Architecture, ModelKind};
 use ocellus_trainer::train::{Optimizer, TrainConfig};
+use ocellus_trainer::train::classify;
 use ocellus_trainer::train::data::{Augment, Sample, targets_of};
 use ocellus_trainer::train::session::{Outcome, Progress, Session};
 use sha2::{Digest, Sha256};
@@ -89,6 +91,9 @@ pub struct TrainArgs {
     /// SGD momentum.
     #[arg(long, env = "OCELLUS_MOMENTUM", default_value_t = 0.937)]
     pub momentum: f64,
+    /// Turn mosaic off for this many final epochs.
+    #[arg(long, env = "OCELLUS_CLOSE_MOSAIC", default_value_t = 10)]
+    pub close_mosaic: usize,
     /// Mixed precision on CUDA (autocast and dynamic loss scaling).
     #[arg(long, env = "OCELLUS_AMP")]
     pub amp: bool,
@@ -153,9 +158,6 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return invalid("UnsupportedArchitecture", e),
     };
-    if arch.kind != ModelKind::Detect {
-        return invalid("UnsupportedTask", format!("{}: classifier training is not wired into `train` yet; use a detector", args.architecture));
-    }
     if args.imgsz % 32 != 0 || args.batch == 0 || args.epochs == 0 {
         return invalid("InvalidHyperparameters", "imgsz must be a multiple of 32, batch and epochs at least 1".into());
     }
@@ -171,8 +173,11 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         Ok(m) => m,
         Err(f) => return f.exit(),
     };
-    if header.task != Task::Detect {
-        return invalid("UnsupportedTask", format!("dataset task {} is not supported by detector training", header.task.as_str()));
+    match (header.task, arch.kind) {
+        (Task::Detect, ModelKind::Detect) | (Task::Classify, ModelKind::Classify) => {}
+        (Task::Detect, _) => return invalid("UnsupportedTask", format!("a detect dataset needs a detector architecture (e.g. yolov8n), not {}", args.architecture)),
+        (Task::Classify, _) => return invalid("UnsupportedTask", format!("a classify dataset needs a classifier architecture (e.g. yolov8n-cls), not {}", args.architecture)),
+        (other, _) => return invalid("UnsupportedTask", format!("{} datasets are not supported yet: segment, pose and OBB training will come later", other.as_str())),
     }
 
     // Images, content-addressed, into the scratch directory.
@@ -182,7 +187,12 @@ pub async fn run(args: TrainArgs) -> ExitCode {
     }
     let (mut tr, mut va) = (Vec::new(), Vec::new());
     for r in &records {
-        let s = Sample { path: dir.join(&r.file), targets: targets_of(&manifest::parse_annotations(header.task, r)) };
+        let anns = manifest::parse_annotations(header.task, r);
+        let s = match arch.kind {
+            ModelKind::Detect => Sample { path: dir.join(&r.file), targets: targets_of(&anns) },
+            // A classification record's class is its one annotation.
+            ModelKind::Classify => classify::sample(dir.join(&r.file), anns.first().map(|a| a.class()).unwrap_or(0)),
+        };
         if r.split.as_str() == "train" { tr.push(s) } else { va.push(s) }
     }
     if tr.is_empty() || va.is_empty() {
@@ -193,7 +203,7 @@ pub async fn run(args: TrainArgs) -> ExitCode {
     let nc = header.class_names.len() as i64;
     let info = ModelInfo {
         architecture: args.architecture.clone(),
-        task: "detect".into(),
+        task: if arch.kind == ModelKind::Classify { "classify" } else { "detect" }.into(),
         names: header.names(),
         imgsz: args.imgsz,
         format: "safetensors".into(),
@@ -219,6 +229,7 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         optimizer: args.optimizer,
         momentum: args.momentum,
         amp: args.amp,
+        close_mosaic: args.close_mosaic,
     };
     let out = Store::new(&cfg, &args.bucket);
     let prefix = args.output_prefix.trim_end_matches('/').to_string();

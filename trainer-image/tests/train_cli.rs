@@ -181,3 +181,37 @@ async fn sigterm_pauses_and_resume_finishes_like_an_uninterrupted_run() {
     eprintln!("uninterrupted {full}\nresumed {resumed}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trains_a_classifier_from_a_classify_dataset() {
+    let s3 = S3Server::start().expect("s3");
+    let dir = std::env::temp_dir().join(format!("ocellus-train-cls-{}", std::process::id()));
+    let store = Store::new(&s3.config(), "platform");
+    store.ensure_bucket().await.expect("bucket");
+    fixtures::write_folders(&dir.join("ds"), 4, 60, 64);
+    let opts = Options::new("shapes-cls", Task::Classify, "team/datasets/cls", dir.join("ingest"));
+    ingest::ingest(&store, &Source::Local(dir.join("ds")), &opts, &|_| {}).await.expect("ingest");
+    let work = dir.join("train").display().to_string();
+    let manifest = "s3://platform/team/datasets/cls/manifest.ndjson";
+    // A detector on a classify dataset is refused, clearly.
+    let (code, lines) = trainer(&s3, &["--manifest", manifest, "--output-prefix", "team/trainingjobs/c0", "--architecture", "yolov8n", "--work-dir", &work]);
+    assert_eq!(code, 2);
+    assert!(lines.last().expect("error")["message"].as_str().is_some_and(|m| m.contains("yolov8n-cls")), "{lines:?}");
+    let (code, lines) = trainer(&s3, &[
+        "--manifest", manifest, "--output-prefix", "team/trainingjobs/c1", "--architecture", "yolov8n-cls", "--epochs", "2", "--imgsz", "64",
+        "--batch", "16", "--nbs", "16", "--warmup-epochs", "0", "--device", "cpu", "--work-dir", &work,
+    ]);
+    assert_eq!(code, 0, "{lines:?}");
+    let results = store.get("team/trainingjobs/c1/results.jsonl").await.expect("results");
+    let epochs: Vec<serde_json::Value> = String::from_utf8_lossy(&results).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(epochs.len(), 2);
+    assert!(epochs.iter().all(|e| e["top1"].as_f64().is_some_and(|t| (0.0..=1.0).contains(&t)) && e["cls_loss"].as_f64().is_some_and(f64::is_finite)));
+    assert!(store.head("team/trainingjobs/c1/checkpoints/last.json").await.expect("head").is_some());
+    let info: serde_json::Value = serde_json::from_slice(&store.get("team/trainingjobs/c1/weights/last.json").await.expect("info")).expect("json");
+    assert_eq!((info["task"].as_str(), info["architecture"].as_str()), (Some("classify"), Some("yolov8n-cls")));
+    // And it exports.
+    let (code, lines) = run(&s3, "export", &["--weights", "s3://platform/team/trainingjobs/c1/weights/last.safetensors", "--format", "onnx",
+        "--output", "s3://platform/team/exports/c1/model.onnx", "--work-dir", &work]);
+    assert_eq!(code, 0, "{lines:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

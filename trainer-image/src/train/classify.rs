@@ -1,16 +1,16 @@
 //! Classifier training: cross-entropy on whole images, with the detector's optimiser, schedule,
-//! EMA and augmentation; top-1 and top-5 accuracy after every epoch.
+//! EMA, checkpoints and colour/flip augmentation (through the shared session); top-1 and top-5 accuracy
+//! after every epoch.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
-use tch::nn::{OptimizerConfig, VarStore};
-use tch::{Device, Kind, Tensor, nn};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
 
-use super::data::{Rng, Sample, epoch_batches};
-use super::{Ema, TrainConfig, batch_tensor, lr_factor};
+use super::data::{Sample, epoch_batches};
+use super::{TrainConfig, batch_tensor};
 use crate::loss::Target;
 use crate::model::{Architecture, Classifier};
 
@@ -34,7 +34,8 @@ pub fn sample(path: PathBuf, class: usize) -> Sample {
     Sample { path, targets: vec![Target { class: class as i64, xywh: [0.5, 0.5, 1.0, 1.0] }] }
 }
 
-fn labels(b: &super::data::Batch, device: Device) -> Tensor {
+/// Class labels of a batch (each image's one whole-image target).
+pub(crate) fn labels(b: &super::data::Batch, device: Device) -> Tensor {
     let l: Vec<i64> = b.targets.iter().map(|t| t.first().map(|t| t.class).unwrap_or(0)).collect();
     Tensor::from_slice(&l).to_device(device)
 }
@@ -58,61 +59,15 @@ pub fn validate(model: &Classifier, samples: &Arc<Vec<Sample>>, cfg: &TrainConfi
     Ok((top1 as f64 / n, top5 as f64 / n))
 }
 
-/// Trains a classifier; returns the EMA weights and model, and one report per epoch.
+/// Trains a classifier (the resumable [`super::session::Session`], as detectors); returns the
+/// EMA weights and model, and one report per epoch.
 pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>, cfg: &TrainConfig, on_epoch: &mut dyn FnMut(&ClassifyReport)) -> Result<(VarStore, Classifier, Vec<ClassifyReport>), String> {
-    tch::manual_seed(cfg.seed as i64);
-    let vs = VarStore::new(cfg.device);
-    let model = Classifier::new(&(vs.root() / "model"), arch, nc);
-    let ema_vs = VarStore::new(cfg.device);
-    let ema_model = Classifier::new(&(ema_vs.root() / "model"), arch, nc);
-    let mut ema = Ema::new(ema_vs, &vs)?;
-    let mut opt = nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false }.build(&vs, cfg.lr0).map_err(|e| e.to_string())?;
-    let accumulate = (cfg.nbs as f64 / cfg.batch as f64).round().max(1.0) as usize;
-    let wd = cfg.weight_decay * (cfg.batch * accumulate) as f64 / cfg.nbs as f64;
-    let conv_weights: Vec<Tensor> = vs.trainable_variables().into_iter().filter(|t| t.dim() >= 2).collect();
-    let (train, val) = (Arc::new(train), Arc::new(val));
-    let nb = train.len().div_ceil(cfg.batch);
-    let warmup_iters = if cfg.warmup_epochs > 0.0 { ((cfg.warmup_epochs * nb as f64).round() as usize).max(100) } else { 0 };
-    let mut rng = Rng::new(cfg.seed);
-    let mut reports = Vec::new();
-    let mut iteration = 0usize;
-    for epoch in 0..cfg.epochs {
-        let started = Instant::now();
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        rng.shuffle(&mut order);
-        let target_lr = cfg.lr0 * lr_factor(epoch as f64, cfg.epochs as f64, cfg.lrf, cfg.cos_lr);
-        let (mut loss_sum, mut seen) = (0f64, 0usize);
-        for (bi, b) in epoch_batches(train.clone(), order, cfg.batch, cfg.imgsz, cfg.augment, cfg.seed ^ (epoch as u64) << 32, cfg.workers).into_iter().enumerate() {
-            let b = b?;
-            let lr = if iteration < warmup_iters { target_lr * iteration as f64 / warmup_iters as f64 } else { target_lr };
-            opt.set_lr(lr);
-            let logits = model.forward_t(&batch_tensor(&b, cfg.imgsz, cfg.device), true);
-            let loss = logits.cross_entropy_for_logits(&labels(&b, cfg.device));
-            let v = loss.double_value(&[]);
-            if !v.is_finite() {
-                return Err(format!("loss became non-finite at epoch {} batch {bi}", epoch + 1));
-            }
-            loss.backward();
-            loss_sum += v * b.len as f64;
-            seen += b.len;
-            iteration += 1;
-            if iteration % accumulate == 0 || bi + 1 == nb {
-                opt.clip_grad_norm(10.0);
-                opt.step();
-                opt.zero_grad();
-                tch::no_grad(|| {
-                    for w in &conv_weights {
-                        let _ = w.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
-                    }
-                });
-                ema.update(&vs);
-            }
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let (top1, top5) = validate(&ema_model, &val, cfg)?;
-        let r = ClassifyReport { epoch: epoch + 1, loss: loss_sum / seen.max(1) as f64, top1, top5, images_per_second: seen as f64 / secs };
-        on_epoch(&r);
-        reports.push(r);
+    let mut s = super::session::Session::new(arch, nc, cfg)?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let report = |r: &super::EpochReport| ClassifyReport { epoch: r.epoch, loss: r.cls_loss, top1: r.top1.unwrap_or(0.0), top5: r.top5.unwrap_or(0.0), images_per_second: r.images_per_second };
+    s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(&report(r)))?;
+    match s.into_ema() {
+        (vs, super::session::Net::Classify(m), reports) => Ok((vs, m, reports.iter().map(report).collect())),
+        _ => Err("not a classifier".into()),
     }
-    Ok((ema.vs, ema_model, reports))
 }

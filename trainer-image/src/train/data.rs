@@ -31,6 +31,8 @@ pub fn targets_of(anns: &[Annotation]) -> Vec<Target> {
 
 pub use ocellus_vision::rng::Rng;
 
+use super::geometry::{AffineParams, PixelBox, mosaic4, random_affine};
+
 /// Augmentation settings (Ultralytics' names and defaults).
 #[derive(Debug, Clone, Copy)]
 pub struct Augment {
@@ -42,11 +44,15 @@ pub struct Augment {
     pub hsv_v: f32,
     /// Probability of a left-right flip.
     pub fliplr: f32,
+    /// Probability of a 4-image mosaic (turned off for the last `close_mosaic` epochs).
+    pub mosaic: f32,
+    /// Random scale/translation/rotation.
+    pub affine: AffineParams,
 }
 
 impl Default for Augment {
     fn default() -> Self {
-        Augment { hsv_h: 0.015, hsv_s: 0.7, hsv_v: 0.4, fliplr: 0.5 }
+        Augment { hsv_h: 0.015, hsv_s: 0.7, hsv_v: 0.4, fliplr: 0.5, mosaic: 1.0, affine: AffineParams::default() }
     }
 }
 
@@ -100,9 +106,42 @@ pub struct Batch {
     pub targets: Vec<Vec<Target>>,
 }
 
-/// Loads, augments (when `augment`) and letterboxes one sample.
+fn open(sample: &Sample) -> Result<RgbImage, String> {
+    Ok(image::open(&sample.path).map_err(|e| format!("{}: {e}", sample.path.display()))?.to_rgb8())
+}
+
+/// A training sample with augmentation, in Ultralytics' order: mosaic (with three random other
+/// samples) or letterbox, random affine, HSV, left-right flip. Targets are normalised to the
+/// `size` square.
+pub fn load_augmented(samples: &[Sample], i: usize, size: u32, a: &Augment, rng: &mut Rng) -> Result<(RgbImage, Vec<Target>), String> {
+    let (warped, boxes) = if a.mosaic > 0.0 && rng.unit() < a.mosaic {
+        let others: Vec<usize> = (0..3).map(|_| rng.range(0, samples.len() as u32) as usize).collect();
+        let imgs = [open(&samples[i])?, open(&samples[others[0]])?, open(&samples[others[1]])?, open(&samples[others[2]])?];
+        let t = [&samples[i].targets, &samples[others[0]].targets, &samples[others[1]].targets, &samples[others[2]].targets];
+        let (canvas, boxes) = mosaic4([(&imgs[0], t[0]), (&imgs[1], t[1]), (&imgs[2], t[2]), (&imgs[3], t[3])], size, rng);
+        random_affine(&canvas, &boxes, size, &a.affine, rng)
+    } else {
+        let (boxed, targets) = load(&samples[i], size, None)?;
+        let s = size as f32;
+        let boxes: Vec<PixelBox> = targets.iter().map(|t| PixelBox::from_target(t, s, s, 0.0, 0.0)).collect();
+        random_affine(&boxed, &boxes, size, &a.affine, rng)
+    };
+    let mut img = warped;
+    let mut targets: Vec<Target> = boxes.iter().map(|b| b.to_target(size as f32)).collect();
+    hsv_jitter(&mut img, rng, a);
+    if rng.unit() < a.fliplr {
+        image::imageops::flip_horizontal_in_place(&mut img);
+        for t in targets.iter_mut() {
+            t.xywh[0] = 1.0 - t.xywh[0];
+        }
+    }
+    Ok((img, targets))
+}
+
+/// Loads and letterboxes one sample; with `augment`, HSV and flip only (see
+/// [`load_augmented`] for the full training pipeline).
 pub fn load(sample: &Sample, size: u32, augment: Option<(&Augment, &mut Rng)>) -> Result<(RgbImage, Vec<Target>), String> {
-    let mut img = image::open(&sample.path).map_err(|e| format!("{}: {e}", sample.path.display()))?.to_rgb8();
+    let mut img = open(sample)?;
     let mut targets = sample.targets.clone();
     if let Some((a, rng)) = augment {
         hsv_jitter(&mut img, rng, a);
@@ -139,8 +178,10 @@ pub fn epoch_batches(samples: Arc<Vec<Sample>>, order: Vec<usize>, batch: usize,
                             let mut b = Batch { pixels: Vec::with_capacity(idx.len() * 3 * (size * size) as usize), len: idx.len(), targets: vec![] };
                             for &i in idx {
                                 let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-                                let aug = augment.as_ref().map(|a| (a, &mut rng));
-                                let (img, t) = load(&samples[i], size, aug)?;
+                                let (img, t) = match &augment {
+                                    Some(a) => load_augmented(samples, i, size, a, &mut rng)?,
+                                    None => load(&samples[i], size, None)?,
+                                };
                                 to_chw(&img, &mut b.pixels);
                                 b.targets.push(t);
                             }

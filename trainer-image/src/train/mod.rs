@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod data;
+pub mod geometry;
 pub mod session;
 
 use std::collections::HashMap;
@@ -54,6 +55,8 @@ pub struct TrainConfig {
     pub momentum: f64,
     /// Mixed precision: autocast on CUDA, with dynamic loss scaling.
     pub amp: bool,
+    /// Turn mosaic off for this many final epochs (Ultralytics' `close_mosaic`).
+    pub close_mosaic: usize,
 }
 
 /// The optimiser.
@@ -96,6 +99,7 @@ impl Default for TrainConfig {
             optimizer: Optimizer::AdamW,
             momentum: 0.937,
             amp: false,
+            close_mosaic: 10,
         }
     }
 }
@@ -119,8 +123,25 @@ pub struct EpochReport {
     pub map50: f64,
     /// Validation mAP50-95.
     pub map50_95: f64,
+    /// Validation top-1 accuracy (classifiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1: Option<f64>,
+    /// Validation top-5 accuracy (classifiers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top5: Option<f64>,
     /// Training images per second.
     pub images_per_second: f64,
+}
+
+impl EpochReport {
+    /// What `best` is chosen by: mAP50-95 for detectors, mean of top-1 and top-5 for
+    /// classifiers (as Ultralytics).
+    pub fn fitness(&self) -> f64 {
+        match (self.top1, self.top5) {
+            (Some(a), Some(b)) => (a + b) / 2.0,
+            _ => self.map50_95,
+        }
+    }
 }
 
 /// Learning-rate factor of epoch `e` (0-based) of `epochs`.
@@ -203,5 +224,8 @@ pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>,
     let mut s = session::Session::new(arch, nc, cfg)?;
     let never = std::sync::atomic::AtomicBool::new(false);
     s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(r))?;
-    Ok(s.into_ema())
+    match s.into_ema() {
+        (vs, session::Net::Detect(m), reports) => Ok((vs, m, reports)),
+        _ => Err(format!("{} is not a detector", arch.letter)),
+    }
 }

@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::data::{Rng, Sample, epoch_batches};
+use super::data::{Augment, Rng, Sample, epoch_batches};
+use super::geometry::AffineParams;
 use super::{Ema, EpochReport, Optimizer, TrainConfig, batch_tensor, lr_factor, validate};
 use crate::loss::{LossConfig, detection_loss};
-use crate::model::{Architecture, Detector};
+use crate::model::{Architecture, Classifier, Detector, ModelKind};
 
 /// Where a run is in its schedule (the JSON half of a checkpoint).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,13 +77,56 @@ pub enum Outcome {
     Paused,
 }
 
+/// The network a session trains.
+#[derive(Debug)]
+pub enum Net {
+    /// A detector (TAL + CIoU + DFL + BCE loss; mAP validation).
+    Detect(Detector),
+    /// A classifier (cross-entropy; top-1/top-5 validation).
+    Classify(Classifier),
+}
+
+impl Net {
+    fn new(p: &tch::nn::Path, arch: &Architecture, nc: i64) -> Net {
+        match arch.kind {
+            ModelKind::Detect => Net::Detect(Detector::new(p, arch, nc)),
+            ModelKind::Classify => Net::Classify(Classifier::new(p, arch, nc)),
+        }
+    }
+
+    /// Loss terms `[box, cls, dfl]` summed over the batch (a classifier's cross-entropy is the
+    /// `cls` term).
+    fn loss(&self, x: &Tensor, b: &super::data::Batch, nc: i64, autocast: bool) -> Tensor {
+        match self {
+            Net::Detect(m) => {
+                let levels: Vec<Tensor> = tch::autocast(autocast, || m.forward_levels(x, true)).into_iter().map(|l| l.to_kind(Kind::Float)).collect();
+                detection_loss(&LossConfig::default(), nc, &levels, &b.targets)
+            }
+            Net::Classify(m) => {
+                let logits = tch::autocast(autocast, || m.forward_t(x, true)).to_kind(Kind::Float);
+                let ce = logits.cross_entropy_for_logits(&super::classify::labels(b, x.device())) * b.len as f64;
+                let zero = Tensor::zeros([1], (Kind::Float, x.device()));
+                Tensor::cat(&[zero.shallow_clone(), ce.view([1]), zero], 0)
+            }
+        }
+    }
+
+    /// The detector, if this is one.
+    pub fn detector(&self) -> Option<&Detector> {
+        match self {
+            Net::Detect(m) => Some(m),
+            Net::Classify(_) => None,
+        }
+    }
+}
+
 /// A training run.
 pub struct Session {
     arch_name: String,
     vs: VarStore,
-    model: Detector,
+    model: Net,
     ema: Ema,
-    ema_model: Detector,
+    ema_model: Net,
     names: Vec<String>,
     m: HashMap<String, Tensor>,
     v: HashMap<String, Tensor>,
@@ -109,16 +153,16 @@ impl Session {
     pub fn new(arch: &Architecture, nc: i64, cfg: &TrainConfig) -> Result<Session, String> {
         tch::manual_seed(cfg.seed as i64);
         let vs = VarStore::new(cfg.device);
-        let model = Detector::new(&(vs.root() / "model"), arch, nc);
+        let model = Net::new(&(vs.root() / "model"), arch, nc);
         let ema_vs = VarStore::new(cfg.device);
-        let ema_model = Detector::new(&(ema_vs.root() / "model"), arch, nc);
+        let ema_model = Net::new(&(ema_vs.root() / "model"), arch, nc);
         let ema = Ema::new(ema_vs, &vs)?;
         let vars = vs.variables();
         let mut names: Vec<String> = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(k, _)| k.clone()).collect();
         names.sort();
         let m = names.iter().map(|n| (n.clone(), vars[n].zeros_like())).collect();
         let v = names.iter().map(|n| (n.clone(), vars[n].zeros_like())).collect();
-        let arch_name = format!("yolov8{}", arch.letter);
+        let arch_name = format!("yolov8{}{}", arch.letter, if arch.kind == ModelKind::Classify { "-cls" } else { "" });
         let progress = Progress {
             architecture: arch_name.clone(),
             nc,
@@ -209,7 +253,7 @@ impl Session {
     }
 
     /// The EMA weights and model, and the reports (consumes the run).
-    pub fn into_ema(self) -> (VarStore, Detector, Vec<EpochReport>) {
+    pub fn into_ema(self) -> (VarStore, Net, Vec<EpochReport>) {
         (self.ema.vs, self.ema_model, self.progress.reports)
     }
 
@@ -219,7 +263,7 @@ impl Session {
     }
 
     /// The EMA model (what validation and export use).
-    pub fn ema_model(&self) -> &Detector {
+    pub fn ema_model(&self) -> &Net {
         &self.ema_model
     }
 
@@ -306,7 +350,6 @@ impl Session {
         let wd = cfg.weight_decay * (cfg.batch * accumulate) as f64 / cfg.nbs as f64;
         let nb = train.len().div_ceil(cfg.batch);
         let warmup_iters = if cfg.warmup_epochs > 0.0 { ((cfg.warmup_epochs * nb as f64).round() as usize).max(100) } else { 0 };
-        let loss_cfg = LossConfig::default();
         while self.progress.epoch < cfg.epochs {
             let epoch = self.progress.epoch;
             let started = Instant::now();
@@ -317,7 +360,15 @@ impl Session {
             let rest: Vec<usize> = order.into_iter().skip(skip * cfg.batch).collect();
             let target_lr = cfg.lr0 * lr_factor(epoch as f64, cfg.epochs as f64, cfg.lrf, cfg.cos_lr);
             let seed = cfg.seed ^ (epoch as u64) << 32;
-            for (j, b) in epoch_batches(train.clone(), rest, cfg.batch, cfg.imgsz, cfg.augment, seed, cfg.workers).into_iter().enumerate() {
+            // Mosaic off for the last `close_mosaic` epochs (as Ultralytics).
+            // Classifiers get colour and flip only: mosaic and the affine warp are for boxes.
+            let classify = matches!(self.model, Net::Classify(_));
+            let augment = cfg.augment.map(|a| {
+                let mosaic = if classify || epoch + cfg.close_mosaic >= cfg.epochs { 0.0 } else { a.mosaic };
+                let affine = if classify { AffineParams { degrees: 0.0, translate: 0.0, scale: 0.0 } } else { a.affine };
+                Augment { mosaic, affine, ..a }
+            });
+            for (j, b) in epoch_batches(train.clone(), rest, cfg.batch, cfg.imgsz, augment, seed, cfg.workers).into_iter().enumerate() {
                 let bi = skip + j;
                 let b = b?;
                 let it = self.progress.iteration;
@@ -332,8 +383,7 @@ impl Session {
                 let x = batch_tensor(&b, cfg.imgsz, cfg.device);
                 // Mixed precision: the forward pass autocasts on CUDA; the loss is computed in float.
                 let autocast = cfg.amp && cfg.device.is_cuda();
-                let levels: Vec<Tensor> = tch::autocast(autocast, || self.model.forward_levels(&x, true)).into_iter().map(|l| l.to_kind(Kind::Float)).collect();
-                let loss = detection_loss(&loss_cfg, nc, &levels, &b.targets);
+                let loss = self.model.loss(&x, &b, nc, autocast);
                 let total = loss.sum(Kind::Float);
                 if !total.double_value(&[]).is_finite() {
                     return Err(format!("loss became non-finite at epoch {} batch {bi}", epoch + 1));
@@ -358,22 +408,33 @@ impl Session {
                 }
             }
             let secs = started.elapsed().as_secs_f64();
-            let ev = validate(&self.ema_model, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
             let n = self.progress.seen.max(1) as f64;
-            let report = EpochReport {
+            let mut report = EpochReport {
                 epoch: epoch + 1,
                 box_loss: self.progress.sums[0] / n,
                 cls_loss: self.progress.sums[1] / n,
                 dfl_loss: self.progress.sums[2] / n,
-                precision: ev.precision,
-                recall: ev.recall,
-                map50: ev.map50,
-                map50_95: ev.map50_95,
+                precision: 0.0,
+                recall: 0.0,
+                map50: 0.0,
+                map50_95: 0.0,
+                top1: None,
+                top5: None,
                 images_per_second: n / secs,
             };
-            let best = report.map50_95 > self.progress.best_fitness;
+            match &self.ema_model {
+                Net::Detect(m) => {
+                    let ev = validate(m, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
+                    (report.precision, report.recall, report.map50, report.map50_95) = (ev.precision, ev.recall, ev.map50, ev.map50_95);
+                }
+                Net::Classify(m) => {
+                    let (top1, top5) = super::classify::validate(m, &val, cfg)?;
+                    (report.top1, report.top5) = (Some(top1), Some(top5));
+                }
+            }
+            let best = report.fitness() > self.progress.best_fitness;
             if best {
-                self.progress.best_fitness = report.map50_95;
+                self.progress.best_fitness = report.fitness();
             }
             self.progress.reports.push(report.clone());
             self.progress.epoch += 1;
