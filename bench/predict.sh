@@ -11,14 +11,22 @@ source <(hack/setup.sh torch-env)
 cargo build -q --release -p ocellus-trainer --features torch -p ocellus-predictor -p ocellus-tests --bins
 peer_env=$(bench/setup-peer.sh)
 
-work=$(mktemp -d)
+# Kept between runs: REUSE=1 serves the model and images of the previous run.
+work="$OCELLUS_CACHE/bench-predict"
+[ "${REUSE:-0}" = 1 ] && [ -f "$work/model.onnx" ] || { rm -rf "$work"; mkdir -p "$work"; }
+rm -f "$work/results.jsonl"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() {
+  local rc=$?
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null
+  if [ "$rc" != 0 ]; then for f in "$work"/*.log; do echo "== $f"; tail -20 "$f"; done >&2; fi
+}
 trap cleanup EXIT
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 waitfor() { for _ in $(seq 1 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; die "$1 did not come up"; }
 
 # A model worth serving: yolov8n trained briefly on the synthetic shapes, exported at IMGSZ.
+if [ ! -f "$work/model.onnx" ]; then
 port=$(freeport)
 "$OCELLUS_CACHE/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 & pids+=($!)
 target/release/ocellus-fixtures --images 200 --size "$TRAIN_IMGSZ" --out "$work/ds" >/dev/null
@@ -33,6 +41,8 @@ target/release/ocellus-trainer train --manifest s3://bench/b/datasets/shapes/man
   --epochs "$EPOCHS" --imgsz "$TRAIN_IMGSZ" --batch 16 --device cpu --work-dir "$work/t" >/dev/null
 target/release/ocellus-trainer export --weights s3://bench/b/t/weights/last.safetensors --format onnx --dynamic \
   --imgsz "$IMGSZ" --output "$work/model.onnx" --work-dir "$work/e" >/dev/null
+kill "${pids[0]}"; pids=()
+fi
 
 run_load() { # url concurrency
   target/release/ocellus-loadgen --url "$1" --images "$work/images" --concurrency "$2" --requests "$REQUESTS" --warmup 16
@@ -44,10 +54,11 @@ measure() { # name url
   done
 }
 # Each server is started in this shell (not a subshell) so that it can be stopped; PORT is its port.
-serve_ours() { # max_batch
+serve_ours() { # max_batch [more flags]
   PORT=$(freeport)
-  ORT_DYLIB_PATH="$OCELLUS_CACHE/lib/libonnxruntime.so" target/release/ocellus-predictor serve --model "$work/model.onnx" \
-    --listen "127.0.0.1:$PORT" --max-batch "$1" --max-delay-ms 2 --queue-capacity 256 >"$work/ours-$1.log" 2>&1 &
+  local b=$1; shift
+  ORT_DYLIB_PATH="$OCELLUS_CACHE/lib/libonnxruntime.so" target/release/ocellus-predictor --log-level warn serve --model "$work/model.onnx" \
+    --listen "127.0.0.1:$PORT" --max-batch "$b" --max-delay-ms 2 --queue-capacity 256 "$@" >"$work/ours-$b.log" 2>&1 &
   pids+=($!); waitfor "http://127.0.0.1:$PORT/readyz"
 }
 serve_peer() { # mode
@@ -56,10 +67,12 @@ serve_peer() { # mode
      --log-level warning) >"$work/peer-$1.log" 2>&1 &
   pids+=($!); waitfor "http://127.0.0.1:$PORT/docs"
 }
-stop_last() { local last=$((${#pids[@]} - 1)); kill "${pids[$last]}" 2>/dev/null; wait "${pids[$last]}" 2>/dev/null; unset "pids[$last]"; }
+stop_last() { local last=$((${#pids[@]} - 1)); kill "${pids[$last]}" 2>/dev/null || true; wait "${pids[$last]}" 2>/dev/null || true; unset "pids[$last]"; }
 
 log "ours (max batch 8)"; serve_ours 8; measure "ocellus-predictor" "http://127.0.0.1:$PORT/predict"; stop_last
 log "ours (max batch 1)"; serve_ours 1; echo "{\"server\": \"ocellus-predictor, max batch 1\", \"result\": $(run_load "http://127.0.0.1:$PORT/predict" 16)}" >>"$results"; stop_last
+log "ours (2 instances x 1 thread, max batch 1)"; serve_ours 1 --instances 2 --threads 1
+echo "{\"server\": \"ocellus-predictor, 2 instances x 1 thread\", \"result\": $(run_load "http://127.0.0.1:$PORT/predict" 16)}" >>"$results"; stop_last
 log "peer: onnxruntime + FastAPI"; serve_peer ort; measure "onnxruntime Python + FastAPI" "http://127.0.0.1:$PORT/predict"; stop_last
 log "peer: Ultralytics YOLO(model.onnx).predict + FastAPI"; serve_peer ultralytics; measure "Ultralytics YOLO(onnx).predict + FastAPI" "http://127.0.0.1:$PORT/predict"; stop_last
 
@@ -78,4 +91,6 @@ for c in (1, 16):
     print(f"- concurrency {c}: {ours / ips[('Ultralytics YOLO(onnx).predict + FastAPI', c)]:.2f}x Ultralytics, "
           f"{ours / ips[('onnxruntime Python + FastAPI', c)]:.2f}x onnxruntime + FastAPI")
 print(f"- batching gain at concurrency 16: {ips[('ocellus-predictor', 16)] / ips[('ocellus-predictor, max batch 1', 16)]:.2f}x (max batch 8 vs 1)")
+print(f"- 2 model instances x 1 thread at concurrency 16: {ips[('ocellus-predictor, 2 instances x 1 thread', 16)] / ips[('onnxruntime Python + FastAPI', 16)]:.2f}x onnxruntime + FastAPI, "
+      f"{ips[('ocellus-predictor, 2 instances x 1 thread', 16)] / ips[('Ultralytics YOLO(onnx).predict + FastAPI', 16)]:.2f}x Ultralytics")
 PY

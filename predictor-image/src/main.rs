@@ -157,7 +157,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(2, &e),
     };
-    let spec = ModelSpec { path, info: info.clone(), kind, device, threads: args.threads };
+    let spec = ModelSpec { path, info: info.clone(), kind, device, threads: args.threads, instances: args.instances.max(1) };
     let cfg = BatchConfig { max_batch: args.max_batch, max_delay: Duration::from_millis(args.max_delay_ms), queue_capacity: args.queue_capacity, instances: args.instances };
     let (batcher, loaded) = Batcher::start(spec, cfg, metrics.clone());
     let version = info.sha256.as_deref().map(|s| s[..12.min(s.len())].to_string()).unwrap_or_else(|| "1".into());

@@ -60,5 +60,18 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     assert!(p.exists(), "{} is missing: run `cargo build` first (hack/test.sh does)", p.display());
     p
 }
+/// Runs one of our JSON-lines CLIs (e.g. `ocellus-trainer train ...`) against `s3` with the
+/// `platform` bucket; returns the exit code, the JSON lines of its stdout, and its stderr.
+pub fn run_json_cli(bin: &std::path::Path, args: &[&str], s3: &s3::S3Server) -> (i32, Vec<serde_json::Value>, String) {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .envs(s3.env())
+        .env("OCELLUS_S3_BUCKET", "platform")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let lines = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 pub mod s3;
 pub mod fixtures;

@@ -9,24 +9,17 @@ use ocellus_dataset::ingest::{self, Options};
 use ocellus_dataset::s3::Store;
 use ocellus_dataset::Task;
 use ocellus_tests::fixtures;
-use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use ocellus_tests::s3::S3Server;
 
 fn trainer(s3: &S3Server, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
     run(s3, "train", args)
 }
 
 fn run(s3: &S3Server, command: &str, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ocellus-trainer"))
-        .arg(command)
-        .args(args)
-        .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("OCELLUS_S3_BUCKET", "platform")
-        .output()
-        .expect("run ocellus-trainer train");
-    let lines = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    (out.status.code().unwrap_or(-1), lines)
+    let mut all = vec![command];
+    all.extend_from_slice(args);
+    let (code, lines, _) = ocellus_tests::run_json_cli(std::path::Path::new(env!("CARGO_BIN_EXE_ocellus-trainer")), &all, s3);
+    (code, lines)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,6 +41,7 @@ async fn trains_from_an_ingested_manifest() {
     let epochs: Vec<serde_json::Value> = String::from_utf8_lossy(&results).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     assert_eq!(epochs.iter().map(|e| e["epoch"].as_u64()).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
     assert!(epochs.iter().all(|e| e["box_loss"].as_f64().is_some_and(f64::is_finite) && e["map50"].as_f64().is_some()));
+    assert!(epochs.iter().all(|e| e["per_class_ap"].as_array().is_some_and(|a| a.len() == 3)), "per-class AP each epoch");
     assert!(store.head("team/trainingjobs/t1/weights/last.safetensors").await.expect("head").is_some_and(|n| n > 1_000_000));
     let info: serde_json::Value = serde_json::from_slice(&store.get("team/trainingjobs/t1/weights/last.json").await.expect("info")).expect("json");
     assert_eq!((info["architecture"].as_str(), info["imgsz"].as_u64(), info["names"].as_array().map(Vec::len)), (Some("yolov8n"), Some(96), Some(3)));
@@ -138,9 +132,7 @@ async fn sigterm_pauses_and_resume_finishes_like_an_uninterrupted_run() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ocellus-trainer"))
         .arg("train")
         .args(train_args("team/trainingjobs/paused", &work))
-        .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .envs(s3.env())
         .env("OCELLUS_S3_BUCKET", "platform")
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -89,6 +89,8 @@ pub struct ModelSpec {
     pub device: Device,
     /// Intra-op threads (0: the runtime's default).
     pub threads: usize,
+    /// Model instances sharing the machine.
+    pub instances: usize,
 }
 
 impl ModelSpec {

@@ -44,6 +44,11 @@ impl OnnxBackend {
         if spec.threads > 0 {
             builder = builder.with_intra_threads(spec.threads).map_err(|e| load(e.into()))?;
         }
+        // Several instances share the cores: their idle intra-op threads must not spin. A single
+        // instance keeps ONNX Runtime's default (spinning lowers its latency).
+        if spec.instances > 1 {
+            builder = builder.with_intra_op_spinning(false).map_err(|e| load(e.into()))?;
+        }
         if tensorrt {
             let Device::Cuda(id) = spec.device else {
                 return Err(BackendError::Unavailable("TensorRT needs a CUDA device (--device cuda)".into()));

@@ -202,7 +202,8 @@ async fn open_inference_protocol_v2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn loads_from_s3_and_checks_the_sha256() {
     let f = fixture();
-    let env = [("OCELLUS_S3_ENDPOINT", f.s3.endpoint()), ("AWS_ACCESS_KEY_ID", ocellus_tests::s3::ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", ocellus_tests::s3::SECRET_KEY)];
+    let s3env = f.s3.env();
+    let env: Vec<(&str, &str)> = s3env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let p = Predictor::start_with("s3://platform/team/exports/p/model.onnx", &["--model-name", "shapes"], &env);
     let r = reqwest::Client::new().post(format!("{}/api/models/shapes/predict", p.url)).multipart(form(&f.images[0].1, &[])).send().await.expect("post");
     assert_eq!(r.status(), 200);

@@ -123,6 +123,9 @@ pub struct EpochReport {
     pub map50: f64,
     /// Validation mAP50-95.
     pub map50_95: f64,
+    /// Validation AP50-95 per class (detectors; `null` for classes absent from the val split).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_class_ap: Vec<Option<f64>>,
     /// Validation top-1 accuracy (classifiers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top1: Option<f64>,

@@ -418,6 +418,7 @@ impl Session {
                 recall: 0.0,
                 map50: 0.0,
                 map50_95: 0.0,
+                per_class_ap: vec![],
                 top1: None,
                 top5: None,
                 images_per_second: n / secs,
@@ -426,6 +427,7 @@ impl Session {
                 Net::Detect(m) => {
                     let ev = validate(m, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
                     (report.precision, report.recall, report.map50, report.map50_95) = (ev.precision, ev.recall, ev.map50, ev.map50_95);
+                    report.per_class_ap = ev.per_class_ap;
                 }
                 Net::Classify(m) => {
                     let (top1, top5) = super::classify::validate(m, &val, cfg)?;

@@ -12,7 +12,7 @@ use ocellus_dataset::ingest::{self, Options};
 use ocellus_dataset::s3::Store;
 use ocellus_dataset::Task;
 use ocellus_tests::fixtures;
-use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use ocellus_tests::s3::S3Server;
 use serde_json::Value;
 
 /// Everything the tests share.
@@ -32,21 +32,10 @@ pub struct Fixture {
 pub const CONF: &str = "0.05";
 
 fn trainer(s3: &S3Server, args: &[&str]) -> Vec<Value> {
-    let bin = ocellus_tests::workspace_binary("ocellus-trainer");
-    let out = Command::new(&bin)
-        .args(args)
-        .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("OCELLUS_S3_BUCKET", "platform")
-        .output()
-        .expect("run ocellus-trainer");
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let (code, lines, stderr) = ocellus_tests::run_json_cli(&ocellus_tests::workspace_binary("ocellus-trainer"), args, s3);
     assert!(
-        out.status.success(),
-        "ocellus-trainer {args:?} failed ({}): {lines:?} {} — the predictor tests need the trainer built with libtorch (`--features ocellus-trainer/torch`, as hack/test.sh does)",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        code == 0,
+        "ocellus-trainer {args:?} failed ({code}): {lines:?} {stderr} — the predictor tests need the trainer built with libtorch (`--features ocellus-trainer/torch`, as hack/test.sh does)"
     );
     lines
 }
