@@ -41,6 +41,13 @@ pub struct Model {
     pub backend: std::sync::OnceLock<&'static str>,
 }
 
+impl Model {
+    /// Whether the model threads have loaded and warmed up the model.
+    pub fn is_loaded(&self) -> bool {
+        self.backend.get().is_some()
+    }
+}
+
 /// Label Studio settings (the same environment variables as Label Studio's ML backend SDK).
 #[derive(Debug, Clone, Default)]
 pub struct LabelStudioConfig {
@@ -209,7 +216,9 @@ pub struct Speed {
 /// One image through the pipeline: decode, letterbox, model (batched), post-process.
 /// Returns the predictions, the original `(height, width)` and the timings.
 pub async fn predict_image(state: &AppState, bytes: bytes::Bytes, th: Thresholds) -> Result<(Vec<Prediction>, (u32, u32), Speed), ApiError> {
-    if !state.health.is_ready() {
+    // Refused only while the model loads: during a drain (readiness already false) requests that
+    // still arrive are served.
+    if !state.model.is_loaded() {
         return Err(ApiError::NotReady);
     }
     let t0 = Instant::now();

@@ -223,7 +223,7 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
             if data.len() != n * per {
                 return Err(ApiError::BadRequest(format!("shape {:?} needs {} values, got {}", input.shape, n * per, data.len())));
             }
-            if !s.health.is_ready() {
+            if !s.model.is_loaded() {
                 return Err(ApiError::NotReady);
             }
             let futs = data.chunks(per).map(|c| s.model.batcher.infer(c.to_vec()));
