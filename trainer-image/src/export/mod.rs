@@ -8,6 +8,7 @@
 //!
 //! Every artifact gets a [`ModelInfo`] sidecar (`<artifact>.json`) carrying its SHA-256.
 
+#[cfg(feature = "torch")]
 pub use ocellus_vision::onnx;
 pub mod tensorrt;
 
