@@ -56,7 +56,8 @@ pub fn fixture() -> &'static Fixture {
 
 async fn build() -> Fixture {
     let s3 = S3Server::start().expect("s3");
-    let dir = std::env::temp_dir().join(format!("ocellus-predictor-fixture-{}", std::process::id()));
+    // Under cargo's target/tmp, replaced by each run.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("predictor-fixture");
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::new(&s3.config(), "platform");
     store.ensure_bucket().await.expect("bucket");
@@ -131,7 +132,7 @@ impl Predictor {
     /// Starts without waiting.
     pub fn spawn(model: &str, args: &[&str], env: &[(&str, &str)]) -> Predictor {
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("ocellus-predictor-{port}.log"));
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-{port}.log"));
         let f = std::fs::File::create(&log).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocellus-predictor"));
         cmd.arg("serve")
@@ -141,7 +142,7 @@ impl Predictor {
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
             .env("ORT_DYLIB_PATH", ocellus_tests::cache_dir().join("lib/libonnxruntime.so"))
-            .env("OCELLUS_MODEL_DIR", std::env::temp_dir().join(format!("ocellus-model-{port}")))
+            .env("OCELLUS_MODEL_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-model-{port}")))
             .stdout(Stdio::from(f.try_clone().expect("log")))
             .stderr(Stdio::from(f));
         for (k, v) in env {
@@ -197,6 +198,10 @@ impl Drop for Predictor {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+        if let Some(port) = self.url.rsplit(':').next() {
+            let _ = std::fs::remove_dir_all(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-model-{port}")));
+        }
     }
 }
 
