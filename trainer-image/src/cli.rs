@@ -42,6 +42,19 @@ impl Failure {
     }
 }
 
+/// Ends a subcommand: prints its `done` line and removes the scratch directory, or reports
+/// the failure; returns the exit code.
+pub fn finish(result: Result<serde_json::Value, Failure>, work_dir: &Path) -> ExitCode {
+    match result {
+        Ok(done) => {
+            emit(done);
+            let _ = std::fs::remove_dir_all(work_dir);
+            ExitCode::SUCCESS
+        }
+        Err(f) => f.exit(),
+    }
+}
+
 /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
 pub fn device(s: &str) -> Result<tch::Device, String> {
     match s {

@@ -61,14 +61,7 @@ pub struct ExportArgs {
 
 /// Runs `export`.
 pub async fn run(args: ExportArgs) -> ExitCode {
-    match export_to(&args).await {
-        Ok(done) => {
-            emit(done);
-            let _ = std::fs::remove_dir_all(&args.work_dir);
-            ExitCode::SUCCESS
-        }
-        Err(f) => f.exit(),
-    }
+    crate::cli::finish(export_to(&args).await, &args.work_dir)
 }
 
 async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {

@@ -17,7 +17,6 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::cli::{Failure, device, fetch, fetch_images, load_manifest, sidecar, store};
-use crate::ingest_cmd::emit;
 
 /// `val` flags.
 #[derive(Args, Debug)]
@@ -59,14 +58,7 @@ pub struct ValArgs {
 
 /// Runs `val`.
 pub async fn run(args: ValArgs) -> ExitCode {
-    match val(&args).await {
-        Ok(done) => {
-            emit(done);
-            let _ = std::fs::remove_dir_all(&args.work_dir);
-            ExitCode::SUCCESS
-        }
-        Err(f) => f.exit(),
-    }
+    crate::cli::finish(val(&args).await, &args.work_dir)
 }
 
 async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
