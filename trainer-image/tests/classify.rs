@@ -6,7 +6,6 @@ use ocellus_trainer::model::Architecture;
 use ocellus_trainer::train::TrainConfig;
 use ocellus_trainer::train::classify::{sample, train};
 use ocellus_trainer::train::data::{Augment, Sample};
-use tch::Device;
 
 #[test]
 fn yolov8n_cls_learns_shapes_on_cpu() {
@@ -26,22 +25,8 @@ fn yolov8n_cls_learns_shapes_on_cpu() {
     let (tr, va) = (load("train"), load("val"));
     assert_eq!(tr.len() + va.len(), 300);
     let epochs: usize = std::env::var("OCELLUS_TRAIN_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
-    let cfg = TrainConfig {
-        epochs,
-        imgsz: 64,
-        batch: 16,
-        nbs: 16,
-        lr0: 0.002,
-        lrf: 0.01,
-        cos_lr: false,
-        warmup_epochs: 0.0,
-        weight_decay: 0.0005,
-        seed: 0,
-        workers: 2,
-        device: Device::Cpu,
-        augment: Some(Augment::default()),
-        ..Default::default()
-    };
+    // Ultralytics' defaults (`TrainConfig::default()`) but for these.
+    let cfg = TrainConfig { epochs, imgsz: 64, nbs: 16, warmup_epochs: 0.0, augment: Some(Augment::default()), ..Default::default() };
     let arch: Architecture = "yolov8n-cls".parse().expect("arch");
     let (_, _, reports) = train(&arch, 3, tr, va, &cfg, &mut |r| eprintln!("{}", serde_json::to_string(r).expect("json"))).expect("train");
     let _ = std::fs::remove_dir_all(dir);

@@ -6,7 +6,6 @@ use ocellus_trainer::loss::Target;
 use ocellus_trainer::model::Architecture;
 use ocellus_trainer::train::data::{Augment, Sample};
 use ocellus_trainer::train::{TrainConfig, train};
-use tch::Device;
 
 fn samples(dir: &std::path::Path, set: &[fixtures::Sample], size: u32, split: &str) -> Vec<Sample> {
     set.iter()
@@ -37,22 +36,8 @@ fn yolov8n_learns_shapes_on_cpu() {
     let dir = std::env::temp_dir().join(format!("ocellus-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (tr, va) = (samples(&dir, &set, size, "train"), samples(&dir, &set, size, "val"));
-    let cfg = TrainConfig {
-        epochs,
-        imgsz: size,
-        batch: 16,
-        nbs: 16,
-        lr0: 0.002,
-        lrf: 0.01,
-        cos_lr: false,
-        warmup_epochs: 1.0,
-        weight_decay: 0.0005,
-        seed: 0,
-        workers: 2,
-        device: Device::Cpu,
-        augment: Some(Augment::default()),
-        ..Default::default()
-    };
+    // Ultralytics' defaults (`TrainConfig::default()`) but for these.
+    let cfg = TrainConfig { epochs, imgsz: size, nbs: 16, warmup_epochs: 1.0, augment: Some(Augment::default()), ..Default::default() };
     let arch: Architecture = "yolov8n".parse().expect("arch");
     let (_, _, reports) = train(&arch, 3, tr, va, &cfg, &mut |r| eprintln!("{}", serde_json::to_string(r).expect("json"))).expect("train");
     let _ = std::fs::remove_dir_all(dir);
