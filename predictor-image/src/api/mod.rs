@@ -89,8 +89,6 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Readiness.
     pub health: Health,
-    /// Client for Label Studio image URLs.
-    pub http: reqwest::Client,
     /// Label Studio hosts and tokens learnt from `/setup`, by project.
     pub ls_projects: Mutex<HashMap<String, (String, String)>>,
 }
@@ -98,12 +96,7 @@ pub struct Inner {
 impl AppState {
     /// New state.
     pub fn new(model: Model, settings: Settings, metrics: Metrics, health: Health) -> AppState {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        AppState(Arc::new(Inner { model, settings, metrics, health, http, ls_projects: Mutex::new(HashMap::new()) }))
+        AppState(Arc::new(Inner { model, settings, metrics, health, ls_projects: Mutex::new(HashMap::new()) }))
     }
 }
 

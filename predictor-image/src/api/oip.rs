@@ -9,6 +9,8 @@
 //!
 //! Request `parameters` may carry `conf` and `iou`.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -29,11 +31,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .with_state(state)
 }
 
@@ -41,21 +43,29 @@ async fn server_metadata() -> Json<Value> {
     Json(json!({"name": "ocellus-predictor", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}))
 }
 
-async fn server_ready(State(s): State<AppState>) -> impl IntoResponse {
+/// 200 or 503 with `{"ready": bool}` (plus `extra` fields).
+fn readiness(s: &AppState, mut body: Value) -> impl IntoResponse + use<> {
     let ready = s.health.is_ready();
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(json!({"ready": ready})))
+    body["ready"] = json!(ready);
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }
 
-fn check_model(s: &AppState, model: &str, version: Option<&str>) -> Result<(), ApiError> {
+async fn server_ready(State(s): State<AppState>) -> impl IntoResponse {
+    readiness(&s, json!({}))
+}
+
+/// `{model}` and, on the `/versions/{version}` routes, `{version}` must be what is served.
+fn check_model(s: &AppState, p: &HashMap<String, String>) -> Result<String, ApiError> {
+    let model = p.get("model").map(String::as_str).unwrap_or_default();
     if model != s.model.name {
         return Err(ApiError::NotFound(format!("model {model:?} is not served here (this server serves {:?})", s.model.name)));
     }
-    if let Some(v) = version {
-        if v != s.model.version {
+    if let Some(v) = p.get("version") {
+        if *v != s.model.version {
             return Err(ApiError::NotFound(format!("version {v:?} of {model:?} is not served here (version {:?} is)", s.model.version)));
         }
     }
-    Ok(())
+    Ok(model.to_string())
 }
 
 fn metadata(s: &AppState) -> Value {
@@ -79,26 +89,14 @@ fn metadata(s: &AppState) -> Value {
     })
 }
 
-async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
-    check_model(&s, &model, None)?;
+async fn model_metadata(State(s): State<AppState>, Path(p): Path<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    check_model(&s, &p)?;
     Ok(Json(metadata(&s)))
 }
 
-async fn model_metadata_v(State(s): State<AppState>, Path((model, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
-    check_model(&s, &model, Some(&version))?;
-    Ok(Json(metadata(&s)))
-}
-
-async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    check_model(&s, &model, None)?;
-    let ready = s.health.is_ready();
-    Ok((if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(json!({"name": model, "ready": ready}))))
-}
-
-async fn model_ready_v(State(s): State<AppState>, Path((model, version)): Path<(String, String)>) -> Result<impl IntoResponse, ApiError> {
-    check_model(&s, &model, Some(&version))?;
-    let ready = s.health.is_ready();
-    Ok((if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(json!({"name": model, "ready": ready}))))
+async fn model_ready(State(s): State<AppState>, Path(p): Path<HashMap<String, String>>) -> Result<impl IntoResponse, ApiError> {
+    let name = check_model(&s, &p)?;
+    Ok(readiness(&s, json!({"name": name})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,13 +119,8 @@ struct InferInput {
     data: Option<Value>,
 }
 
-async fn infer(State(s): State<AppState>, Path(model): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    check_model(&s, &model, None)?;
-    run_infer(s, headers, body).await
-}
-
-async fn infer_v(State(s): State<AppState>, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
-    check_model(&s, &model, Some(&version))?;
+async fn infer(State(s): State<AppState>, Path(p): Path<HashMap<String, String>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    check_model(&s, &p)?;
     run_infer(s, headers, body).await
 }
 

@@ -31,6 +31,7 @@ pub struct OnnxBackend {
     input: String,
     output: String,
     per_image: usize,
+    side: i64,
     half: bool,
     name: &'static str,
 }
@@ -71,7 +72,7 @@ impl OnnxBackend {
         let session = builder.commit_from_file(&spec.path).map_err(load)?;
         let input = session.inputs().first().map(|o| o.name().to_string()).ok_or_else(|| BackendError::Load("the model has no input".into()))?;
         let output = session.outputs().first().map(|o| o.name().to_string()).ok_or_else(|| BackendError::Load("the model has no output".into()))?;
-        Ok(OnnxBackend { session, input, output, per_image: spec.output_len(), half: spec.info.half, name: if tensorrt { "tensorrt" } else { "onnxruntime" } })
+        Ok(OnnxBackend { session, input, output, per_image: spec.output_len(), side: i64::from(spec.info.imgsz), half: spec.info.half, name: if tensorrt { "tensorrt" } else { "onnxruntime" } })
     }
 }
 
@@ -82,8 +83,7 @@ impl Backend for OnnxBackend {
 
     fn run(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
         let err = |e: ort::Error| BackendError::Run(e.to_string());
-        let per = input.len() / n.max(1);
-        let side = ((per / 3) as f64).sqrt() as i64;
+        let side = self.side;
         let shape = [n as i64, 3, side, side];
         let out = if self.half {
             let x: Vec<half::f16> = input.iter().map(|v| half::f16::from_f32(*v)).collect();

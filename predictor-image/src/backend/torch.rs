@@ -11,6 +11,7 @@ pub struct TorchBackend {
     device: tch::Device,
     half: bool,
     per_image: usize,
+    side: i64,
 }
 
 impl TorchBackend {
@@ -30,7 +31,7 @@ impl TorchBackend {
         }
         let mut module = CModule::load_on_device(&spec.path, device).map_err(|e| BackendError::Load(e.to_string()))?;
         module.set_eval();
-        Ok(TorchBackend { module, device, half: spec.info.half, per_image: spec.output_len() })
+        Ok(TorchBackend { module, device, half: spec.info.half, per_image: spec.output_len(), side: i64::from(spec.info.imgsz) })
     }
 }
 
@@ -40,8 +41,7 @@ impl Backend for TorchBackend {
     }
 
     fn run(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, BackendError> {
-        let per = input.len() / n.max(1);
-        let side = ((per / 3) as f64).sqrt() as i64;
+        let side = self.side;
         let x = Tensor::from_slice(input).view([n as i64, 3, side, side]).to_device(self.device);
         let x = if self.half { x.to_kind(Kind::Half) } else { x };
         let y = tch::no_grad(|| self.module.forward_ts(&[x])).map_err(|e| BackendError::Run(e.to_string()))?;

@@ -1,4 +1,4 @@
-//! The training loop: AdamW with warm-up and linear or cosine decay, gradient accumulation to a
+//! The training loop: AdamW or SGD with warm-up and linear or cosine decay, gradient accumulation to a
 //! nominal batch of 64, gradient clipping, EMA weights, and validation (COCO-style mAP with the
 //! shared `ocellus_vision` post-processing) after every epoch.
 

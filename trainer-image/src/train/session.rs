@@ -111,13 +111,6 @@ impl Net {
         }
     }
 
-    /// The detector, if this is one.
-    pub fn detector(&self) -> Option<&Detector> {
-        match self {
-            Net::Detect(m) => Some(m),
-            Net::Classify(_) => None,
-        }
-    }
 }
 
 /// A training run.
@@ -262,10 +255,6 @@ impl Session {
         &self.ema.vs
     }
 
-    /// The EMA model (what validation and export use).
-    pub fn ema_model(&self) -> &Net {
-        &self.ema_model
-    }
 
     /// Unscales (mixed precision), clips to norm 10 and applies the optimiser, then zeroes the
     /// grads. AdamW decays convolution weights decoupled; SGD (Nesterov) adds L2 decay to their
