@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use ocellus_common::{Health, LogArgs};
 use ocellus_predictor::api::{AppState, LabelStudioConfig, Model, Settings};
 use ocellus_predictor::backend::{self, ModelSpec};
-use ocellus_predictor::batcher::{BatchConfig, Batcher};
+use ocellus_predictor::batcher::{BatchConfig, Batcher, Lanes};
 use ocellus_predictor::metrics::Metrics;
 use ocellus_predictor::pipeline::ImageLimits;
 use ocellus_predictor::source::{self, SourceError};
@@ -54,7 +54,7 @@ struct ServeArgs {
     /// Address to serve on.
     #[arg(long, env = "OCELLUS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Most images per model run.
+    /// Most images per model run (the elastic CPU setup of auto instances runs one per core).
     #[arg(long, env = "OCELLUS_MAX_BATCH", default_value_t = 8)]
     max_batch: usize,
     /// Longest wait for a batch to fill, in milliseconds.
@@ -63,10 +63,12 @@ struct ServeArgs {
     /// Images that may wait; beyond this requests get 429.
     #[arg(long, env = "OCELLUS_QUEUE_CAPACITY", default_value_t = 64)]
     queue_capacity: usize,
-    /// Model threads, each with its own copy of the model.
-    #[arg(long, env = "OCELLUS_INSTANCES", default_value_t = 1)]
+    /// Model threads, each with its own copy of the model. 0 (auto): on a CPU with ONNX Runtime,
+    /// one copy per core for load plus one over all cores for a lone request; else one.
+    #[arg(long, env = "OCELLUS_INSTANCES", default_value_t = 0)]
     instances: usize,
-    /// Intra-op threads per model thread (0: the runtime's default).
+    /// Intra-op threads per model thread (0: the runtime's default); with auto instances, the
+    /// cores to use (0: those the process may use).
     #[arg(long, env = "OCELLUS_THREADS", default_value_t = 0)]
     threads: usize,
     /// Default confidence threshold.
@@ -157,8 +159,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(2, &e),
     };
-    let spec = ModelSpec { path, info: info.clone(), kind, device, threads: args.threads, instances: args.instances.max(1) };
-    let cfg = BatchConfig { max_batch: args.max_batch, max_delay: Duration::from_millis(args.max_delay_ms), queue_capacity: args.queue_capacity, instances: args.instances };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lanes = Lanes::resolve(args.instances, args.threads, kind, &device, cores);
+    let spec = ModelSpec { path, info: info.clone(), kind, device, threads: args.threads, spin: true };
+    let cfg = BatchConfig { max_batch: args.max_batch, max_delay: Duration::from_millis(args.max_delay_ms), queue_capacity: args.queue_capacity, lanes };
     let (batcher, loaded) = Batcher::start(spec, cfg, metrics.clone());
     let version = info.sha256.as_deref().map(|s| s[..12.min(s.len())].to_string()).unwrap_or_else(|| "1".into());
     let model = Model { name: args.model_name.clone().unwrap_or_else(|| info.architecture.clone()), version, info, batcher, backend: Default::default() };
@@ -196,7 +200,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             let _ = state.model.backend.set(name);
             health.set_ready(true);
             let c = state.model.batcher.config();
-            tracing::info!(backend = name, model = %state.model.name, max_batch = c.max_batch, instances = c.instances, "model ready");
+            tracing::info!(backend = name, model = %state.model.name, max_batch = c.max_batch, lanes = ?c.lanes, "model ready");
         }
         Ok(Err(e)) => {
             let _ = stop_tx.send(());

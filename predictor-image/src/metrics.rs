@@ -25,6 +25,8 @@ pub struct Metrics {
     pub rejected: IntCounter,
     /// Images inferred.
     pub images: IntCounter,
+    /// Model runs by lane kind (`latency`: one copy over all cores; `throughput`: the others).
+    pub runs: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -44,6 +46,7 @@ impl Metrics {
         let inference_seconds = Histogram::with_opts(HistogramOpts::new("inference_duration_seconds", "Model run time per batch").buckets(latency_buckets()))?;
         let rejected = IntCounter::new("rejected_total", "Images refused with 429 because the queue was full")?;
         let images = IntCounter::new("images_total", "Images inferred")?;
+        let runs = IntCounterVec::new(Opts::new("model_runs_total", "Model runs by lane kind"), &["lane"])?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -53,6 +56,7 @@ impl Metrics {
         registry.register(Box::new(inference_seconds.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(images.clone()))?;
-        Ok(Metrics { registry, requests, request_seconds, inflight, queue_depth, queue_seconds, batch_size, inference_seconds, rejected, images })
+        registry.register(Box::new(runs.clone()))?;
+        Ok(Metrics { registry, requests, request_seconds, inflight, queue_depth, queue_seconds, batch_size, inference_seconds, rejected, images, runs })
     }
 }

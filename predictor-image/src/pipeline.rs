@@ -67,7 +67,7 @@ pub fn decode_image(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, Image
     l.max_alloc = Some(limits.max_pixels * 4 + (1 << 20));
     reader.limits(l);
     let img = reader.decode().map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
 }
 
 /// Letterboxes to the model size; returns the CHW input and the mapping back.

@@ -216,6 +216,7 @@ pub async fn predict_image(state: &AppState, bytes: bytes::Bytes, th: Thresholds
     }
     let t0 = Instant::now();
     let (limits, imgsz) = (state.settings.limits, state.model.info.imgsz);
+    let ticket = state.model.batcher.ticket();
     let (input, lb, shape) = tokio::task::spawn_blocking(move || {
         let img = pipeline::decode_image(&bytes, limits)?;
         let (x, lb) = pipeline::preprocess(&img, imgsz);
@@ -224,7 +225,7 @@ pub async fn predict_image(state: &AppState, bytes: bytes::Bytes, th: Thresholds
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
     let t1 = Instant::now();
-    let out = state.model.batcher.infer(input).await?;
+    let out = state.model.batcher.infer(ticket, input).await?;
     let t2 = Instant::now();
     let preds = pipeline::postprocess(&state.model.info, &out, &lb, th);
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;

@@ -219,7 +219,7 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
             if !s.model.is_loaded() {
                 return Err(ApiError::NotReady);
             }
-            let futs = data.chunks(per).map(|c| s.model.batcher.infer(c.to_vec()));
+            let futs = data.chunks(per).map(|c| s.model.batcher.infer(s.model.batcher.ticket(), c.to_vec()));
             let mut flat = Vec::new();
             let mut per_out = 0;
             for r in futures::future::join_all(futs).await {

@@ -89,8 +89,9 @@ pub struct ModelSpec {
     pub device: Device,
     /// Intra-op threads (0: the runtime's default).
     pub threads: usize,
-    /// Model instances sharing the machine.
-    pub instances: usize,
+    /// Whether idle intra-op threads may spin (lower latency for a copy that has the cores to
+    /// itself; copies sharing cores must not).
+    pub spin: bool,
 }
 
 impl ModelSpec {

@@ -8,7 +8,7 @@ use ort::ep::{self, ExecutionProvider};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorRef};
 
 use super::{Backend, BackendError, Device, ModelSpec, check_len};
 
@@ -45,9 +45,7 @@ impl OnnxBackend {
         if spec.threads > 0 {
             builder = builder.with_intra_threads(spec.threads).map_err(|e| load(e.into()))?;
         }
-        // Several instances share the cores: their idle intra-op threads must not spin. A single
-        // instance keeps ONNX Runtime's default (spinning lowers its latency).
-        if spec.instances > 1 {
+        if !spec.spin {
             builder = builder.with_intra_op_spinning(false).map_err(|e| load(e.into()))?;
         }
         if tensorrt {
@@ -92,7 +90,7 @@ impl Backend for OnnxBackend {
             let (_, y) = outputs[self.output.as_str()].try_extract_tensor::<half::f16>().map_err(err)?;
             y.iter().map(|v| v.to_f32()).collect()
         } else {
-            let t = Tensor::from_array((shape, input.to_vec())).map_err(err)?;
+            let t = TensorRef::from_array_view((shape, input)).map_err(err)?;
             let outputs = self.session.run(ort::inputs![self.input.as_str() => t]).map_err(err)?;
             let (_, y) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(err)?;
             y.to_vec()

@@ -41,6 +41,9 @@ async fn onnx_predictions_match_the_trainers_validation() {
     let p = Predictor::start(&fixture().onnx, &["--max-batch", "4"]);
     assert_matches_validation(&p, "/predict").await;
     assert_matches_validation(&p, "/api/models/shapes/predict").await;
+    // Requests one at a time ran on the copy that has every core (the elastic CPU default).
+    let metrics = reqwest::get(format!("{}/metrics", p.url)).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.lines().any(|l| l.starts_with("ocellus_predictor_model_runs_total{lane=\"latency\"}") && !l.ends_with(" 0")), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,7 +142,9 @@ async fn overload_is_answered_with_429_and_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn open_inference_protocol_v2() {
     let f = fixture();
-    let p = Predictor::start(&f.onnx, &["--max-batch", "8", "--max-delay-ms", "20"]);
+    // One model copy: batching is what this copy does under concurrency (the CPU's elastic
+    // default runs one image per core instead).
+    let p = Predictor::start(&f.onnx, &["--instances", "1", "--max-batch", "8", "--max-delay-ms", "20"]);
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("{}{path}", p.url)).send();
     assert_eq!(get("/v2/health/live").await.expect("live").status(), 200);
