@@ -2,17 +2,17 @@
 # Predictor benchmark: ocellus-predictor (release, ONNX Runtime CPU) against (a) Ultralytics
 # YOLO(model.onnx).predict and (b) onnxruntime Python, both behind FastAPI/uvicorn, serving the
 # same ONNX model (our trainer's yolov8n export) the same JPEGs over HTTP, in the same run.
-#   IMGSZ=640 REQUESTS=200 bench/predict.sh
+#   IMGSZ=640 REQUESTS=200 ROUNDS=3 bench/predict.sh
 source "$(dirname "$0")/../hack/lib.sh"
 cd "$(dirname "$0")/.."
-IMGSZ=${IMGSZ:-640}; REQUESTS=${REQUESTS:-200}; TRAIN_IMGSZ=${TRAIN_IMGSZ:-320}; EPOCHS=${EPOCHS:-5}
+IMGSZ=${IMGSZ:-640}; REQUESTS=${REQUESTS:-200}; ROUNDS=${ROUNDS:-3}; TRAIN_IMGSZ=${TRAIN_IMGSZ:-320}; EPOCHS=${EPOCHS:-5}
 hack/setup.sh python
 source <(hack/setup.sh torch-env)
 cargo build -q --release -p ocellus-trainer --features torch -p ocellus-predictor -p ocellus-tests --bins
 peer_env=$(bench/setup-peer.sh)
 
 # Kept between runs: REUSE=1 serves the model and images of the previous run.
-work="$OCELLUS_CACHE/bench-predict"
+work="$OCELLUS_CACHE/bench-predict-$IMGSZ"
 [ "${REUSE:-0}" = 1 ] && [ -f "$work/model.onnx" ] || { rm -rf "$work"; mkdir -p "$work"; }
 rm -f "$work/results.jsonl"
 pids=()
@@ -48,17 +48,14 @@ run_load() { # url concurrency
   target/release/ocellus-loadgen --url "$1" --images "$work/images" --concurrency "$2" --requests "$REQUESTS" --warmup 16
 }
 results="$work/results.jsonl"
-measure() { # name url
-  for c in 1 16; do
-    echo "{\"server\": \"$1\", \"result\": $(run_load "$2" "$c")}" >>"$results"
-  done
+record() { # name concurrency url
+  echo "{\"server\": \"$1\", \"round\": $round, \"result\": $(run_load "$3" "$2")}" >>"$results"
 }
 # Each server is started in this shell (not a subshell) so that it can be stopped; PORT is its port.
-serve_ours() { # max_batch [more flags]
+serve_ours() { # [flags]
   PORT=$(freeport)
-  local b=$1; shift
   ORT_DYLIB_PATH="$OCELLUS_CACHE/lib/libonnxruntime.so" target/release/ocellus-predictor --log-level warn serve --model "$work/model.onnx" \
-    --listen "127.0.0.1:$PORT" --max-batch "$b" --max-delay-ms 2 --queue-capacity 256 "$@" >"$work/ours-$b.log" 2>&1 &
+    --listen "127.0.0.1:$PORT" --queue-capacity 256 "$@" >"$work/ours.log" 2>&1 &
   pids+=($!); waitfor "http://127.0.0.1:$PORT/readyz"
 }
 serve_peer() { # mode
@@ -69,28 +66,38 @@ serve_peer() { # mode
 }
 stop_last() { local last=$((${#pids[@]} - 1)); kill "${pids[$last]}" 2>/dev/null || true; wait "${pids[$last]}" 2>/dev/null || true; unset "pids[$last]"; }
 
-log "ours (max batch 8)"; serve_ours 8; measure "ocellus-predictor" "http://127.0.0.1:$PORT/predict"; stop_last
-log "ours (max batch 1)"; serve_ours 1; echo "{\"server\": \"ocellus-predictor, max batch 1\", \"result\": $(run_load "http://127.0.0.1:$PORT/predict" 16)}" >>"$results"; stop_last
-log "ours (2 instances x 1 thread, max batch 1)"; serve_ours 1 --instances 2 --threads 1
-echo "{\"server\": \"ocellus-predictor, 2 instances x 1 thread\", \"result\": $(run_load "http://127.0.0.1:$PORT/predict" 16)}" >>"$results"; stop_last
-log "peer: onnxruntime + FastAPI"; serve_peer ort; measure "onnxruntime Python + FastAPI" "http://127.0.0.1:$PORT/predict"; stop_last
-log "peer: Ultralytics YOLO(model.onnx).predict + FastAPI"; serve_peer ultralytics; measure "Ultralytics YOLO(onnx).predict + FastAPI" "http://127.0.0.1:$PORT/predict"; stop_last
+# The servers take turns, ROUNDS times; each row is the median over the rounds (this machine's
+# speed drifts by 10-20% over minutes, which would otherwise favour whoever ran at a good time).
+OURS="ocellus-predictor"; ONE="ocellus-predictor, --instances 1"; ORT="onnxruntime Python + FastAPI"; ULT="Ultralytics YOLO(onnx).predict + FastAPI"
+for round in $(seq 1 "$ROUNDS"); do
+  log "round $round/$ROUNDS: ours (default: elastic CPU lanes)"; serve_ours
+  for c in 1 16; do record "$OURS" $c "http://127.0.0.1:$PORT/predict"; done; stop_last
+  log "round $round/$ROUNDS: ours, one model copy (max batch 8, then 1)"; serve_ours --instances 1 --max-batch 8 --max-delay-ms 2
+  for c in 1 16; do record "$ONE, max batch 8" $c "http://127.0.0.1:$PORT/predict"; done; stop_last
+  serve_ours --instances 1 --max-batch 1; record "$ONE, max batch 1" 16 "http://127.0.0.1:$PORT/predict"; stop_last
+  log "round $round/$ROUNDS: peer (b) onnxruntime + FastAPI"; serve_peer ort
+  for c in 1 16; do record "$ORT" $c "http://127.0.0.1:$PORT/predict"; done; stop_last
+  log "round $round/$ROUNDS: peer (a) Ultralytics"; serve_peer ultralytics
+  for c in 1 16; do record "$ULT" $c "http://127.0.0.1:$PORT/predict"; done; stop_last
+done
 
-python3 - "$results" "$IMGSZ" "$REQUESTS" <<'PY'
-import json, sys
+python3 - "$results" "$IMGSZ" "$REQUESTS" "$ROUNDS" <<'PY'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"| server ({sys.argv[3]} JPEG requests, {sys.argv[2]}x{sys.argv[2]}, CPU) | concurrency | images/s | p50 ms | p99 ms | errors |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
+runs = {}
 for r in rows:
-    x = r["result"]
-    print(f"| {r['server']} | {x['concurrency']} | {x['images_per_second']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['errors']} |")
-ips = {(r["server"], r["result"]["concurrency"]): r["result"]["images_per_second"] for r in rows}
+    runs.setdefault((r["server"], r["result"]["concurrency"]), []).append(r["result"])
+med = lambda xs, k: statistics.median(x[k] for x in xs)
+print(f"| server ({sys.argv[3]} JPEG requests, {sys.argv[2]}x{sys.argv[2]}, CPU, median of {sys.argv[4]} rounds) | concurrency | images/s | p50 ms | p99 ms | errors |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for (name, c), xs in runs.items():
+    print(f"| {name} | {c} | {med(xs, 'images_per_second'):.1f} | {med(xs, 'p50_ms'):.1f} | {med(xs, 'p99_ms'):.1f} | {sum(x['errors'] for x in xs)} |")
+ips = {k: med(xs, "images_per_second") for k, xs in runs.items()}
 print()
+OURS, ONE = "ocellus-predictor", "ocellus-predictor, --instances 1"
+ORT, ULT = "onnxruntime Python + FastAPI", "Ultralytics YOLO(onnx).predict + FastAPI"
 for c in (1, 16):
-    ours = ips[("ocellus-predictor", c)]
-    print(f"- concurrency {c}: {ours / ips[('Ultralytics YOLO(onnx).predict + FastAPI', c)]:.2f}x Ultralytics, "
-          f"{ours / ips[('onnxruntime Python + FastAPI', c)]:.2f}x onnxruntime + FastAPI")
-print(f"- batching gain at concurrency 16: {ips[('ocellus-predictor', 16)] / ips[('ocellus-predictor, max batch 1', 16)]:.2f}x (max batch 8 vs 1)")
-print(f"- 2 model instances x 1 thread at concurrency 16: {ips[('ocellus-predictor, 2 instances x 1 thread', 16)] / ips[('onnxruntime Python + FastAPI', 16)]:.2f}x onnxruntime + FastAPI, "
-      f"{ips[('ocellus-predictor, 2 instances x 1 thread', 16)] / ips[('Ultralytics YOLO(onnx).predict + FastAPI', 16)]:.2f}x Ultralytics")
+    print(f"- concurrency {c}: {ips[(OURS, c)] / ips[(ULT, c)]:.2f}x (a) Ultralytics, {ips[(OURS, c)] / ips[(ORT, c)]:.2f}x (b) onnxruntime + FastAPI")
+print(f"- batching gain of one model copy at concurrency 16: {ips[(ONE + ', max batch 8', 16)] / ips[(ONE + ', max batch 1', 16)]:.2f}x (max batch 8 vs 1)")
+print(f"- elastic lanes vs one copy (max batch 8): {ips[(OURS, 1)] / ips[(ONE + ', max batch 8', 1)]:.2f}x at concurrency 1, {ips[(OURS, 16)] / ips[(ONE + ', max batch 8', 16)]:.2f}x at 16")
 PY
