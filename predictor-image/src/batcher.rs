@@ -9,8 +9,8 @@
 //!
 //! On a CPU, [`Lanes::Elastic`] keeps two kinds of lanes: a request that arrives alone runs on
 //! one copy that spreads its kernels over all cores (lowest latency), while under load every
-//! core runs a whole image on its own one-thread copy (highest throughput: small kernels split
-//! over cores waste much of them).
+//! core runs a whole image on its own one-thread copy (highest throughput: one image's kernels
+//! split over the cores leave part of them idle).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel};
@@ -21,6 +21,10 @@ use tokio::sync::oneshot;
 
 use crate::backend::{self, Backend, BackendError, Device, Kind, ModelSpec};
 use crate::metrics::Metrics;
+
+/// Most cores the elastic setup takes by itself (each is a model copy in memory). A pod with
+/// no CPU limit would otherwise load one copy per core of the node; `--threads` sets more.
+pub const AUTO_MAX_CORES: usize = 8;
 
 /// How the model threads share the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +49,9 @@ impl Lanes {
     /// The lanes for `--instances` and `--threads`: explicit instances are taken as given;
     /// `0` (auto) is elastic for ONNX Runtime on a CPU with more than one core (libtorch's
     /// intra-op threads are per process, and a GPU runs one copy), else one copy. `cores` is
-    /// what the process may use (`--threads` when set).
+    /// what the process may use, at most [`AUTO_MAX_CORES`] unless `--threads` says otherwise.
     pub fn resolve(instances: usize, threads: usize, kind: Kind, device: &Device, cores: usize) -> Lanes {
-        let cores = if threads > 0 { threads } else { cores.max(1) };
+        let cores = if threads > 0 { threads } else { cores.clamp(1, AUTO_MAX_CORES) };
         match instances {
             0 if kind == Kind::Onnx && *device == Device::Cpu && cores > 1 => Lanes::Elastic { cores },
             0 => Lanes::Fixed { instances: 1, threads },
@@ -508,6 +512,8 @@ mod tests {
     fn lanes_follow_the_backend_and_device() {
         assert_eq!(Lanes::resolve(0, 0, Kind::Onnx, &Device::Cpu, 4), Lanes::Elastic { cores: 4 });
         assert_eq!(Lanes::resolve(0, 2, Kind::Onnx, &Device::Cpu, 8), Lanes::Elastic { cores: 2 });
+        assert_eq!(Lanes::resolve(0, 0, Kind::Onnx, &Device::Cpu, 96), Lanes::Elastic { cores: AUTO_MAX_CORES });
+        assert_eq!(Lanes::resolve(0, 16, Kind::Onnx, &Device::Cpu, 96), Lanes::Elastic { cores: 16 });
         assert_eq!(Lanes::resolve(0, 0, Kind::Onnx, &Device::Cpu, 1), Lanes::Fixed { instances: 1, threads: 0 });
         assert_eq!(Lanes::resolve(0, 0, Kind::Onnx, &Device::Cuda(0), 8), Lanes::Fixed { instances: 1, threads: 0 });
         assert_eq!(Lanes::resolve(0, 0, Kind::Torch, &Device::Cpu, 8), Lanes::Fixed { instances: 1, threads: 0 });

@@ -68,7 +68,7 @@ struct ServeArgs {
     #[arg(long, env = "OCELLUS_INSTANCES", default_value_t = 0)]
     instances: usize,
     /// Intra-op threads per model thread (0: the runtime's default); with auto instances, the
-    /// cores to use (0: those the process may use).
+    /// cores to use (0: those the process may use, at most 8).
     #[arg(long, env = "OCELLUS_THREADS", default_value_t = 0)]
     threads: usize,
     /// Default confidence threshold.
