@@ -98,7 +98,7 @@ pub fn sniff(path: &Path) -> Result<Option<Kind>, ArchiveError> {
         }
         n += r;
     }
-    Ok(if n >= 4 && head[..4] == *b"PK\x03\x04" || n >= 4 && head[..4] == *b"PK\x05\x06" {
+    Ok(if n >= 4 && (head[..4] == *b"PK\x03\x04" || head[..4] == *b"PK\x05\x06") {
         Some(Kind::Zip)
     } else if n >= 2 && head[..2] == [0x1f, 0x8b] {
         Some(Kind::TarGz)

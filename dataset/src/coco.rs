@@ -138,7 +138,7 @@ pub fn convert(file: &CocoFile, task: Task, class_names: &[String]) -> Converted
                 // Ultralytics keeps one polygon per instance: the largest.
                 let Some(poly) = polys.iter().filter_map(|p| p.as_array()).max_by_key(|p| p.len()) else { continue };
                 let vals: Vec<f64> = poly.iter().filter_map(|v| v.as_f64()).collect();
-                if vals.len() < 6 || vals.len() % 2 != 0 || vals.len() != poly.len() {
+                if vals.len() < 6 || !vals.len().is_multiple_of(2) || vals.len() != poly.len() {
                     out.errors.push(err(ItemErrorKind::BadPolygon, format!("annotation #{n}: a polygon needs at least 3 points")));
                     continue;
                 }

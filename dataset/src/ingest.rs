@@ -271,7 +271,7 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
             .map(|item| {
                 let r = validate_one(item, task, classes, kpt, limits);
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 500 == 0 || n == total {
+                if n.is_multiple_of(500) || n == total {
                     progress(Progress { phase: "validate", done: n, total });
                 }
                 r
@@ -354,7 +354,7 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
                 store.put_file(&key, &path, ct).await.map_err(|e| IngestError::Storage(e.to_string()))?;
             }
             let n = uploaded.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 500 == 0 || n == total {
+            if n.is_multiple_of(500) || n == total {
                 progress(Progress { phase: "upload", done: n, total });
             }
             Ok::<_, IngestError>(())

@@ -163,11 +163,10 @@ pub fn parse_yolo(text: &str, task: Task, classes: usize, kpt_shape: Option<(usi
             }
             let coords: Vec<f64> = rest.iter().enumerate().filter(|(i, _)| *i < 4 || d != 3 || (i - 4) % 3 != 2).map(|(_, v)| *v).collect();
             check_coords(&coords, line)?;
-            if d == 3 {
-                if let Some(v) = rest.iter().skip(4).skip(2).step_by(3).find(|v| !matches!(**v, 0.0 | 1.0 | 2.0)) {
+            if d == 3
+                && let Some(v) = rest.iter().skip(4).skip(2).step_by(3).find(|v| !matches!(**v, 0.0 | 1.0 | 2.0)) {
                     return Err(RowError { line, kind: ItemErrorKind::BadLabelRow, detail: format!("line {line}: keypoint visibility {v} is not 0, 1 or 2") });
                 }
-            }
         } else {
             check_coords(rest, line)?;
         }

@@ -131,8 +131,11 @@ fn split_of(rel_path: &str) -> Option<Split> {
     rel_path.split('/').find_map(Split::from_name)
 }
 
+/// What a data.yaml gives: class names and the keypoint shape.
+type DataYaml = (Vec<String>, Option<(usize, usize)>);
+
 /// Reads `names` (list or index map) and `kpt_shape` from a data.yaml.
-fn read_data_yaml(path: &Path) -> Result<(Vec<String>, Option<(usize, usize)>), IngestError> {
+fn read_data_yaml(path: &Path) -> Result<DataYaml, IngestError> {
     let text = std::fs::read_to_string(path)?;
     let v: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| IngestError::Layout(format!("{}: {e}", path.display())))?;
     let names = match v.get("names") {
@@ -198,7 +201,7 @@ pub fn detect(dir: &Path, request: FormatRequest, task: Task) -> Result<Layout, 
     }
 }
 
-fn yolo(root: &Path, files: &[PathBuf], data_yaml: Option<(Vec<String>, Option<(usize, usize)>)>) -> Result<Layout, IngestError> {
+fn yolo(root: &Path, files: &[PathBuf], data_yaml: Option<DataYaml>) -> Result<Layout, IngestError> {
     let (class_names, kpt_shape) = data_yaml.unwrap_or_default();
     let label_files: BTreeSet<PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).cloned().collect();
     let mut used = BTreeSet::new();

@@ -233,11 +233,10 @@ impl Batcher {
             let (ready, remaining) = (ready.clone(), remaining.clone());
             move |r: Result<&'static str, BackendError>| {
                 let mut g = ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if r.is_err() || remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    if let Some(tx) = g.take() {
+                if (r.is_err() || remaining.fetch_sub(1, Ordering::SeqCst) == 1)
+                    && let Some(tx) = g.take() {
                         let _ = tx.send(r);
                     }
-                }
             }
         };
         let mut latency_tx = None;

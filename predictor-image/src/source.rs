@@ -57,7 +57,7 @@ pub async fn fetch(uri: &str, work: &Path, timeout: Duration, retries: u32) -> R
     };
     let text = std::fs::read(&sidecar).map_err(|e| SourceError::Permanent(format!("model info {}: {e} (`ocellus-trainer export` writes it next to the artifact)", sidecar.display())))?;
     let info: ModelInfo = serde_json::from_slice(&text).map_err(|e| SourceError::Permanent(format!("model info {}: {e}", sidecar.display())))?;
-    if info.names.is_empty() || info.imgsz % 32 != 0 || info.imgsz == 0 {
+    if info.names.is_empty() || !info.imgsz.is_multiple_of(32) || info.imgsz == 0 {
         return Err(SourceError::Permanent(format!("model info {}: needs class names and an imgsz that is a multiple of 32", sidecar.display())));
     }
     let bytes = std::fs::read(&artifact).map_err(|e| SourceError::Permanent(format!("{}: {e}", artifact.display())))?;

@@ -288,7 +288,7 @@ impl LocalCluster {
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
         let deadline = Instant::now() + Duration::from_secs(30);
         // 1.20's ServiceAccount admission also needs the account's token Secret.
-        while !sas.get_opt("default").await?.is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty())) {
+        while sas.get_opt("default").await?.is_none_or(|sa| sa.secrets.is_none_or(|s| s.is_empty())) {
             if Instant::now() > deadline {
                 bail!("no default ServiceAccount in {name}");
             }

@@ -91,13 +91,12 @@ async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
     let info: ModelInfo = serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
         .map_err(|e| Failure::Invalid("InvalidModelInfo", format!("{}: {e}", sidecar(&args.weights))))?;
     let bytes = std::fs::read(&weights).map_err(|e| Failure::Transient(e.to_string()))?;
-    if let Some(want) = &info.sha256 {
-        if *want != hex::encode(Sha256::digest(&bytes)) {
+    if let Some(want) = &info.sha256
+        && *want != hex::encode(Sha256::digest(&bytes)) {
             return Err(Failure::Invalid("ChecksumMismatch", "the weights do not match the SHA-256 in their model info".into()));
         }
-    }
     let imgsz = args.imgsz.unwrap_or(info.imgsz);
-    if imgsz % 32 != 0 || !(32..=4096).contains(&imgsz) {
+    if !imgsz.is_multiple_of(32) || !(32..=4096).contains(&imgsz) {
         return Err(Failure::Invalid("InvalidOptions", format!("imgsz {imgsz} must be a multiple of 32 between 32 and 4096")));
     }
     let opts = Options { imgsz, batch: args.batch, dynamic: args.dynamic, half: args.half, opset: args.opset };

@@ -73,6 +73,7 @@ pub struct Assignment {
 /// Task-aligned assignment. `pd_scores` `(B, A, nc)` probabilities, `pd_bboxes` `(B, A, 4)` and
 /// `anchors` `(A, 2)` in pixels, `gt_labels` `(B, n, 1)`, `gt_bboxes` `(B, n, 4)` pixels xyxy,
 /// `mask_gt` `(B, n, 1)`.
+#[allow(clippy::too_many_arguments, reason = "the tensors of Ultralytics' TaskAlignedAssigner.forward, in its order")]
 pub fn assign(cfg: &LossConfig, nc: i64, pd_scores: &Tensor, pd_bboxes: &Tensor, anchors: &Tensor, gt_labels: &Tensor, gt_bboxes: &Tensor, mask_gt: &Tensor) -> Assignment {
     let (b, a) = (pd_scores.size()[0], pd_scores.size()[1]);
     let n = gt_bboxes.size()[1];

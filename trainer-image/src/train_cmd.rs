@@ -158,7 +158,7 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return invalid("UnsupportedArchitecture", e),
     };
-    if args.imgsz % 32 != 0 || args.batch == 0 || args.epochs == 0 {
+    if !args.imgsz.is_multiple_of(32) || args.batch == 0 || args.epochs == 0 {
         return invalid("InvalidHyperparameters", "imgsz must be a multiple of 32, batch and epochs at least 1".into());
     }
     let dev = match device(&args.device) {
@@ -279,7 +279,7 @@ pub async fn run(args: TrainArgs) -> ExitCode {
             let res = handle.block_on(async {
                 // S3 has no append: results.jsonl is rewritten (it is small).
                 out.put(&results_key, body.into(), "application/x-ndjson").await.map_err(|e| e.to_string())?;
-                if r.epoch % interval == 0 {
+                if r.epoch.is_multiple_of(interval) {
                     save_checkpoint(&out, &prefix, "last", s, &work).await?;
                 }
                 if best {

@@ -76,7 +76,7 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
         return Err(Failure::Invalid("UnsupportedTask", format!("val supports detectors; {} is a {} model", info.architecture, info.task)));
     }
     let imgsz = args.imgsz.unwrap_or(info.imgsz);
-    if imgsz % 32 != 0 {
+    if !imgsz.is_multiple_of(32) {
         return Err(Failure::Invalid("InvalidOptions", format!("imgsz {imgsz} is not a multiple of 32")));
     }
     let (header, records) = load_manifest(&s3, &args.manifest).await?;

@@ -35,9 +35,9 @@ fn saved_model(dir: &Path, architecture: &str, names: &[&str]) -> (ModelInfo, st
     tch::no_grad(|| {
         for (k, t) in vs.variables() {
             if k.ends_with("running_mean") {
-                let _ = t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1));
+                t.shallow_clone().copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.1));
             } else if k.ends_with("running_var") || (k.contains(".bn.") && k.ends_with("weight")) {
-                let _ = t.shallow_clone().copy_(&(Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) + 0.5));
+                t.shallow_clone().copy_(&(Tensor::rand(t.size(), (Kind::Float, Device::Cpu)) + 0.5));
             }
         }
     });

@@ -35,7 +35,7 @@ fn reference_model() -> (nn::VarStore, Detector) {
             if key.contains("dfl") {
                 continue;
             }
-            let _ = t.shallow_clone().copy_(&fill(&key, &t));
+            t.shallow_clone().copy_(&fill(&key, &t));
         }
     });
     (vs, model)

@@ -145,11 +145,10 @@ async fn setup(State(s): State<AppState>, headers: HeaderMap, body: axum::body::
     let req: SetupRequest = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid setup request: {e}")))?;
     let schema = req.schema.ok_or_else(|| ApiError::BadRequest("setup needs `schema` (the project's label config)".into()))?;
     parse_label_config(&schema, &s.model.info.names, s.model.info.is_detect()).map_err(ApiError::BadRequest)?;
-    if let (Some(p), Some(host)) = (req.project.as_ref(), req.hostname.filter(|h| !h.is_empty())) {
-        if let Ok(mut m) = s.ls_projects.lock() {
+    if let (Some(p), Some(host)) = (req.project.as_ref(), req.hostname.filter(|h| !h.is_empty()))
+        && let Ok(mut m) = s.ls_projects.lock() {
             m.insert(project_key(p), (host.trim_end_matches('/').to_string(), req.access_token.unwrap_or_default()));
         }
-    }
     Ok(Json(json!({"model_version": model_version(&s)})))
 }
 
@@ -279,11 +278,10 @@ async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::By
         .build()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut req = client.get(parsed);
-    if is_ls {
-        if let Some(t) = ls_token.filter(|t| !t.is_empty()) {
+    if is_ls
+        && let Some(t) = ls_token.filter(|t| !t.is_empty()) {
             req = req.header(header::AUTHORIZATION, format!("Token {t}"));
         }
-    }
     let mut resp = req.send().await.map_err(|e| ApiError::Upstream(format!("fetching the task image: {e}")))?;
     if !resp.status().is_success() {
         return Err(ApiError::Upstream(format!("fetching the task image: HTTP {}", resp.status())));

@@ -60,11 +60,10 @@ fn check_model(s: &AppState, p: &HashMap<String, String>) -> Result<String, ApiE
     if model != s.model.name {
         return Err(ApiError::NotFound(format!("model {model:?} is not served here (this server serves {:?})", s.model.name)));
     }
-    if let Some(v) = p.get("version") {
-        if *v != s.model.version {
+    if let Some(v) = p.get("version")
+        && *v != s.model.version {
             return Err(ApiError::NotFound(format!("version {v:?} of {model:?} is not served here (version {:?} is)", s.model.version)));
         }
-    }
     Ok(model.to_string())
 }
 

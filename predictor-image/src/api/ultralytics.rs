@@ -67,11 +67,10 @@ pub async fn predict_request(state: AppState, req: Request) -> Result<Json<serde
     if files.is_empty() {
         return Err(ApiError::BadRequest("no image: send it in a multipart field named `file`".into()));
     }
-    if let Some(s) = imgsz {
-        if !(s.fract() == 0.0 && (32.0..=4096.0).contains(&s)) {
+    if let Some(s) = imgsz
+        && !(s.fract() == 0.0 && (32.0..=4096.0).contains(&s)) {
             return Err(ApiError::BadRequest(format!("imgsz must be an integer between 32 and 4096, got {s}")));
         }
-    }
     let th = thresholds(state.settings.defaults, conf, iou)?;
     let n = files.len();
     // Concurrently, so that one request's images batch together; order is kept.

@@ -126,11 +126,10 @@ async fn container_logs(
             let mut idle = idle;
             loop {
                 let mut buf = Vec::new();
-                if let Ok(mut f) = tokio::fs::File::open(&path).await {
-                    if f.seek(std::io::SeekFrom::Start(off)).await.is_ok() {
+                if let Ok(mut f) = tokio::fs::File::open(&path).await
+                    && f.seek(std::io::SeekFrom::Start(off)).await.is_ok() {
                         let _ = f.read_to_end(&mut buf).await;
                     }
-                }
                 if !buf.is_empty() {
                     let n = buf.len() as u64;
                     return Some((Ok(buf), (None, off + n, path, 0)));

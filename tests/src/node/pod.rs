@@ -112,12 +112,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut pod: Pod, mut updates: watch::Receive
 
         if terminal.is_none() {
             // activeDeadlineSeconds counts from the pod's start on this node.
-            if let Some(deadline) = spec.active_deadline_seconds {
-                if started.elapsed() >= Duration::from_secs(deadline.max(0) as u64) {
+            if let Some(deadline) = spec.active_deadline_seconds
+                && started.elapsed() >= Duration::from_secs(deadline.max(0) as u64) {
                     stop_all(&mut ctrs, Duration::from_secs(0)).await;
                     terminal = Some(("Failed", Some(("DeadlineExceeded", "Pod was active on the node longer than the specified deadline".into()))));
                 }
-            }
         }
         if terminal.is_none() {
             for c in ctrs.iter_mut() {
@@ -228,8 +227,8 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
                 };
                 c.ready = false;
                 ctx.logs.finish(&ns, &pod_name, &c.spec.name);
-            } else if let Some(probe) = c.spec.readiness_probe.clone() {
-                if Instant::now() >= c.next_probe {
+            } else if let Some(probe) = c.spec.readiness_probe.clone()
+                && Instant::now() >= c.next_probe {
                     c.next_probe = Instant::now() + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
                     let ok = run_probe(&probe, ip, &c.spec).await;
                     if ok {
@@ -246,7 +245,6 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
                         }
                     }
                 }
-            }
         }
         State::Terminated { restart_at: Some(at), code, reason, started, finished } if Instant::now() >= *at => {
             c.last = Some(json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}}));

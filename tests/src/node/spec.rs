@@ -61,8 +61,8 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
                 i += 2;
                 continue;
             }
-            if bytes[i + 1] == b'(' {
-                if let Some(end) = input[i + 2..].find(')') {
+            if bytes[i + 1] == b'('
+                && let Some(end) = input[i + 2..].find(')') {
                     let name = &input[i + 2..i + 2 + end];
                     if let Some(v) = vars.get(name) {
                         out.push_str(v);
@@ -70,7 +70,6 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
                         continue;
                     }
                 }
-            }
         }
         let ch = input[i..].chars().next().unwrap_or('\u{fffd}');
         out.push(ch);
@@ -131,7 +130,7 @@ pub fn pod_phase(started: bool, outcomes: &[ContainerOutcome]) -> &'static str {
     if !started {
         return "Pending";
     }
-    if outcomes.iter().any(|o| *o == ContainerOutcome::Active) {
+    if outcomes.contains(&ContainerOutcome::Active) {
         return "Running";
     }
     if outcomes.iter().all(|o| *o == ContainerOutcome::Done(0)) { "Succeeded" } else { "Failed" }

@@ -34,6 +34,7 @@ mod model_export {
 
     /// A model with its weights, ready to export.
     #[derive(Debug)]
+    #[allow(clippy::large_enum_variant, reason = "one per process")]
     pub enum Loaded {
         /// A detector.
         Detect(VarStore, Detector),

@@ -125,7 +125,7 @@ impl DetectHead {
         let dfl = (p / "dfl" / "conv").zeros_no_train("weight", &[1, REG_MAX, 1, 1]);
         tch::no_grad(|| {
             let arange = Tensor::arange(REG_MAX, (Kind::Float, dfl.device())).view([1, REG_MAX, 1, 1]);
-            let _ = dfl.shallow_clone().copy_(&arange);
+            dfl.shallow_clone().copy_(&arange);
         });
         DetectHead { nc, cv2, cv3, dfl }
     }
@@ -236,6 +236,7 @@ pub fn make_anchors(levels: &[Tensor], device: Device) -> (Tensor, Tensor) {
 
 /// A backbone layer.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "a few per model, built once")]
 enum Layer {
     Conv(ConvBn),
     C2f(C2f),

@@ -187,11 +187,10 @@ impl Ema {
         let src: HashMap<String, Tensor> = source.variables();
         tch::no_grad(|| {
             for (k, e) in self.vs.variables() {
-                if let Some(s) = src.get(&k) {
-                    if e.is_floating_point() {
+                if let Some(s) = src.get(&k)
+                    && e.is_floating_point() {
                         let _ = e.shallow_clone().g_mul_scalar_(d).g_add_(&(s * (1.0 - d)));
                     }
-                }
             }
         });
     }

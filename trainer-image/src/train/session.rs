@@ -79,6 +79,7 @@ pub enum Outcome {
 
 /// The network a session trains.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "one per session")]
 pub enum Net {
     /// A detector (TAL + CIoU + DFL + BCE loss; mAP validation).
     Detect(Detector),
@@ -387,12 +388,12 @@ impl Session {
                 }
                 self.progress.seen += b.len;
                 self.progress.iteration += 1;
-                if self.progress.iteration % accumulate == 0 || bi + 1 == nb {
+                if self.progress.iteration.is_multiple_of(accumulate) || bi + 1 == nb {
                     self.step(cfg, lr, lr_bias, wd, momentum);
                 }
                 self.progress.batch = bi + 1;
                 // Pause only at an optimiser-step boundary, so no accumulated gradient is lost.
-                if stop.load(Ordering::SeqCst) && self.progress.iteration % accumulate == 0 && bi + 1 < nb {
+                if stop.load(Ordering::SeqCst) && self.progress.iteration.is_multiple_of(accumulate) && bi + 1 < nb {
                     return Ok(Outcome::Paused);
                 }
             }
