@@ -122,28 +122,70 @@ pub type Loader = Arc<dyn Fn(&ModelSpec) -> Result<Box<dyn Backend>, BackendErro
 #[derive(Clone)]
 pub struct Batcher {
     tx: SyncSender<Job>,
-    depth: Arc<AtomicUsize>,
-    coming: Arc<AtomicUsize>,
-    /// Mean batch run time in microseconds (for `Retry-After`).
-    batch_micros: Arc<AtomicU64>,
-    cfg: BatchConfig,
-    metrics: Metrics,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("cfg", &self.cfg).finish()
+        f.debug_struct("Batcher").field("cfg", &self.shared.cfg).finish()
+    }
+}
+
+/// What the handles, the dispatcher and the lanes share.
+struct Shared {
+    /// Images queued and not yet taken.
+    depth: AtomicUsize,
+    /// Images announced by a [`Ticket`] and not yet queued.
+    coming: AtomicUsize,
+    /// Mean batch run time in microseconds (for `Retry-After`).
+    batch_micros: AtomicU64,
+    sched: Mutex<Sched>,
+    /// Signalled when a lane is released.
+    freed: Condvar,
+    cfg: BatchConfig,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn sched(&self) -> std::sync::MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `f` gives a value, re-trying whenever a lane is released.
+    fn wait_for<T>(&self, mut f: impl FnMut(&mut Sched) -> Option<T>) -> T {
+        let mut g = self.sched();
+        loop {
+            if let Some(v) = f(&mut g) {
+                return v;
+            }
+            g = self.freed.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn release(&self, p: Pick) {
+        self.sched().release(p);
+        self.freed.notify_all();
+    }
+
+    /// Images queued or on their way.
+    fn waiting(&self) -> usize {
+        self.depth.load(Ordering::SeqCst) + self.coming.load(Ordering::SeqCst)
     }
 }
 
 /// A request on its way to the queue (decoding); the dispatcher waits for it rather than run a
 /// smaller batch. Dropped when the image is queued or the request fails.
-#[derive(Debug)]
-pub struct Ticket(Arc<AtomicUsize>);
+pub struct Ticket(Arc<Shared>);
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticket")
+    }
+}
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.coming.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -194,12 +236,6 @@ impl Sched {
     }
 }
 
-type Shared = Arc<(Mutex<Sched>, Condvar)>;
-
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Sched> {
-    s.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Batcher {
     /// Starts the lanes of `cfg` with the backends of [`backend::load`]. Each lane loads the
     /// model and warms it up (a batch of one and a full batch) before taking work; the returned
@@ -221,12 +257,10 @@ impl Batcher {
         }
         cfg.max_batch = cfg.max_batch.max(1);
         let (tx, rx) = sync_channel::<Job>(cfg.queue_capacity.max(1));
-        let depth = Arc::new(AtomicUsize::new(0));
-        let coming = Arc::new(AtomicUsize::new(0));
-        let batch_micros = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = oneshot::channel();
         let (latency_spec, lane_specs) = cfg.lanes.specs(&spec);
-        let sched: Shared = Arc::new((Mutex::new(Sched::new(lane_specs.len(), latency_spec.is_some())), Condvar::new()));
+        let sched = Mutex::new(Sched::new(lane_specs.len(), latency_spec.is_some()));
+        let shared = Arc::new(Shared { depth: AtomicUsize::new(0), coming: AtomicUsize::new(0), batch_micros: AtomicU64::new(0), sched, freed: Condvar::new(), cfg, metrics });
         let remaining = Arc::new(AtomicUsize::new(lane_specs.len() + usize::from(latency_spec.is_some())));
         let ready = Arc::new(Mutex::new(Some(ready_tx)));
         let report = {
@@ -248,7 +282,7 @@ impl Batcher {
                 Pick::Latency => latency_tx = Some(btx),
                 Pick::Lane(_) => lane_txs.push(btx),
             }
-            let (loader, lane_report, sched, micros, metrics) = (loader.clone(), report.clone(), sched.clone(), batch_micros.clone(), metrics.clone());
+            let (loader, lane_report, shared) = (loader.clone(), report.clone(), shared.clone());
             let name = match pick {
                 Pick::Latency => "model-all-cores".to_string(),
                 Pick::Lane(i) => format!("model-{i}"),
@@ -265,51 +299,52 @@ impl Batcher {
                     return report(Err(e));
                 }
                 report(Ok(model.name()));
-                lane(model.as_mut(), &lane_spec, &cfg, &brx, pick, &sched, &micros, &metrics);
+                lane(model.as_mut(), &lane_spec, &brx, pick, &shared);
             });
             if let Err(e) = spawned {
                 report(Err(BackendError::Load(format!("cannot start a model thread: {e}"))));
             }
         }
-        let (d, c, s, m) = (depth.clone(), coming.clone(), sched.clone(), metrics.clone());
-        let spawned = std::thread::Builder::new().name("batcher".into()).spawn(move || dispatch(&rx, latency_tx, &lane_txs, &s, &d, &c, &cfg, &m));
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new().name("batcher".into()).spawn(move || dispatch(&rx, latency_tx, &lane_txs, &s));
         if let Err(e) = spawned {
             report(Err(BackendError::Load(format!("cannot start the batching thread: {e}"))));
         }
-        (Batcher { tx, depth, coming, batch_micros, cfg, metrics }, ready_rx)
+        (Batcher { tx, shared }, ready_rx)
     }
 
     /// Images waiting now.
     pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
+        self.shared.depth.load(Ordering::SeqCst)
     }
 
     /// The effective batching settings.
     pub fn config(&self) -> BatchConfig {
-        self.cfg
+        self.shared.cfg
     }
 
     /// Announces an image that will be queued soon (see [`Ticket`]).
     pub fn ticket(&self) -> Ticket {
-        self.coming.fetch_add(1, Ordering::SeqCst);
-        Ticket(self.coming.clone())
+        self.shared.coming.fetch_add(1, Ordering::SeqCst);
+        Ticket(self.shared.clone())
     }
 
     /// Queues one preprocessed image and waits for its output.
     pub async fn infer(&self, ticket: Ticket, input: Vec<f32>) -> Result<Vec<f32>, InferError> {
         let (reply, rx) = oneshot::channel();
         // Counted as queued before it stops counting as coming: the dispatcher never sees neither.
-        self.depth.fetch_add(1, Ordering::SeqCst);
+        let s = &self.shared;
+        s.depth.fetch_add(1, Ordering::SeqCst);
         drop(ticket);
         match self.tx.try_send(Job { input, reply, enqueued: Instant::now() }) {
-            Ok(()) => self.metrics.queue_depth.set(self.depth() as i64),
+            Ok(()) => s.metrics.queue_depth.set(self.depth() as i64),
             Err(TrySendError::Full(_)) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                self.metrics.rejected.inc();
+                s.depth.fetch_sub(1, Ordering::SeqCst);
+                s.metrics.rejected.inc();
                 return Err(InferError::Overloaded { retry_after: self.retry_after() });
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
+                s.depth.fetch_sub(1, Ordering::SeqCst);
                 return Err(InferError::Stopped);
             }
         }
@@ -321,28 +356,22 @@ impl Batcher {
 
     /// Seconds until the queue has likely drained (at least 1).
     fn retry_after(&self) -> u64 {
-        let per_batch = self.batch_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let batches = self.depth() as f64 / (self.cfg.max_batch * self.cfg.lanes.parallel()) as f64;
+        let cfg = &self.shared.cfg;
+        let per_batch = self.shared.batch_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let batches = self.depth() as f64 / (cfg.max_batch * cfg.lanes.parallel()) as f64;
         (per_batch * batches).ceil().max(1.0) as u64
     }
 }
 
 /// The dispatcher: waits for a free lane, collects a batch, hands it over.
-#[allow(clippy::too_many_arguments)]
-fn dispatch(rx: &Receiver<Job>, latency: Option<SyncSender<Vec<Job>>>, lanes: &[SyncSender<Vec<Job>>], sched: &Shared, depth: &AtomicUsize, coming: &AtomicUsize, cfg: &BatchConfig, metrics: &Metrics) {
+fn dispatch(rx: &Receiver<Job>, latency: Option<SyncSender<Vec<Job>>>, lanes: &[SyncSender<Vec<Job>>], s: &Shared) {
+    let (cfg, metrics) = (&s.cfg, &s.metrics);
     loop {
         // A free lane first, so that the batch takes in what waits meanwhile.
-        let free = {
-            let mut g = lock(sched);
-            while g.free() == 0 {
-                g = sched.1.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-            g.free()
-        };
+        let free = s.wait_for(|g| Some(g.free()).filter(|n| *n > 0));
         let Ok(first) = rx.recv() else { return };
         // Spread what waits over the free lanes rather than stack it on one.
-        let waiting = depth.load(Ordering::SeqCst) + coming.load(Ordering::SeqCst);
-        let want = cfg.max_batch.min(waiting.div_ceil(free).max(1));
+        let want = cfg.max_batch.min(s.waiting().div_ceil(free).max(1));
         let mut jobs = vec![first];
         let deadline = Instant::now() + cfg.max_delay;
         while jobs.len() < want {
@@ -356,7 +385,7 @@ fn dispatch(rx: &Receiver<Job>, latency: Option<SyncSender<Vec<Job>>>, lanes: &[
             }
             // Nothing queued: wait only for requests already on their way.
             let left = deadline.saturating_duration_since(Instant::now());
-            if coming.load(Ordering::SeqCst) == 0 || left.is_zero() {
+            if s.coming.load(Ordering::SeqCst) == 0 || left.is_zero() {
                 break;
             }
             match rx.recv_timeout(left.min(Duration::from_millis(1))) {
@@ -365,8 +394,8 @@ fn dispatch(rx: &Receiver<Job>, latency: Option<SyncSender<Vec<Job>>>, lanes: &[
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        depth.fetch_sub(jobs.len(), Ordering::SeqCst);
-        metrics.queue_depth.set(depth.load(Ordering::SeqCst) as i64);
+        s.depth.fetch_sub(jobs.len(), Ordering::SeqCst);
+        metrics.queue_depth.set(s.depth.load(Ordering::SeqCst) as i64);
         // Clients that went away are not computed.
         let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
         if jobs.is_empty() {
@@ -374,16 +403,8 @@ fn dispatch(rx: &Receiver<Job>, latency: Option<SyncSender<Vec<Job>>>, lanes: &[
         }
         // Alone: nothing queued or announced, and no other request in the server (one still
         // being received is not announced yet, and the cores it needs are the latency lane's).
-        let alone = depth.load(Ordering::SeqCst) + coming.load(Ordering::SeqCst) == 0 && metrics.inflight.get() <= jobs.len() as i64;
-        let pick = {
-            let mut g = lock(sched);
-            loop {
-                if let Some(p) = g.take(alone) {
-                    break p;
-                }
-                g = sched.1.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-        };
+        let alone = s.waiting() == 0 && metrics.inflight.get() <= jobs.len() as i64;
+        let pick = s.wait_for(|g| g.take(alone));
         let to = match pick {
             Pick::Latency => latency.as_ref(),
             Pick::Lane(i) => lanes.get(i),
@@ -393,15 +414,14 @@ fn dispatch(rx: &Receiver<Job>, latency: Option<SyncSender<Vec<Job>>>, lanes: &[
             for j in e.0 {
                 let _ = j.reply.send(Err("the model thread is not running".into()));
             }
-            lock(sched).release(pick);
-            sched.1.notify_all();
+            s.release(pick);
         }
     }
 }
 
 /// A lane: runs the batches handed to it.
-#[allow(clippy::too_many_arguments)]
-fn lane(model: &mut dyn Backend, spec: &ModelSpec, cfg: &BatchConfig, rx: &Receiver<Vec<Job>>, pick: Pick, sched: &Shared, micros: &AtomicU64, metrics: &Metrics) {
+fn lane(model: &mut dyn Backend, spec: &ModelSpec, rx: &Receiver<Vec<Job>>, pick: Pick, s: &Shared) {
+    let (cfg, metrics, micros) = (&s.cfg, &s.metrics, &s.batch_micros);
     let per_in = spec.input_len();
     let per_out = spec.output_len();
     while let Ok(jobs) = rx.recv() {
@@ -422,8 +442,7 @@ fn lane(model: &mut dyn Backend, spec: &ModelSpec, cfg: &BatchConfig, rx: &Recei
         let start = Instant::now();
         let result = model.run(&input, run_n);
         let took = start.elapsed();
-        lock(sched).release(pick);
-        sched.1.notify_all();
+        s.release(pick);
         metrics.inference_seconds.observe(took.as_secs_f64());
         metrics.batch_size.observe(n as f64);
         metrics.runs.with_label_values(&[if pick == Pick::Latency { "latency" } else { "throughput" }]).inc();
