@@ -25,7 +25,5 @@ async fn main() -> anyhow::Result<()> {
     let health = Health::new(prometheus::Registry::new());
     health.set_ready(true);
     let router = app(AppState { health });
-    ocellus_common::serve(config.listen_addr, router, ocellus_common::shutdown_signal())
-        .await
-        .context("serving HTTP")
+    ocellus_common::serve(config.listen_addr, router, ocellus_common::shutdown_signal()).await.context("serving HTTP")
 }

@@ -65,7 +65,10 @@ fn every_property_has_a_description() {
         let root = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let mut missing = vec![];
         undocumented("", root, &mut missing);
-        assert!(missing.is_empty(), "{file}: fields without a description (kubectl explain would be empty): {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{file}: fields without a description (kubectl explain would be empty): {missing:?}"
+        );
         // Sanity: the walk really visits fields.
         assert!(root["properties"]["spec"]["properties"].as_object().map(|m| m.len()).unwrap_or(0) >= 3, "{file}");
     }
@@ -108,18 +111,27 @@ fn dataset_cel_rules() {
 
     let none = dataset(json!({"task": "detect", "source": {}}));
     assert_eq!(cel_errors::<Dataset>(none), vec!["exactly one of s3, https or upload must be set"]);
-    let two = dataset(json!({"task": "detect", "source": {"s3": {"uri": "s3://b/a.zip"}, "https": {"url": "https://x/a.zip"}}}));
+    let two = dataset(
+        json!({"task": "detect", "source": {"s3": {"uri": "s3://b/a.zip"}, "https": {"url": "https://x/a.zip"}}}),
+    );
     assert_eq!(cel_errors::<Dataset>(two), vec!["exactly one of s3, https or upload must be set"]);
 
-    let dup = dataset(json!({"task": "detect", "classNames": ["a", "b", "a"], "source": {"upload": {"objects": ["x.zip"]}}}));
+    let dup =
+        dataset(json!({"task": "detect", "classNames": ["a", "b", "a"], "source": {"upload": {"objects": ["x.zip"]}}}));
     assert_eq!(cel_errors::<Dataset>(dup), vec!["classNames must be unique"]);
 
-    let ratios = dataset(json!({"task": "detect", "source": {"upload": {"objects": ["x.zip"]}}, "split": {"train": 0.7, "val": 0.2, "test": 0.2}}));
+    let ratios = dataset(
+        json!({"task": "detect", "source": {"upload": {"objects": ["x.zip"]}}, "split": {"train": 0.7, "val": 0.2, "test": 0.2}}),
+    );
     assert_eq!(cel_errors::<Dataset>(ratios), vec!["split ratios must sum to 1"]);
-    let ratios_ok = dataset(json!({"task": "detect", "source": {"upload": {"objects": ["x.zip"]}}, "split": {"train": 0.7, "val": 0.3}}));
+    let ratios_ok = dataset(
+        json!({"task": "detect", "source": {"upload": {"objects": ["x.zip"]}}, "split": {"train": 0.7, "val": 0.3}}),
+    );
     assert_eq!(cel_errors::<Dataset>(ratios_ok), Vec::<String>::new());
 
-    let versions = dataset(json!({"task": "detect", "source": {"upload": {"objects": ["x.zip"]}}, "versions": [{"name": "v1"}, {"name": "v1"}]}));
+    let versions = dataset(
+        json!({"task": "detect", "source": {"upload": {"objects": ["x.zip"]}}, "versions": [{"name": "v1"}, {"name": "v1"}]}),
+    );
     assert_eq!(cel_errors::<Dataset>(versions), vec!["version names must be unique"]);
 }
 
@@ -160,11 +172,15 @@ fn export_cel_rules() {
         vec!["gpuProduct is required for format engine: a TensorRT engine only runs on the GPU model it was built for"]
     );
     assert_eq!(
-        cel_errors::<Export>(export(json!({"source": src, "format": "engine", "gpuProduct": "NVIDIA-H100-80GB-HBM3", "half": true}))),
+        cel_errors::<Export>(export(
+            json!({"source": src, "format": "engine", "gpuProduct": "NVIDIA-H100-80GB-HBM3", "half": true})
+        )),
         Vec::<String>::new()
     );
     assert_eq!(
-        cel_errors::<Export>(export(json!({"source": src, "format": "onnx", "int8": true, "calibration": {"datasetRef": {"name": "d"}}}))),
+        cel_errors::<Export>(export(
+            json!({"source": src, "format": "onnx", "int8": true, "calibration": {"datasetRef": {"name": "d"}}})
+        )),
         vec!["int8 is only supported for format engine"]
     );
     assert_eq!(
@@ -176,7 +192,9 @@ fn export_cel_rules() {
         vec!["half-precision TorchScript needs a GPU (set gpuProduct)"]
     );
     assert_eq!(
-        cel_errors::<Export>(export(json!({"source": {"trainingJob": {"name": "t"}, "weightsUri": "s3://b/w.pt"}, "format": "onnx"}))),
+        cel_errors::<Export>(export(
+            json!({"source": {"trainingJob": {"name": "t"}, "weightsUri": "s3://b/w.pt"}, "format": "onnx"})
+        )),
         vec!["exactly one of trainingJob or weightsUri must be set"]
     );
 }
@@ -197,11 +215,15 @@ fn model_deployment_cel_rules() {
     let model = json!({"export": {"name": "e"}});
     assert_eq!(cel_errors::<ModelDeployment>(model_deployment(json!({"model": model}))), Vec::<String>::new());
     assert_eq!(
-        cel_errors::<ModelDeployment>(model_deployment(json!({"model": model, "scaling": {"minReplicas": 3, "maxReplicas": 2}}))),
+        cel_errors::<ModelDeployment>(model_deployment(
+            json!({"model": model, "scaling": {"minReplicas": 3, "maxReplicas": 2}})
+        )),
         vec!["minReplicas must not exceed maxReplicas"]
     );
     assert_eq!(
-        cel_errors::<ModelDeployment>(model_deployment(json!({"model": model, "scaling": {"minReplicas": 0, "maxReplicas": 2}}))),
+        cel_errors::<ModelDeployment>(model_deployment(
+            json!({"model": model, "scaling": {"minReplicas": 0, "maxReplicas": 2}})
+        )),
         Vec::<String>::new()
     );
     assert_eq!(
@@ -209,11 +231,15 @@ fn model_deployment_cel_rules() {
         vec!["backend tensorrt needs a GPU (resources.gpu.count > 0)"]
     );
     assert_eq!(
-        cel_errors::<ModelDeployment>(model_deployment(json!({"model": model, "backend": "tensorrt", "resources": {"gpu": {"count": 1}}}))),
+        cel_errors::<ModelDeployment>(model_deployment(
+            json!({"model": model, "backend": "tensorrt", "resources": {"gpu": {"count": 1}}})
+        )),
         Vec::<String>::new()
     );
     assert_eq!(
-        cel_errors::<ModelDeployment>(model_deployment(json!({"model": {"export": {"name": "e"}, "uri": "s3://b/m.onnx", "format": "onnx"}}))),
+        cel_errors::<ModelDeployment>(model_deployment(
+            json!({"model": {"export": {"name": "e"}, "uri": "s3://b/m.onnx", "format": "onnx"}})
+        )),
         vec!["exactly one of export, trainingJob or uri must be set"]
     );
     assert_eq!(

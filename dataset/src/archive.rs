@@ -112,7 +112,10 @@ pub fn sniff(path: &Path) -> Result<Option<Kind>, ArchiveError> {
 /// The safe relative path of an entry name, or an error if it escapes.
 pub fn safe_relative(name: &str) -> Result<Option<PathBuf>, ArchiveError> {
     let normalized = name.replace('\\', "/");
-    if normalized.starts_with('/') || normalized.contains('\0') || (normalized.len() > 1 && normalized.as_bytes()[1] == b':') {
+    if normalized.starts_with('/')
+        || normalized.contains('\0')
+        || (normalized.len() > 1 && normalized.as_bytes()[1] == b':')
+    {
         return Err(ArchiveError::PathTraversal(name.to_string()));
     }
     let mut out = PathBuf::new();
@@ -200,7 +203,8 @@ pub fn extract(archive: &Path, dest: &Path, limits: Limits) -> Result<Extracted,
 }
 
 fn extract_zip(archive: &Path, dest: &Path, budget: &mut Budget) -> Result<(), ArchiveError> {
-    let mut zip = zip::ZipArchive::new(BufReader::new(File::open(archive)?)).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    let mut zip =
+        zip::ZipArchive::new(BufReader::new(File::open(archive)?)).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
     if zip.len() as u64 > budget.limits.max_files {
         return Err(ArchiveError::TooManyFiles(budget.limits.max_files));
     }
@@ -233,7 +237,11 @@ fn extract_tar<R: Read>(r: R, dest: &Path, budget: &mut Budget) -> Result<(), Ar
         let mut entry = entry.map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
+        if kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+        {
             continue;
         }
         let Some(rel) = safe_relative(&name)? else { continue };

@@ -98,7 +98,10 @@ pub fn convert(file: &CocoFile, task: Task, class_names: &[String]) -> Converted
         };
         let err = |kind, detail: String| ItemError { file: img.file_name.clone(), kind, detail };
         let Some(Some(class)) = index.get(&a.category_id).copied() else {
-            out.errors.push(err(ItemErrorKind::ClassOutOfRange, format!("annotation #{n}: category id {} is not a known class", a.category_id)));
+            out.errors.push(err(
+                ItemErrorKind::ClassOutOfRange,
+                format!("annotation #{n}: category id {} is not a known class", a.category_id),
+            ));
             continue;
         };
         let (w, h) = (img.width, img.height);
@@ -110,20 +113,33 @@ pub fn convert(file: &CocoFile, task: Task, class_names: &[String]) -> Converted
             Task::Detect => match a.bbox.as_deref() {
                 Some([x, y, bw, bh]) => {
                     if [x, y, bw, bh].iter().any(|v| !v.is_finite()) {
-                        out.errors.push(err(ItemErrorKind::NonFiniteCoordinate, format!("annotation #{n}: bbox has a non-finite value")));
+                        out.errors.push(err(
+                            ItemErrorKind::NonFiniteCoordinate,
+                            format!("annotation #{n}: bbox has a non-finite value"),
+                        ));
                         continue;
                     }
                     // Clip to the image, as Ultralytics' converter does.
                     let (x0, y0) = (x.clamp(0.0, w), y.clamp(0.0, h));
                     let (x1, y1) = ((x + bw).clamp(0.0, w), (y + bh).clamp(0.0, h));
                     if x1 <= x0 || y1 <= y0 {
-                        out.errors.push(err(ItemErrorKind::CoordinateOutOfRange, format!("annotation #{n}: bbox {x},{y},{bw},{bh} is empty inside the image")));
+                        out.errors.push(err(
+                            ItemErrorKind::CoordinateOutOfRange,
+                            format!("annotation #{n}: bbox {x},{y},{bw},{bh} is empty inside the image"),
+                        ));
                         continue;
                     }
-                    Annotation::Box { class, cx: (x0 + x1) / 2.0 / w, cy: (y0 + y1) / 2.0 / h, w: (x1 - x0) / w, h: (y1 - y0) / h }
+                    Annotation::Box {
+                        class,
+                        cx: (x0 + x1) / 2.0 / w,
+                        cy: (y0 + y1) / 2.0 / h,
+                        w: (x1 - x0) / w,
+                        h: (y1 - y0) / h,
+                    }
                 }
                 _ => {
-                    out.errors.push(err(ItemErrorKind::BadLabelRow, format!("annotation #{n}: bbox must have 4 numbers")));
+                    out.errors
+                        .push(err(ItemErrorKind::BadLabelRow, format!("annotation #{n}: bbox must have 4 numbers")));
                     continue;
                 }
             },
@@ -131,7 +147,10 @@ pub fn convert(file: &CocoFile, task: Task, class_names: &[String]) -> Converted
                 let polys = match &a.segmentation {
                     Some(serde_json::Value::Array(p)) if a.iscrowd != Some(1) => p,
                     _ => {
-                        out.errors.push(err(ItemErrorKind::UnsupportedAnnotation, format!("annotation #{n}: RLE (crowd) masks are not supported; use polygons")));
+                        out.errors.push(err(
+                            ItemErrorKind::UnsupportedAnnotation,
+                            format!("annotation #{n}: RLE (crowd) masks are not supported; use polygons"),
+                        ));
                         continue;
                     }
                 };
@@ -139,13 +158,22 @@ pub fn convert(file: &CocoFile, task: Task, class_names: &[String]) -> Converted
                 let Some(poly) = polys.iter().filter_map(|p| p.as_array()).max_by_key(|p| p.len()) else { continue };
                 let vals: Vec<f64> = poly.iter().filter_map(|v| v.as_f64()).collect();
                 if vals.len() < 6 || !vals.len().is_multiple_of(2) || vals.len() != poly.len() {
-                    out.errors.push(err(ItemErrorKind::BadPolygon, format!("annotation #{n}: a polygon needs at least 3 points")));
+                    out.errors.push(err(
+                        ItemErrorKind::BadPolygon,
+                        format!("annotation #{n}: a polygon needs at least 3 points"),
+                    ));
                     continue;
                 }
-                Annotation::Polygon { class, points: vals.chunks(2).map(|p| ((p[0] / w).clamp(0.0, 1.0), (p[1] / h).clamp(0.0, 1.0))).collect() }
+                Annotation::Polygon {
+                    class,
+                    points: vals.chunks(2).map(|p| ((p[0] / w).clamp(0.0, 1.0), (p[1] / h).clamp(0.0, 1.0))).collect(),
+                }
             }
             other => {
-                out.errors.push(err(ItemErrorKind::UnsupportedAnnotation, format!("COCO import supports detect and segment, not {}", other.as_str())));
+                out.errors.push(err(
+                    ItemErrorKind::UnsupportedAnnotation,
+                    format!("COCO import supports detect and segment, not {}", other.as_str()),
+                ));
                 continue;
             }
         };

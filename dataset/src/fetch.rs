@@ -48,7 +48,10 @@ pub async fn fetch(source: &Source, work: &Path, limits: Limits) -> Result<PathB
                 return Ok(extracted);
             }
             let dest = work.join("download");
-            store.download(&uri.key, &dest, limits.max_total_bytes).await.map_err(|e| IngestError::Fetch(e.to_string()))?;
+            store
+                .download(&uri.key, &dest, limits.max_total_bytes)
+                .await
+                .map_err(|e| IngestError::Fetch(e.to_string()))?;
             dest
         }
         Source::Https { url, headers } => {
@@ -99,7 +102,12 @@ async fn download_prefix(store: &Store, prefix: &str, dest: &Path, limits: Limit
 
 /// Streams `url` to `dest` with connect/read timeouts and up to five attempts, resuming with a
 /// Range request when the server supports it.
-pub async fn download_http(url: &str, headers: &[(String, String)], dest: &Path, max_bytes: u64) -> Result<u64, IngestError> {
+pub async fn download_http(
+    url: &str,
+    headers: &[(String, String)],
+    dest: &Path,
+    max_bytes: u64,
+) -> Result<u64, IngestError> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))

@@ -44,23 +44,36 @@ pub fn is_image_path(p: &std::path::Path) -> bool {
 /// Checks image bytes: supported format, within caps, decodes completely.
 pub fn check(bytes: &[u8], limits: ImageLimits) -> Result<ImageInfo, (ItemErrorKind, String)> {
     if bytes.len() as u64 > limits.max_bytes {
-        return Err((ItemErrorKind::ImageTooLarge, format!("{} bytes is over the {} byte limit", bytes.len(), limits.max_bytes)));
+        return Err((
+            ItemErrorKind::ImageTooLarge,
+            format!("{} bytes is over the {} byte limit", bytes.len(), limits.max_bytes),
+        ));
     }
-    let format = image::guess_format(bytes).map_err(|_| (ItemErrorKind::UnsupportedImageFormat, "not a JPEG, PNG, WebP or BMP image".to_string()))?;
+    let format = image::guess_format(bytes)
+        .map_err(|_| (ItemErrorKind::UnsupportedImageFormat, "not a JPEG, PNG, WebP or BMP image".to_string()))?;
     let ext = match format {
         ImageFormat::Jpeg => "jpg",
         ImageFormat::Png => "png",
         ImageFormat::WebP => "webp",
         ImageFormat::Bmp => "bmp",
-        other => return Err((ItemErrorKind::UnsupportedImageFormat, format!("{other:?} images are not supported (JPEG, PNG, WebP, BMP)"))),
+        other => {
+            return Err((
+                ItemErrorKind::UnsupportedImageFormat,
+                format!("{other:?} images are not supported (JPEG, PNG, WebP, BMP)"),
+            ));
+        }
     };
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
     lim.max_alloc = Some(limits.max_pixels.saturating_mul(4).max(1 << 20));
     reader.limits(lim);
-    let (w, h) = reader.into_dimensions().map_err(|e| (ItemErrorKind::CorruptImage, format!("unreadable header: {e}")))?;
+    let (w, h) =
+        reader.into_dimensions().map_err(|e| (ItemErrorKind::CorruptImage, format!("unreadable header: {e}")))?;
     if u64::from(w) * u64::from(h) > limits.max_pixels {
-        return Err((ItemErrorKind::ImageTooLarge, format!("{w}x{h} pixels is over the {} pixel limit", limits.max_pixels)));
+        return Err((
+            ItemErrorKind::ImageTooLarge,
+            format!("{w}x{h} pixels is over the {} pixel limit", limits.max_pixels),
+        ));
     }
     if w == 0 || h == 0 {
         return Err((ItemErrorKind::CorruptImage, "zero-sized image".into()));

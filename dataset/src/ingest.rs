@@ -183,21 +183,35 @@ pub fn summary_key(prefix: &str) -> String {
     format!("{prefix}/summary.json")
 }
 
-fn validate_one(item: layout::Item, task: Task, classes: usize, kpt: Option<(usize, usize)>, limits: ImageLimits) -> Result<Valid, ItemError> {
+fn validate_one(
+    item: layout::Item,
+    task: Task,
+    classes: usize,
+    kpt: Option<(usize, usize)>,
+    limits: ImageLimits,
+) -> Result<Valid, ItemError> {
     let err = |kind, detail: String| ItemError { file: item.rel.clone(), kind, detail };
     let bytes = std::fs::read(&item.path).map_err(|e| err(ItemErrorKind::CorruptImage, e.to_string()))?;
     let info = image_check::check(&bytes, limits).map_err(|(k, d)| err(k, d))?;
     let anns = match &item.labels {
         Labels::YoloFile(None) => vec![],
         Labels::YoloFile(Some(p)) => {
-            let text = std::fs::read_to_string(p).map_err(|e| err(ItemErrorKind::BadLabelRow, format!("label file unreadable: {e}")))?;
-            labels::parse_yolo(&text, task, classes, kpt).map_err(|e| ItemError { file: item.rel.clone(), kind: e.kind, detail: e.detail })?
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| err(ItemErrorKind::BadLabelRow, format!("label file unreadable: {e}")))?;
+            labels::parse_yolo(&text, task, classes, kpt).map_err(|e| ItemError {
+                file: item.rel.clone(),
+                kind: e.kind,
+                detail: e.detail,
+            })?
         }
         Labels::Parsed { anns, declared } => {
             if (declared.0 - f64::from(info.width)).abs() > 0.5 || (declared.1 - f64::from(info.height)).abs() > 0.5 {
                 return Err(err(
                     ItemErrorKind::CoordinateOutOfRange,
-                    format!("annotations are for a {}x{} image but the image is {}x{}", declared.0, declared.1, info.width, info.height),
+                    format!(
+                        "annotations are for a {}x{} image but the image is {}x{}",
+                        declared.0, declared.1, info.width, info.height
+                    ),
                 ));
             }
             anns.clone()
@@ -210,7 +224,9 @@ fn validate_one(item: layout::Item, task: Task, classes: usize, kpt: Option<(usi
 fn check_classes(format: layout::Format, expected: &[String], found: Vec<String>) -> Result<Vec<String>, IngestError> {
     if expected.is_empty() {
         if found.is_empty() {
-            return Err(IngestError::Layout("no class names in the source (data.yaml `names`) and none in the Dataset's classNames".into()));
+            return Err(IngestError::Layout(
+                "no class names in the source (data.yaml `names`) and none in the Dataset's classNames".into(),
+            ));
         }
         return Ok(found);
     }
@@ -236,7 +252,12 @@ fn check_classes(format: layout::Format, expected: &[String], found: Vec<String>
 }
 
 /// Runs an ingest. `progress` is called from worker threads.
-pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(dyn Fn(Progress) + Sync)) -> Result<Summary, IngestError> {
+pub async fn ingest(
+    store: &Store,
+    source: &Source,
+    opts: &Options,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Summary, IngestError> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.work_dir)?;
     progress(Progress { phase: "fetch", done: 0, total: 1 });
@@ -248,15 +269,21 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
     let task = opts.task;
     let dir2 = dir.clone();
     let format = opts.format;
-    let layout = tokio::task::spawn_blocking(move || layout::detect(&dir2, format, task)).await.map_err(|e| IngestError::Layout(e.to_string()))??;
+    let layout = tokio::task::spawn_blocking(move || layout::detect(&dir2, format, task))
+        .await
+        .map_err(|e| IngestError::Layout(e.to_string()))??;
     if layout.format == layout::Format::Folders && task != Task::Classify {
-        return Err(IngestError::Task(format!("class folders can only be ingested for task classify, not {}", task.as_str())));
+        return Err(IngestError::Task(format!(
+            "class folders can only be ingested for task classify, not {}",
+            task.as_str()
+        )));
     }
     let source_names = layout.class_names.clone();
     let class_names = check_classes(layout.format, &opts.class_names, source_names.clone())?;
     // COCO/folders: indices were assigned in the source's order; remap to the adopted order.
-    let remap: Option<Vec<usize>> = (layout.format != layout::Format::Yolo && source_names != class_names && !source_names.is_empty())
-        .then(|| source_names.iter().map(|n| class_names.iter().position(|c| c == n).unwrap_or(0)).collect());
+    let remap: Option<Vec<usize>> =
+        (layout.format != layout::Format::Yolo && source_names != class_names && !source_names.is_empty())
+            .then(|| source_names.iter().map(|n| class_names.iter().position(|c| c == n).unwrap_or(0)).collect());
 
     // Validate every image in parallel.
     let total = layout.items.len();
@@ -299,7 +326,11 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
     let mut first_seen: HashMap<String, String> = HashMap::new();
     valid.retain(|v| match first_seen.get(&v.info.sha256) {
         Some(first) => {
-            errors.push(ItemError { file: v.item.rel.clone(), kind: ItemErrorKind::Duplicate, detail: format!("same content as {first}") });
+            errors.push(ItemError {
+                file: v.item.rel.clone(),
+                kind: ItemErrorKind::Duplicate,
+                detail: format!("same content as {first}"),
+            });
             false
         }
         None => {
@@ -311,10 +342,16 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
 
     // Policy, before anything is written.
     let seen = valid.len() + errors.iter().filter(|e| e.kind != ItemErrorKind::Duplicate).count();
-    let limit = if opts.policy.fail_on_invalid { 0 } else { (opts.policy.max_invalid_fraction * seen as f64).floor() as usize };
+    let limit =
+        if opts.policy.fail_on_invalid { 0 } else { (opts.policy.max_invalid_fraction * seen as f64).floor() as usize };
     let invalid_count = errors.iter().filter(|e| e.kind != ItemErrorKind::Duplicate).count();
     if invalid_count > limit {
-        return Err(IngestError::TooManyInvalid { invalid: invalid_count, total: seen, limit, first: errors.first().map(|e| e.to_string()).unwrap_or_default() });
+        return Err(IngestError::TooManyInvalid {
+            invalid: invalid_count,
+            total: seen,
+            limit,
+            first: errors.first().map(|e| e.to_string()).unwrap_or_default(),
+        });
     }
     if valid.is_empty() {
         return Err(IngestError::Empty);
@@ -323,7 +360,10 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
     // Splits: the source's, or by ratio from the content hash.
     let keep = opts.ratios.is_none() && valid.iter().all(|v| v.item.split.is_some());
     let ratios = opts.ratios.unwrap_or(Ratios { train: 0.8, val: 0.2, test: 0.0 });
-    let splits: Vec<Split> = valid.iter().map(|v| if keep { v.item.split.unwrap_or(Split::Train) } else { split::assign(&v.info.sha256, ratios) }).collect();
+    let splits: Vec<Split> = valid
+        .iter()
+        .map(|v| if keep { v.item.split.unwrap_or(Split::Train) } else { split::assign(&v.info.sha256, ratios) })
+        .collect();
 
     // Store images content-addressed (existing objects are skipped).
     let upload_started = Instant::now();
@@ -360,7 +400,8 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
             Ok::<_, IngestError>(())
         }
     });
-    let results: Vec<Result<(), IngestError>> = futures::stream::iter(uploads).buffer_unordered(opts.upload_concurrency.max(1)).collect().await;
+    let results: Vec<Result<(), IngestError>> =
+        futures::stream::iter(uploads).buffer_unordered(opts.upload_concurrency.max(1)).collect().await;
     results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let upload_seconds = upload_started.elapsed().as_secs_f64();
 
@@ -406,7 +447,11 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
             classes: class_names.len() as u64,
             annotations,
             per_split: stats.per_split(),
-            per_class: stats.per_class().into_iter().map(|(name, instances, images)| ClassCount { name, instances, images }).collect(),
+            per_class: stats
+                .per_class()
+                .into_iter()
+                .map(|(name, instances, images)| ClassCount { name, instances, images })
+                .collect(),
         },
         class_stats: stats.class_stats(),
         invalid: Invalid { total: errors.len(), by_reason, items: errors },
@@ -420,9 +465,15 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
     };
     progress(Progress { phase: "write", done: 0, total: 2 });
     let summary_json = serde_json::to_vec_pretty(&summary).map_err(|e| IngestError::Storage(e.to_string()))?;
-    store.put(&summary_key(&opts.prefix), summary_json.into(), "application/json").await.map_err(|e| IngestError::Storage(e.to_string()))?;
+    store
+        .put(&summary_key(&opts.prefix), summary_json.into(), "application/json")
+        .await
+        .map_err(|e| IngestError::Storage(e.to_string()))?;
     let ndjson = manifest::to_ndjson(&header, &records).map_err(|e| IngestError::Storage(e.to_string()))?;
-    store.put(&manifest_key(&opts.prefix), ndjson.into(), "application/x-ndjson").await.map_err(|e| IngestError::Storage(e.to_string()))?;
+    store
+        .put(&manifest_key(&opts.prefix), ndjson.into(), "application/x-ndjson")
+        .await
+        .map_err(|e| IngestError::Storage(e.to_string()))?;
     progress(Progress { phase: "write", done: 2, total: 2 });
     Ok(summary)
 }
@@ -430,6 +481,10 @@ pub async fn ingest(store: &Store, source: &Source, opts: &Options, progress: &(
 fn remap_class(a: &mut Annotation, map: &[usize]) {
     let m = |c: &mut usize| *c = map.get(*c).copied().unwrap_or(*c);
     match a {
-        Annotation::Box { class, .. } | Annotation::Polygon { class, .. } | Annotation::Pose { class, .. } | Annotation::Obb { class, .. } | Annotation::Class { class } => m(class),
+        Annotation::Box { class, .. }
+        | Annotation::Polygon { class, .. }
+        | Annotation::Pose { class, .. }
+        | Annotation::Obb { class, .. }
+        | Annotation::Class { class } => m(class),
     }
 }

@@ -111,7 +111,11 @@ fn check_class(v: f64, classes: usize, line: usize) -> Result<usize, RowError> {
 
 fn check_coords(values: &[f64], line: usize) -> Result<(), RowError> {
     if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-        return Err(RowError { line, kind: ItemErrorKind::NonFiniteCoordinate, detail: format!("line {line}: coordinate {v} is not finite") });
+        return Err(RowError {
+            line,
+            kind: ItemErrorKind::NonFiniteCoordinate,
+            detail: format!("line {line}: coordinate {v} is not finite"),
+        });
     }
     if let Some(v) = values.iter().find(|v| **v < -EPS || **v > 1.0 + EPS) {
         return Err(RowError {
@@ -129,7 +133,12 @@ fn clamp(v: f64) -> f64 {
 
 /// Parses a YOLO label file for `task`. `kpt_shape` is `(keypoints, dims)` for pose.
 /// Returns the valid annotations, or the first problem (the whole file is then invalid).
-pub fn parse_yolo(text: &str, task: Task, classes: usize, kpt_shape: Option<(usize, usize)>) -> Result<Vec<Annotation>, RowError> {
+pub fn parse_yolo(
+    text: &str,
+    task: Task,
+    classes: usize,
+    kpt_shape: Option<(usize, usize)>,
+) -> Result<Vec<Annotation>, RowError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -141,7 +150,13 @@ pub fn parse_yolo(text: &str, task: Task, classes: usize, kpt_shape: Option<(usi
         for tok in raw.split_whitespace() {
             match tok.parse::<f64>() {
                 Ok(v) => values.push(v),
-                Err(_) => return Err(RowError { line, kind: ItemErrorKind::BadLabelRow, detail: format!("line {line}: {tok:?} is not a number") }),
+                Err(_) => {
+                    return Err(RowError {
+                        line,
+                        kind: ItemErrorKind::BadLabelRow,
+                        detail: format!("line {line}: {tok:?} is not a number"),
+                    });
+                }
             }
         }
         let bad_len = |want: &str| RowError {
@@ -158,21 +173,39 @@ pub fn parse_yolo(text: &str, task: Task, classes: usize, kpt_shape: Option<(usi
                 return Err(RowError {
                     line,
                     kind: ItemErrorKind::BadLabelRow,
-                    detail: format!("line {line}: {} values, expected {} for pose (5 + {k} keypoints x {d})", values.len(), 5 + k * d),
+                    detail: format!(
+                        "line {line}: {} values, expected {} for pose (5 + {k} keypoints x {d})",
+                        values.len(),
+                        5 + k * d
+                    ),
                 });
             }
-            let coords: Vec<f64> = rest.iter().enumerate().filter(|(i, _)| *i < 4 || d != 3 || (i - 4) % 3 != 2).map(|(_, v)| *v).collect();
+            let coords: Vec<f64> = rest
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i < 4 || d != 3 || (i - 4) % 3 != 2)
+                .map(|(_, v)| *v)
+                .collect();
             check_coords(&coords, line)?;
             if d == 3
-                && let Some(v) = rest.iter().skip(4).skip(2).step_by(3).find(|v| !matches!(**v, 0.0 | 1.0 | 2.0)) {
-                    return Err(RowError { line, kind: ItemErrorKind::BadLabelRow, detail: format!("line {line}: keypoint visibility {v} is not 0, 1 or 2") });
-                }
+                && let Some(v) = rest.iter().skip(4).skip(2).step_by(3).find(|v| !matches!(**v, 0.0 | 1.0 | 2.0))
+            {
+                return Err(RowError {
+                    line,
+                    kind: ItemErrorKind::BadLabelRow,
+                    detail: format!("line {line}: keypoint visibility {v} is not 0, 1 or 2"),
+                });
+            }
         } else {
             check_coords(rest, line)?;
         }
         let size_ok = |w: f64, h: f64| {
             if w <= 0.0 || h <= 0.0 {
-                Err(RowError { line, kind: ItemErrorKind::CoordinateOutOfRange, detail: format!("line {line}: box size {w}x{h} is not positive") })
+                Err(RowError {
+                    line,
+                    kind: ItemErrorKind::CoordinateOutOfRange,
+                    detail: format!("line {line}: box size {w}x{h} is not positive"),
+                })
             } else {
                 Ok(())
             }
@@ -182,9 +215,18 @@ pub fn parse_yolo(text: &str, task: Task, classes: usize, kpt_shape: Option<(usi
                 // Ultralytics accepts polygon rows in detect datasets and boxes them.
                 if rest.len() == 4 {
                     size_ok(rest[2], rest[3])?;
-                    Annotation::Box { class, cx: clamp(rest[0]), cy: clamp(rest[1]), w: clamp(rest[2]), h: clamp(rest[3]) }
+                    Annotation::Box {
+                        class,
+                        cx: clamp(rest[0]),
+                        cy: clamp(rest[1]),
+                        w: clamp(rest[2]),
+                        h: clamp(rest[3]),
+                    }
                 } else if rest.len() >= 6 && rest.len() % 2 == 0 {
-                    let poly = Annotation::Polygon { class, points: rest.chunks(2).map(|p| (clamp(p[0]), clamp(p[1]))).collect() };
+                    let poly = Annotation::Polygon {
+                        class,
+                        points: rest.chunks(2).map(|p| (clamp(p[0]), clamp(p[1]))).collect(),
+                    };
                     let (cx, cy, w, h) = poly.bbox().unwrap_or_default();
                     size_ok(w, h)?;
                     Annotation::Box { class, cx, cy, w, h }
@@ -197,7 +239,10 @@ pub fn parse_yolo(text: &str, task: Task, classes: usize, kpt_shape: Option<(usi
                     return Err(RowError {
                         line,
                         kind: ItemErrorKind::BadPolygon,
-                        detail: format!("line {line}: a polygon needs at least 3 (x, y) points, got {} values", rest.len()),
+                        detail: format!(
+                            "line {line}: a polygon needs at least 3 (x, y) points, got {} values",
+                            rest.len()
+                        ),
                     });
                 }
                 Annotation::Polygon { class, points: rest.chunks(2).map(|p| (clamp(p[0]), clamp(p[1]))).collect() }
@@ -269,10 +314,19 @@ mod tests {
         assert_eq!(a[0].points(), Some(3));
         let row = format!("0 0.5 0.5 0.2 0.2 {}", ["0.5 0.5 2"; 17].join(" "));
         assert_eq!(parse_yolo(&row, Task::Pose, 1, Some((17, 3))).expect("pose").len(), 1);
-        assert_eq!(parse_yolo(&row, Task::Pose, 1, Some((17, 2))).expect_err("wrong kpt").kind, ItemErrorKind::BadLabelRow);
+        assert_eq!(
+            parse_yolo(&row, Task::Pose, 1, Some((17, 2))).expect_err("wrong kpt").kind,
+            ItemErrorKind::BadLabelRow
+        );
         let bad_vis = format!("0 0.5 0.5 0.2 0.2 {}", ["0.5 0.5 3"; 17].join(" "));
-        assert_eq!(parse_yolo(&bad_vis, Task::Pose, 1, Some((17, 3))).expect_err("visibility").kind, ItemErrorKind::BadLabelRow);
+        assert_eq!(
+            parse_yolo(&bad_vis, Task::Pose, 1, Some((17, 3))).expect_err("visibility").kind,
+            ItemErrorKind::BadLabelRow
+        );
         assert!(parse_yolo("0 0.1 0.1 0.2 0.1 0.2 0.2 0.1 0.2", Task::Obb, 1, None).is_ok());
-        assert_eq!(parse_yolo("0 0.5 0.5 0.1 0.1", Task::Obb, 1, None).expect_err("obb").kind, ItemErrorKind::BadLabelRow);
+        assert_eq!(
+            parse_yolo("0 0.5 0.5 0.1 0.1", Task::Obb, 1, None).expect_err("obb").kind,
+            ItemErrorKind::BadLabelRow
+        );
     }
 }

@@ -117,7 +117,11 @@ pub fn dataset_root(dir: &Path) -> PathBuf {
     let mut root = dir.to_path_buf();
     loop {
         let entries: Vec<_> = std::fs::read_dir(&root)
-            .map(|rd| rd.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.file_name() != "__MACOSX").collect())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.file_name() != "__MACOSX")
+                    .collect()
+            })
             .unwrap_or_default();
         if entries.len() == 1 && entries[0].path().symlink_metadata().is_ok_and(|m| m.is_dir()) {
             root = entries[0].path();
@@ -137,13 +141,19 @@ type DataYaml = (Vec<String>, Option<(usize, usize)>);
 /// Reads `names` (list or index map) and `kpt_shape` from a data.yaml.
 fn read_data_yaml(path: &Path) -> Result<DataYaml, IngestError> {
     let text = std::fs::read_to_string(path)?;
-    let v: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| IngestError::Layout(format!("{}: {e}", path.display())))?;
+    let v: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| IngestError::Layout(format!("{}: {e}", path.display())))?;
     let names = match v.get("names") {
-        Some(serde_yaml::Value::Sequence(s)) => s.iter().map(|n| n.as_str().map(String::from).unwrap_or_else(|| format!("{n:?}"))).collect(),
+        Some(serde_yaml::Value::Sequence(s)) => {
+            s.iter().map(|n| n.as_str().map(String::from).unwrap_or_else(|| format!("{n:?}"))).collect()
+        }
         Some(serde_yaml::Value::Mapping(m)) => {
             let mut pairs: Vec<(u64, String)> = Vec::new();
             for (k, n) in m {
-                let idx = k.as_u64().or_else(|| k.as_str()?.parse().ok()).ok_or_else(|| IngestError::Layout(format!("data.yaml names key {k:?} is not an index")))?;
+                let idx = k
+                    .as_u64()
+                    .or_else(|| k.as_str()?.parse().ok())
+                    .ok_or_else(|| IngestError::Layout(format!("data.yaml names key {k:?} is not an index")))?;
                 pairs.push((idx, n.as_str().unwrap_or_default().to_string()));
             }
             pairs.sort();
@@ -154,7 +164,10 @@ fn read_data_yaml(path: &Path) -> Result<DataYaml, IngestError> {
         }
         _ => return Err(IngestError::Layout(format!("{} has no `names`", path.display()))),
     };
-    let kpt = v.get("kpt_shape").and_then(|k| k.as_sequence()).and_then(|s| Some((s.first()?.as_u64()? as usize, s.get(1)?.as_u64()? as usize)));
+    let kpt = v
+        .get("kpt_shape")
+        .and_then(|k| k.as_sequence())
+        .and_then(|s| Some((s.first()?.as_u64()? as usize, s.get(1)?.as_u64()? as usize)));
     Ok((names, kpt))
 }
 
@@ -203,7 +216,8 @@ pub fn detect(dir: &Path, request: FormatRequest, task: Task) -> Result<Layout, 
 
 fn yolo(root: &Path, files: &[PathBuf], data_yaml: Option<DataYaml>) -> Result<Layout, IngestError> {
     let (class_names, kpt_shape) = data_yaml.unwrap_or_default();
-    let label_files: BTreeSet<PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).cloned().collect();
+    let label_files: BTreeSet<PathBuf> =
+        files.iter().filter(|p| p.extension().is_some_and(|e| e == "txt")).cloned().collect();
     let mut used = BTreeSet::new();
     let mut items = Vec::new();
     for p in files.iter().filter(|p| is_image_path(p)) {
@@ -227,7 +241,11 @@ fn yolo(root: &Path, files: &[PathBuf], data_yaml: Option<DataYaml>) -> Result<L
     let errors = label_files
         .iter()
         .filter(|l| !used.contains(*l) && rel(root, l).split('/').any(|c| c == "labels"))
-        .map(|l| ItemError { file: rel(root, l), kind: ItemErrorKind::MissingImage, detail: "label file has no matching image".into() })
+        .map(|l| ItemError {
+            file: rel(root, l),
+            kind: ItemErrorKind::MissingImage,
+            detail: "label file has no matching image".into(),
+        })
         .collect();
     if items.is_empty() {
         return Err(IngestError::Layout("YOLO layout without images".into()));
@@ -239,20 +257,24 @@ fn coco_layout(root: &Path, files: &[PathBuf], coco_files: &[&PathBuf], task: Ta
     if coco_files.is_empty() {
         return Err(IngestError::Layout("no COCO annotation file (JSON with images, annotations, categories)".into()));
     }
-    let by_name: BTreeMap<String, Vec<&PathBuf>> = files.iter().filter(|p| is_image_path(p)).fold(BTreeMap::new(), |mut m, p| {
-        m.entry(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).or_default().push(p);
-        m
-    });
+    let by_name: BTreeMap<String, Vec<&PathBuf>> =
+        files.iter().filter(|p| is_image_path(p)).fold(BTreeMap::new(), |mut m, p| {
+            m.entry(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).or_default().push(p);
+            m
+        });
     let mut class_names: Option<Vec<String>> = None;
     let mut items = Vec::new();
     let mut errors = Vec::new();
     for jf in coco_files {
-        let file: coco::CocoFile = serde_json::from_slice(&std::fs::read(jf)?).map_err(|e| IngestError::Layout(format!("{}: {e}", rel(root, jf))))?;
+        let file: coco::CocoFile = serde_json::from_slice(&std::fs::read(jf)?)
+            .map_err(|e| IngestError::Layout(format!("{}: {e}", rel(root, jf))))?;
         let names = coco::class_names(&file);
         match &class_names {
             None => class_names = Some(names.clone()),
             Some(existing) if *existing != names => {
-                return Err(IngestError::Layout(format!("COCO files disagree on categories: {existing:?} vs {names:?}")));
+                return Err(IngestError::Layout(format!(
+                    "COCO files disagree on categories: {existing:?} vs {names:?}"
+                )));
             }
             _ => {}
         }
@@ -265,7 +287,12 @@ fn coco_layout(root: &Path, files: &[PathBuf], coco_files: &[&PathBuf], task: Ta
         let json_dir = jf.parent().unwrap_or(root);
         for (file_name, (w, h, anns)) in conv.images {
             // file_name is relative to an images folder we must find.
-            let candidates = [json_dir.join(&file_name), json_dir.join("images").join(&file_name), root.join("images").join(&file_name), root.join(&file_name)];
+            let candidates = [
+                json_dir.join(&file_name),
+                json_dir.join("images").join(&file_name),
+                root.join("images").join(&file_name),
+                root.join(&file_name),
+            ];
             let found = candidates.iter().find(|c| c.is_file() && c.starts_with(root)).cloned().or_else(|| {
                 let base = Path::new(&file_name).file_name()?.to_string_lossy().into_owned();
                 let list = by_name.get(&base)?;
@@ -274,9 +301,18 @@ fn coco_layout(root: &Path, files: &[PathBuf], coco_files: &[&PathBuf], task: Ta
             match found {
                 Some(path) => {
                     let r = rel(root, &path);
-                    items.push(Item { rel: r.clone(), path, split: split.or_else(|| split_of(&r)), labels: Labels::Parsed { anns, declared: (w, h) } })
+                    items.push(Item {
+                        rel: r.clone(),
+                        path,
+                        split: split.or_else(|| split_of(&r)),
+                        labels: Labels::Parsed { anns, declared: (w, h) },
+                    })
                 }
-                None => errors.push(ItemError { file: file_name, kind: ItemErrorKind::MissingImage, detail: format!("listed in {} but not found", rel(root, jf)) }),
+                None => errors.push(ItemError {
+                    file: file_name,
+                    kind: ItemErrorKind::MissingImage,
+                    detail: format!("listed in {} but not found", rel(root, jf)),
+                }),
             }
         }
     }

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::labels::Annotation;
-use crate::task::Task;
 use crate::split::Split;
+use crate::task::Task;
 
 /// The header line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +59,9 @@ impl Header {
     /// Class names ordered by class id (ids without a name are named by their number).
     pub fn names(&self) -> Vec<String> {
         let max = self.class_names.keys().filter_map(|k| k.parse::<usize>().ok()).max();
-        (0..max.map_or(0, |m| m + 1)).map(|i| self.class_names.get(&i.to_string()).cloned().unwrap_or_else(|| i.to_string())).collect()
+        (0..max.map_or(0, |m| m + 1))
+            .map(|i| self.class_names.get(&i.to_string()).cloned().unwrap_or_else(|| i.to_string()))
+            .collect()
     }
 }
 
@@ -101,7 +103,9 @@ pub fn parse_annotations(task: Task, rec: &ImageRecord) -> Vec<Annotation> {
                 Task::Obb if r.len() == 8 => {
                     Annotation::Obb { class, corners: [(r[0], r[1]), (r[2], r[3]), (r[4], r[5]), (r[6], r[7])] }
                 }
-                Task::Pose if r.len() >= 4 => Annotation::Pose { class, cx: r[0], cy: r[1], w: r[2], h: r[3], keypoints: r[4..].to_vec() },
+                Task::Pose if r.len() >= 4 => {
+                    Annotation::Pose { class, cx: r[0], cy: r[1], w: r[2], h: r[3], keypoints: r[4..].to_vec() }
+                }
                 _ => return None,
             })
         })
@@ -122,7 +126,11 @@ pub fn to_ndjson(header: &Header, images: &[ImageRecord]) -> Result<String, serd
 /// Parses a manifest.
 pub fn from_ndjson(text: &str) -> Result<(Header, Vec<ImageRecord>), String> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Header = serde_json::from_str(lines.next().ok_or("empty manifest")?).map_err(|e| format!("header: {e}"))?;
-    let images = lines.enumerate().map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 2))).collect::<Result<_, _>>()?;
+    let header: Header =
+        serde_json::from_str(lines.next().ok_or("empty manifest")?).map_err(|e| format!("header: {e}"))?;
+    let images = lines
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 2)))
+        .collect::<Result<_, _>>()?;
     Ok((header, images))
 }

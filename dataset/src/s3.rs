@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -95,7 +97,11 @@ pub struct StoreError {
     pub not_found: bool,
 }
 
-fn err<E: std::error::Error + 'static>(op: &'static str, target: String, e: aws_sdk_s3::error::SdkError<E>) -> StoreError {
+fn err<E: std::error::Error + 'static>(
+    op: &'static str,
+    target: String,
+    e: aws_sdk_s3::error::SdkError<E>,
+) -> StoreError {
     let not_found = e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
     let message = match &e {
         aws_sdk_s3::error::SdkError::ServiceError(s) => format!("{} (HTTP {})", s.err(), s.raw().status().as_u16()),
@@ -115,7 +121,9 @@ impl Store {
     /// A store for `bucket`.
     pub fn new(cfg: &S3Config, bucket: &str) -> Store {
         let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring))
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
             .build_https();
         let mut b = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -163,7 +171,11 @@ impl Store {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = err("create bucket", self.bucket.clone(), e);
-                if e.message.contains("BucketAlreadyOwnedByYou") || e.message.contains("BucketAlreadyExists") { Ok(()) } else { Err(e) }
+                if e.message.contains("BucketAlreadyOwnedByYou") || e.message.contains("BucketAlreadyExists") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
             }
         }
     }
@@ -184,7 +196,12 @@ impl Store {
 
     /// Uploads a local file.
     pub async fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<(), StoreError> {
-        let body = ByteStream::from_path(path).await.map_err(|e| StoreError { op: "read", target: path.display().to_string(), message: e.to_string(), not_found: false })?;
+        let body = ByteStream::from_path(path).await.map_err(|e| StoreError {
+            op: "read",
+            target: path.display().to_string(),
+            message: e.to_string(),
+            not_found: false,
+        })?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -210,8 +227,20 @@ impl Store {
 
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let o = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| err("get", self.target(key), e))?;
-        let data = o.body.collect().await.map_err(|e| StoreError { op: "get", target: self.target(key), message: e.to_string(), not_found: false })?;
+        let o = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| err("get", self.target(key), e))?;
+        let data = o.body.collect().await.map_err(|e| StoreError {
+            op: "get",
+            target: self.target(key),
+            message: e.to_string(),
+            not_found: false,
+        })?;
         Ok(data.into_bytes())
     }
 
@@ -227,11 +256,26 @@ impl Store {
     /// Downloads an object to `dest`, resuming a partial file with a Range request, with up to
     /// five attempts. Refuses objects larger than `max_bytes`.
     pub async fn download(&self, key: &str, dest: &Path, max_bytes: u64) -> Result<u64, StoreError> {
-        let size = self.head(key).await?.ok_or_else(|| StoreError { op: "get", target: self.target(key), message: "no such object".into(), not_found: true })?;
+        let size = self.head(key).await?.ok_or_else(|| StoreError {
+            op: "get",
+            target: self.target(key),
+            message: "no such object".into(),
+            not_found: true,
+        })?;
         if size > max_bytes {
-            return Err(StoreError { op: "get", target: self.target(key), message: format!("{size} bytes is over the {max_bytes} byte limit"), not_found: false });
+            return Err(StoreError {
+                op: "get",
+                target: self.target(key),
+                message: format!("{size} bytes is over the {max_bytes} byte limit"),
+                not_found: false,
+            });
         }
-        let io = |e: std::io::Error| StoreError { op: "write", target: dest.display().to_string(), message: e.to_string(), not_found: false };
+        let io = |e: std::io::Error| StoreError {
+            op: "write",
+            target: dest.display().to_string(),
+            message: e.to_string(),
+            not_found: false,
+        };
         // Resuming applies to retries of this download only, never to a file left by another.
         match tokio::fs::remove_file(dest).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
@@ -254,7 +298,12 @@ impl Store {
             let result = async {
                 let mut o = req.send().await.map_err(|e| err("get", self.target(key), e))?;
                 let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(dest).await.map_err(io)?;
-                while let Some(chunk) = o.body.try_next().await.map_err(|e| StoreError { op: "get", target: self.target(key), message: e.to_string(), not_found: false })? {
+                while let Some(chunk) = o.body.try_next().await.map_err(|e| StoreError {
+                    op: "get",
+                    target: self.target(key),
+                    message: e.to_string(),
+                    not_found: false,
+                })? {
                     f.write_all(&chunk).await.map_err(io)?;
                 }
                 f.flush().await.map_err(io)?;
@@ -305,7 +354,13 @@ impl Store {
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
         let keys = self.list(prefix).await?;
         for (k, _) in &keys {
-            self.client.delete_object().bucket(&self.bucket).key(k).send().await.map_err(|e| err("delete", self.target(k), e))?;
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(k)
+                .send()
+                .await
+                .map_err(|e| err("delete", self.target(k), e))?;
         }
         Ok(keys.len())
     }
@@ -325,7 +380,13 @@ mod tests {
 
     #[test]
     fn debug_redacts_the_secret() {
-        let c = S3Config { endpoint: None, region: "r".into(), access_key_id: "id".into(), secret_access_key: "hunter2".into(), force_path_style: true };
+        let c = S3Config {
+            endpoint: None,
+            region: "r".into(),
+            access_key_id: "id".into(),
+            secret_access_key: "hunter2".into(),
+            force_path_style: true,
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

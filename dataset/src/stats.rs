@@ -185,16 +185,31 @@ impl StatsBuilder {
             (min_w, min_h) = (0.0, 0.0);
         }
         let mut dim_bins = vec![vec![0u64; HEATMAP_BINS]; HEATMAP_BINS];
-        let bin = |v: f64, lo: f64, hi: f64| if hi > lo { (((v - lo) / (hi - lo) * HEATMAP_BINS as f64) as usize).min(HEATMAP_BINS - 1) } else { 0 };
+        let bin = |v: f64, lo: f64, hi: f64| {
+            if hi > lo { (((v - lo) / (hi - lo) * HEATMAP_BINS as f64) as usize).min(HEATMAP_BINS - 1) } else { 0 }
+        };
         for (w, h) in &self.dims {
             dim_bins[bin(*h, min_h, max_h)][bin(*w, min_w, max_w)] += 1;
         }
         let max_of = |g: &Vec<Vec<u64>>| g.iter().flatten().copied().max().unwrap_or(0);
         ClassStats {
-            classes: (0..self.class_names.len()).map(|i| ClassStat { class_id: i, count: self.instances[i], image_count: self.images_with[i] }).collect(),
-            image_stats: ImageStats { width_histogram: hist(&self.widths), height_histogram: hist(&self.heights), points_histogram: hist(&self.points) },
+            classes: (0..self.class_names.len())
+                .map(|i| ClassStat { class_id: i, count: self.instances[i], image_count: self.images_with[i] })
+                .collect(),
+            image_stats: ImageStats {
+                width_histogram: hist(&self.widths),
+                height_histogram: hist(&self.heights),
+                points_histogram: hist(&self.points),
+            },
             location_heatmap: LocationHeatmap { max_count: max_of(&self.location), bins: self.location.clone() },
-            dimension_heatmap: DimensionHeatmap { max_count: max_of(&dim_bins), bins: dim_bins, min_width: min_w, max_width: max_w, min_height: min_h, max_height: max_h },
+            dimension_heatmap: DimensionHeatmap {
+                max_count: max_of(&dim_bins),
+                bins: dim_bins,
+                min_width: min_w,
+                max_width: max_w,
+                min_height: min_h,
+                max_height: max_h,
+            },
             class_names: self.class_names.clone(),
             cached: false,
             sampled: false,

@@ -28,18 +28,30 @@ pub struct VersionInfo {
 
 /// Freezes the current manifest under `<prefix>/versions/<name>/`. Freezing the same content
 /// again returns the existing version; a different content under an existing name is refused.
-pub async fn freeze(store: &Store, prefix: &str, name: &str, description: Option<&str>) -> Result<VersionInfo, IngestError> {
-    let valid = name.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'));
+pub async fn freeze(
+    store: &Store,
+    prefix: &str,
+    name: &str,
+    description: Option<&str>,
+) -> Result<VersionInfo, IngestError> {
+    let valid = name
+        .strip_prefix('v')
+        .is_some_and(|n| !n.is_empty() && n.len() <= 6 && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'));
     if !valid {
         return Err(IngestError::Task(format!("version name {name:?} must be v<N> (v1, v2, ...)")));
     }
     let storage = |e: crate::s3::StoreError| IngestError::Storage(e.to_string());
-    let current = store.get_opt(&manifest_key(prefix)).await.map_err(storage)?.ok_or_else(|| IngestError::Task("the dataset has no manifest yet; ingest it first".into()))?;
+    let current = store
+        .get_opt(&manifest_key(prefix))
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| IngestError::Task("the dataset has no manifest yet; ingest it first".into()))?;
     let sha = hex::encode(Sha256::digest(&current));
     let dir = format!("{prefix}/versions/{name}");
     let meta_key = format!("{dir}/version.json");
     if let Some(existing) = store.get_opt(&meta_key).await.map_err(storage)? {
-        let info: VersionInfo = serde_json::from_slice(&existing).map_err(|e| IngestError::Storage(format!("{meta_key}: {e}")))?;
+        let info: VersionInfo =
+            serde_json::from_slice(&existing).map_err(|e| IngestError::Storage(format!("{meta_key}: {e}")))?;
         return if info.sha256 == sha { Ok(info) } else { Err(IngestError::VersionExists(name.into())) };
     }
     let (_, images) = manifest::from_ndjson(&String::from_utf8_lossy(&current)).map_err(IngestError::Storage)?;

@@ -31,11 +31,8 @@ async fn main() -> anyhow::Result<()> {
     ocellus_common::init_tracing(&config.log);
     let registry = prometheus::Registry::new();
     let health = Health::new(registry);
-    let server = tokio::spawn(ocellus_common::serve(
-        config.metrics_addr,
-        health.router(),
-        ocellus_common::shutdown_signal(),
-    ));
+    let server =
+        tokio::spawn(ocellus_common::serve(config.metrics_addr, health.router(), ocellus_common::shutdown_signal()));
 
     let client = Client::try_default().await.context("building the Kubernetes client")?;
     tracing::info!(namespace = ?config.watch_namespace, "connected to the API server");

@@ -65,7 +65,9 @@ impl Lanes {
         match self {
             // One copy keeps the runtime's spinning (lower latency); copies sharing cores must
             // not spin while idle.
-            Lanes::Fixed { instances, threads } => (None, (0..instances.max(1)).map(|_| with(threads, instances <= 1)).collect()),
+            Lanes::Fixed { instances, threads } => {
+                (None, (0..instances.max(1)).map(|_| with(threads, instances <= 1)).collect())
+            }
             Lanes::Elastic { cores } => (Some(with(cores, true)), (0..cores).map(|_| with(1, false)).collect()),
         }
     }
@@ -240,12 +242,21 @@ impl Batcher {
     /// Starts the lanes of `cfg` with the backends of [`backend::load`]. Each lane loads the
     /// model and warms it up (a batch of one and a full batch) before taking work; the returned
     /// receiver resolves once all are ready, or with the first load error.
-    pub fn start(spec: ModelSpec, cfg: BatchConfig, metrics: Metrics) -> (Batcher, oneshot::Receiver<Result<&'static str, BackendError>>) {
+    pub fn start(
+        spec: ModelSpec,
+        cfg: BatchConfig,
+        metrics: Metrics,
+    ) -> (Batcher, oneshot::Receiver<Result<&'static str, BackendError>>) {
         Batcher::start_with(spec, cfg, metrics, Arc::new(backend::load))
     }
 
     /// [`Batcher::start`] with another loader.
-    pub fn start_with(spec: ModelSpec, mut cfg: BatchConfig, metrics: Metrics, loader: Loader) -> (Batcher, oneshot::Receiver<Result<&'static str, BackendError>>) {
+    pub fn start_with(
+        spec: ModelSpec,
+        mut cfg: BatchConfig,
+        metrics: Metrics,
+        loader: Loader,
+    ) -> (Batcher, oneshot::Receiver<Result<&'static str, BackendError>>) {
         if !spec.info.dynamic {
             // A fixed-batch artifact runs exactly its batch size (padded).
             cfg.max_batch = spec.info.batch.max(1) as usize;
@@ -260,7 +271,15 @@ impl Batcher {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (latency_spec, lane_specs) = cfg.lanes.specs(&spec);
         let sched = Mutex::new(Sched::new(lane_specs.len(), latency_spec.is_some()));
-        let shared = Arc::new(Shared { depth: AtomicUsize::new(0), coming: AtomicUsize::new(0), batch_micros: AtomicU64::new(0), sched, freed: Condvar::new(), cfg, metrics });
+        let shared = Arc::new(Shared {
+            depth: AtomicUsize::new(0),
+            coming: AtomicUsize::new(0),
+            batch_micros: AtomicU64::new(0),
+            sched,
+            freed: Condvar::new(),
+            cfg,
+            metrics,
+        });
         let remaining = Arc::new(AtomicUsize::new(lane_specs.len() + usize::from(latency_spec.is_some())));
         let ready = Arc::new(Mutex::new(Some(ready_tx)));
         let report = {
@@ -268,14 +287,18 @@ impl Batcher {
             move |r: Result<&'static str, BackendError>| {
                 let mut g = ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if (r.is_err() || remaining.fetch_sub(1, Ordering::SeqCst) == 1)
-                    && let Some(tx) = g.take() {
-                        let _ = tx.send(r);
-                    }
+                    && let Some(tx) = g.take()
+                {
+                    let _ = tx.send(r);
+                }
             }
         };
         let mut latency_tx = None;
         let mut lane_txs = Vec::new();
-        let all = latency_spec.into_iter().map(|s| (Pick::Latency, s)).chain(lane_specs.into_iter().enumerate().map(|(i, s)| (Pick::Lane(i), s)));
+        let all = latency_spec
+            .into_iter()
+            .map(|s| (Pick::Latency, s))
+            .chain(lane_specs.into_iter().enumerate().map(|(i, s)| (Pick::Lane(i), s)));
         for (pick, lane_spec) in all {
             let (btx, brx) = sync_channel::<Vec<Job>>(1);
             match pick {
@@ -306,7 +329,8 @@ impl Batcher {
             }
         }
         let s = shared.clone();
-        let spawned = std::thread::Builder::new().name("batcher".into()).spawn(move || dispatch(&rx, latency_tx, &lane_txs, &s));
+        let spawned =
+            std::thread::Builder::new().name("batcher".into()).spawn(move || dispatch(&rx, latency_tx, &lane_txs, &s));
         if let Err(e) = spawned {
             report(Err(BackendError::Load(format!("cannot start the batching thread: {e}"))));
         }
@@ -509,11 +533,26 @@ mod tests {
     }
 
     async fn setup(lanes: Lanes, max_batch: usize, max_delay: Duration) -> Setup {
-        let info = ModelInfo { architecture: "t-cls".into(), task: "classify".into(), names: vec!["a".into(), "b".into()], imgsz: 4, format: "onnx".into(), sha256: None, batch: 1, dynamic: true, half: false };
-        let spec = ModelSpec { path: "unused".into(), info, kind: Kind::Onnx, device: Device::Cpu, threads: 0, spin: true };
-        let (log, in_use, most_in_use) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let info = ModelInfo {
+            architecture: "t-cls".into(),
+            task: "classify".into(),
+            names: vec!["a".into(), "b".into()],
+            imgsz: 4,
+            format: "onnx".into(),
+            sha256: None,
+            batch: 1,
+            dynamic: true,
+            half: false,
+        };
+        let spec =
+            ModelSpec { path: "unused".into(), info, kind: Kind::Onnx, device: Device::Cpu, threads: 0, spin: true };
+        let (log, in_use, most_in_use) =
+            (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (l, u, m) = (log.clone(), in_use.clone(), most_in_use.clone());
-        let loader: Loader = Arc::new(move |s: &ModelSpec| Ok(Box::new(Recorder { threads: s.threads, log: l.clone(), in_use: u.clone(), most_in_use: m.clone() }) as Box<dyn Backend>));
+        let loader: Loader = Arc::new(move |s: &ModelSpec| {
+            Ok(Box::new(Recorder { threads: s.threads, log: l.clone(), in_use: u.clone(), most_in_use: m.clone() })
+                as Box<dyn Backend>)
+        });
         let cfg = BatchConfig { max_batch, max_delay, queue_capacity: 64, lanes };
         let (batcher, ready) = Batcher::start_with(spec, cfg, Metrics::new().expect("metrics"), loader);
         ready.await.expect("ready").expect("loaded");
@@ -568,7 +607,10 @@ mod tests {
     async fn load_runs_on_one_thread_lanes_without_oversubscribing() {
         let s = setup(Lanes::Elastic { cores: 2 }, 1, Duration::ZERO).await;
         let tickets: Vec<Ticket> = (0..12).map(|_| s.batcher.ticket()).collect();
-        let outs = futures::future::join_all(tickets.into_iter().enumerate().map(|(i, t)| s.batcher.infer(t, image(i as f32)))).await;
+        let outs = futures::future::join_all(
+            tickets.into_iter().enumerate().map(|(i, t)| s.batcher.infer(t, image(i as f32))),
+        )
+        .await;
         for (i, o) in outs.into_iter().enumerate() {
             assert_eq!(o.expect("infer"), vec![i as f32, 0.0]);
         }
@@ -582,7 +624,10 @@ mod tests {
     async fn announced_requests_are_batched() {
         let s = setup(Lanes::Fixed { instances: 1, threads: 0 }, 4, Duration::from_secs(30)).await;
         let tickets: Vec<Ticket> = (0..4).map(|_| s.batcher.ticket()).collect();
-        let outs = futures::future::join_all(tickets.into_iter().enumerate().map(|(i, t)| s.batcher.infer(t, image(i as f32)))).await;
+        let outs = futures::future::join_all(
+            tickets.into_iter().enumerate().map(|(i, t)| s.batcher.infer(t, image(i as f32))),
+        )
+        .await;
         assert!(outs.iter().enumerate().all(|(i, o)| o.as_ref().ok() == Some(&vec![i as f32, 0.0])));
         assert_eq!(*s.log.lock().expect("log"), vec![(0, 4)], "one batch of four");
     }

@@ -150,7 +150,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(3, &e.to_string()),
     };
-    let (path, info) = match source::fetch(&args.model, &args.model_dir, Duration::from_secs(args.download_timeout), args.download_retries).await {
+    let (path, info) = match source::fetch(
+        &args.model,
+        &args.model_dir,
+        Duration::from_secs(args.download_timeout),
+        args.download_retries,
+    )
+    .await
+    {
         Ok(x) => x,
         Err(SourceError::Permanent(e)) => return fail(2, &e),
         Err(SourceError::Transient(e)) => return fail(3, &e),
@@ -162,10 +169,21 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let lanes = Lanes::resolve(args.instances, args.threads, kind, &device, cores);
     let spec = ModelSpec { path, info: info.clone(), kind, device, threads: args.threads, spin: true };
-    let cfg = BatchConfig { max_batch: args.max_batch, max_delay: Duration::from_millis(args.max_delay_ms), queue_capacity: args.queue_capacity, lanes };
+    let cfg = BatchConfig {
+        max_batch: args.max_batch,
+        max_delay: Duration::from_millis(args.max_delay_ms),
+        queue_capacity: args.queue_capacity,
+        lanes,
+    };
     let (batcher, loaded) = Batcher::start(spec, cfg, metrics.clone());
     let version = info.sha256.as_deref().map(|s| s[..12.min(s.len())].to_string()).unwrap_or_else(|| "1".into());
-    let model = Model { name: args.model_name.clone().unwrap_or_else(|| info.architecture.clone()), version, info, batcher, backend: Default::default() };
+    let model = Model {
+        name: args.model_name.clone().unwrap_or_else(|| info.architecture.clone()),
+        version,
+        info,
+        batcher,
+        backend: Default::default(),
+    };
     let settings = Settings {
         limits: ImageLimits { max_bytes: args.max_image_bytes, max_pixels: args.max_image_pixels },
         defaults: Thresholds { conf: args.conf, iou: args.iou, max_det: args.max_det },

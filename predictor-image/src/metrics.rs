@@ -37,13 +37,26 @@ impl Metrics {
     /// Registers the metrics in a new registry.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("ocellus_predictor".into()), None)?;
-        let requests = IntCounterVec::new(Opts::new("requests_total", "Requests by protocol and HTTP status"), &["protocol", "code"])?;
-        let request_seconds = HistogramVec::new(HistogramOpts::new("request_duration_seconds", "Request latency").buckets(latency_buckets()), &["protocol"])?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by protocol and HTTP status"),
+            &["protocol", "code"],
+        )?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Request latency").buckets(latency_buckets()),
+            &["protocol"],
+        )?;
         let inflight = IntGauge::new("inflight_requests", "Prediction requests being served")?;
         let queue_depth = IntGauge::new("queue_depth", "Images waiting for the model")?;
-        let queue_seconds = Histogram::with_opts(HistogramOpts::new("queue_wait_seconds", "Time images wait for the model").buckets(latency_buckets()))?;
-        let batch_size = Histogram::with_opts(HistogramOpts::new("batch_size", "Images per model run").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]))?;
-        let inference_seconds = Histogram::with_opts(HistogramOpts::new("inference_duration_seconds", "Model run time per batch").buckets(latency_buckets()))?;
+        let queue_seconds = Histogram::with_opts(
+            HistogramOpts::new("queue_wait_seconds", "Time images wait for the model").buckets(latency_buckets()),
+        )?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("batch_size", "Images per model run")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )?;
+        let inference_seconds = Histogram::with_opts(
+            HistogramOpts::new("inference_duration_seconds", "Model run time per batch").buckets(latency_buckets()),
+        )?;
         let rejected = IntCounter::new("rejected_total", "Images refused with 429 because the queue was full")?;
         let images = IntCounter::new("images_total", "Images inferred")?;
         let runs = IntCounterVec::new(Opts::new("model_runs_total", "Model runs by lane kind"), &["lane"])?;
@@ -57,6 +70,18 @@ impl Metrics {
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(images.clone()))?;
         registry.register(Box::new(runs.clone()))?;
-        Ok(Metrics { registry, requests, request_seconds, inflight, queue_depth, queue_seconds, batch_size, inference_seconds, rejected, images, runs })
+        Ok(Metrics {
+            registry,
+            requests,
+            request_seconds,
+            inflight,
+            queue_depth,
+            queue_seconds,
+            batch_size,
+            inference_seconds,
+            rejected,
+            images,
+            runs,
+        })
     }
 }

@@ -56,7 +56,9 @@ pub fn decode_image(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, Image
     if format == ImageFormat::Jpeg && !bytes.windows(2).any(|w| w == [0xFF, 0xD9]) {
         return Err(ImageError::Corrupt("the JPEG is truncated (no end-of-image marker)".into()));
     }
-    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
     if u64::from(w) * u64::from(h) > limits.max_pixels || w == 0 || h == 0 {
         return Err(ImageError::TooManyPixels(w, h, limits.max_pixels));
     }
@@ -124,7 +126,11 @@ pub fn postprocess(info: &ModelInfo, out: &[f32], lb: &Letterbox, th: Thresholds
     } else {
         let mut idx: Vec<usize> = (0..out.len()).collect();
         idx.sort_by(|a, b| out[*b].total_cmp(&out[*a]));
-        idx.into_iter().take(5).filter(|&c| out[c] >= th.conf).map(|c| Prediction { class: c, name: name(c), confidence: out[c], bbox: None }).collect()
+        idx.into_iter()
+            .take(5)
+            .filter(|&c| out[c] >= th.conf)
+            .map(|c| Prediction { class: c, name: name(c), confidence: out[c], bbox: None })
+            .collect()
     }
 }
 
@@ -158,7 +164,10 @@ mod tests {
         assert!(matches!(decode_image(&garbled, LIMITS), Err(ImageError::Corrupt(_))));
         jpeg.truncate(jpeg.len() * 2 / 3);
         assert!(matches!(decode_image(&jpeg, LIMITS), Err(ImageError::Corrupt(m)) if m.contains("truncated")));
-        assert!(matches!(decode_image(&png(64, 64), ImageLimits { max_bytes: 10, ..LIMITS }), Err(ImageError::TooLarge(_, 10))));
+        assert!(matches!(
+            decode_image(&png(64, 64), ImageLimits { max_bytes: 10, ..LIMITS }),
+            Err(ImageError::TooLarge(_, 10))
+        ));
         assert_eq!(decode_image(&png(64, 32), LIMITS).expect("ok").dimensions(), (64, 32));
     }
 

@@ -32,7 +32,9 @@ async fn get(cfg: &S3Config, uri: &str, dest: &Path, timeout: Duration, retries:
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) if e.not_found => return Err(SourceError::Permanent(format!("{uri} does not exist"))),
             Ok(Err(e)) if attempt >= retries => return Err(SourceError::Transient(format!("{uri}: {e}"))),
-            Err(_) if attempt >= retries => return Err(SourceError::Transient(format!("{uri}: timed out after {timeout:?}"))),
+            Err(_) if attempt >= retries => {
+                return Err(SourceError::Transient(format!("{uri}: timed out after {timeout:?}")));
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, attempt, "model download failed; retrying"),
             Err(_) => tracing::warn!(attempt, "model download timed out; retrying"),
         }
@@ -43,7 +45,12 @@ async fn get(cfg: &S3Config, uri: &str, dest: &Path, timeout: Duration, retries:
 
 /// Fetches the artifact and its sidecar into `work` (S3) or uses them in place (local path);
 /// verifies the SHA-256.
-pub async fn fetch(uri: &str, work: &Path, timeout: Duration, retries: u32) -> Result<(PathBuf, ModelInfo), SourceError> {
+pub async fn fetch(
+    uri: &str,
+    work: &Path,
+    timeout: Duration,
+    retries: u32,
+) -> Result<(PathBuf, ModelInfo), SourceError> {
     let (artifact, sidecar) = if uri.starts_with("s3://") {
         let cfg = S3Config::from_env().map_err(SourceError::Permanent)?;
         std::fs::create_dir_all(work).map_err(|e| SourceError::Transient(e.to_string()))?;
@@ -55,16 +62,28 @@ pub async fn fetch(uri: &str, work: &Path, timeout: Duration, retries: u32) -> R
     } else {
         (PathBuf::from(uri), PathBuf::from(format!("{uri}.json")))
     };
-    let text = std::fs::read(&sidecar).map_err(|e| SourceError::Permanent(format!("model info {}: {e} (`ocellus-trainer export` writes it next to the artifact)", sidecar.display())))?;
-    let info: ModelInfo = serde_json::from_slice(&text).map_err(|e| SourceError::Permanent(format!("model info {}: {e}", sidecar.display())))?;
+    let text = std::fs::read(&sidecar).map_err(|e| {
+        SourceError::Permanent(format!(
+            "model info {}: {e} (`ocellus-trainer export` writes it next to the artifact)",
+            sidecar.display()
+        ))
+    })?;
+    let info: ModelInfo = serde_json::from_slice(&text)
+        .map_err(|e| SourceError::Permanent(format!("model info {}: {e}", sidecar.display())))?;
     if info.names.is_empty() || !info.imgsz.is_multiple_of(32) || info.imgsz == 0 {
-        return Err(SourceError::Permanent(format!("model info {}: needs class names and an imgsz that is a multiple of 32", sidecar.display())));
+        return Err(SourceError::Permanent(format!(
+            "model info {}: needs class names and an imgsz that is a multiple of 32",
+            sidecar.display()
+        )));
     }
     let bytes = std::fs::read(&artifact).map_err(|e| SourceError::Permanent(format!("{}: {e}", artifact.display())))?;
     if let Some(want) = &info.sha256 {
         let got = hex::encode(Sha256::digest(&bytes));
         if &got != want {
-            return Err(SourceError::Permanent(format!("{}: SHA-256 {got} does not match the model info's {want}", artifact.display())));
+            return Err(SourceError::Permanent(format!(
+                "{}: SHA-256 {got} does not match the model info's {want}",
+                artifact.display()
+            )));
         }
     }
     Ok((artifact, info))

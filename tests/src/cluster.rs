@@ -64,17 +64,103 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 
 /// CA, API-server serving certificate and service-account signing key.
 fn make_pki(dir: &Path) -> Result<()> {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=ocellus-local-ca"])?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=ocellus-local-ca",
+        ],
+    )?;
     std::fs::write(
         dir.join("san.ext"),
         "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
     )?;
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver"])?;
-    openssl(dir, &["x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "apiserver.crt", "-days", "30", "-extfile", "san.ext"])?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "apiserver.key",
+            "-out",
+            "apiserver.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "apiserver.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "apiserver.crt",
+            "-days",
+            "30",
+            "-extfile",
+            "san.ext",
+        ],
+    )?;
     // The node's serving certificate (the API server dials it for `kubectl logs`).
-    std::fs::write(dir.join("kubelet.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:local-node\nextendedKeyUsage=serverAuth\n")?;
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kubelet.key", "-out", "kubelet.csr", "-subj", "/CN=system:node:local-node"])?;
-    openssl(dir, &["x509", "-req", "-in", "kubelet.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "kubelet.crt", "-days", "30", "-extfile", "kubelet.ext"])?;
+    std::fs::write(
+        dir.join("kubelet.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:local-node\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "kubelet.key",
+            "-out",
+            "kubelet.csr",
+            "-subj",
+            "/CN=system:node:local-node",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "kubelet.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "kubelet.crt",
+            "-days",
+            "30",
+            "-extfile",
+            "kubelet.ext",
+        ],
+    )?;
     openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
     openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
     Ok(())
@@ -112,48 +198,61 @@ impl LocalCluster {
             keep_dir: opts.keep_dir,
         };
         let env: BTreeMap<String, String> =
-            [(MARKER_ENV.to_string(), id.clone()), ("PATH".to_string(), std::env::var("PATH").unwrap_or_default())].into();
+            [(MARKER_ENV.to_string(), id.clone()), ("PATH".to_string(), std::env::var("PATH").unwrap_or_default())]
+                .into();
 
         // etcd
         let (etcd_port, peer_port) = (free_port()?, free_port()?);
-        cluster.spawn("etcd", bin("etcd"), vec![
-            "--name=local".into(),
-            format!("--data-dir={}", dir.join("etcd").display()),
-            format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
-            format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
-            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
-            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
-            format!("--initial-cluster=local=http://127.0.0.1:{peer_port}"),
-            "--log-level=warn".into(),
-        ], &env)?;
-        wait_http(&format!("http://127.0.0.1:{etcd_port}/health"), None, Duration::from_secs(20)).context("etcd did not become healthy")?;
+        cluster.spawn(
+            "etcd",
+            bin("etcd"),
+            vec![
+                "--name=local".into(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-cluster=local=http://127.0.0.1:{peer_port}"),
+                "--log-level=warn".into(),
+            ],
+            &env,
+        )?;
+        wait_http(&format!("http://127.0.0.1:{etcd_port}/health"), None, Duration::from_secs(20))
+            .context("etcd did not become healthy")?;
 
         // kube-apiserver
         let api_port = free_port()?;
         let d = dir.display();
-        cluster.spawn("kube-apiserver", bin("kube-apiserver"), vec![
-            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            format!("--secure-port={api_port}"),
-            "--insecure-port=0".into(),
-            format!("--tls-cert-file={d}/apiserver.crt"),
-            format!("--tls-private-key-file={d}/apiserver.key"),
-            format!("--client-ca-file={d}/ca.crt"),
-            format!("--token-auth-file={d}/tokens.csv"),
-            "--authorization-mode=Node,RBAC".into(),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-account-key-file={d}/sa.pub"),
-            format!("--service-account-signing-key-file={d}/sa.key"),
-            "--api-audiences=https://kubernetes.default.svc".into(),
-            "--service-cluster-ip-range=10.96.0.0/16".into(),
-            "--allow-privileged=true".into(),
-            "--kubelet-preferred-address-types=InternalIP".into(),
-            format!("--cert-dir={d}/apiserver-certs"),
-            "--v=0".into(),
-        ], &env)?;
+        cluster.spawn(
+            "kube-apiserver",
+            bin("kube-apiserver"),
+            vec![
+                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={api_port}"),
+                "--insecure-port=0".into(),
+                format!("--tls-cert-file={d}/apiserver.crt"),
+                format!("--tls-private-key-file={d}/apiserver.key"),
+                format!("--client-ca-file={d}/ca.crt"),
+                format!("--token-auth-file={d}/tokens.csv"),
+                "--authorization-mode=Node,RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={d}/sa.pub"),
+                format!("--service-account-signing-key-file={d}/sa.key"),
+                "--api-audiences=https://kubernetes.default.svc".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--allow-privileged=true".into(),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--cert-dir={d}/apiserver-certs"),
+                "--v=0".into(),
+            ],
+            &env,
+        )?;
         cluster.server = format!("https://127.0.0.1:{api_port}");
-        wait_http(&format!("{}/readyz", cluster.server), Some(&token), Duration::from_secs(60)).context("kube-apiserver did not become ready")?;
+        wait_http(&format!("{}/readyz", cluster.server), Some(&token), Duration::from_secs(60))
+            .context("kube-apiserver did not become ready")?;
 
         let ca = std::fs::read_to_string(dir.join("ca.crt"))?;
         write_kubeconfig(&cluster.kubeconfig, &cluster.server, &ca, &token)?;
@@ -172,17 +271,26 @@ impl LocalCluster {
             "--secure-port=0".into(),
             "--concurrent-gc-syncs=5".into(),
         ], &env)?;
-        cluster.spawn("kube-scheduler", bin("kube-scheduler"), vec![
-            format!("--kubeconfig={kc}"),
-            format!("--authentication-kubeconfig={kc}"),
-            format!("--authorization-kubeconfig={kc}"),
-            "--leader-elect=false".into(),
-            "--port=0".into(),
-            "--secure-port=0".into(),
-        ], &env)?;
+        cluster.spawn(
+            "kube-scheduler",
+            bin("kube-scheduler"),
+            vec![
+                format!("--kubeconfig={kc}"),
+                format!("--authentication-kubeconfig={kc}"),
+                format!("--authorization-kubeconfig={kc}"),
+                "--leader-elect=false".into(),
+                "--port=0".into(),
+                "--secure-port=0".into(),
+            ],
+            &env,
+        )?;
 
         // The node runs on a runtime owned by the cluster, so it outlives every test's runtime.
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("ocellus-node").build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("ocellus-node")
+            .build()?;
         let node_cfg = NodeConfig {
             name: "local-node".into(),
             root: dir.join("node"),
@@ -211,9 +319,10 @@ impl LocalCluster {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let sa = sas.get_opt("default").await?.is_some();
-                let node_ok = nodes.get_opt("local-node").await?.is_some_and(|n| {
-                    n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty())
-                });
+                let node_ok = nodes
+                    .get_opt("local-node")
+                    .await?
+                    .is_some_and(|n| n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(|t| t.is_empty()));
                 if sa && node_ok {
                     return Ok::<_, anyhow::Error>(());
                 }
@@ -223,14 +332,25 @@ impl LocalCluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })?;
-        eprintln!("[ocellus] local cluster {id} ready in {:.1} s at {}", started.elapsed().as_secs_f64(), cluster.server);
+        eprintln!(
+            "[ocellus] local cluster {id} ready in {:.1} s at {}",
+            started.elapsed().as_secs_f64(),
+            cluster.server
+        );
         Ok(cluster)
     }
 
     fn spawn(&mut self, name: &str, program: PathBuf, args: Vec<String>, env: &BTreeMap<String, String>) -> Result<()> {
         let log = self.dir.join(format!("{name}.log"));
-        let child = proc::spawn(Spec { program, args, env: env.clone(), clear_env: true, cwd: Some(self.dir.clone()), log: Some(log) })
-            .with_context(|| format!("starting {name}"))?;
+        let child = proc::spawn(Spec {
+            program,
+            args,
+            env: env.clone(),
+            clear_env: true,
+            cwd: Some(self.dir.clone()),
+            log: Some(log),
+        })
+        .with_context(|| format!("starting {name}"))?;
         self.procs.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((name.to_string(), child));
         // Fail fast with the component's log if it exits immediately.
         std::thread::sleep(Duration::from_millis(50));
@@ -283,7 +403,8 @@ impl LocalCluster {
     pub async fn namespace(&self, client: &Client, prefix: &str) -> Result<String> {
         let name = format!("{prefix}-{}", &random_token()[..6]);
         let api: Api<Namespace> = Api::all(client.clone());
-        api.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?).await?;
+        api.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?)
+            .await?;
         // Pods need the namespace's default ServiceAccount.
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -108,7 +108,12 @@ pub fn samples(seed: u64, n: usize, size: u32) -> Vec<Sample> {
         .map(|i| {
             let k = 1 + rng.range(0, 3) as usize;
             let (img, shapes) = shapes_image(&mut rng, size, k);
-            Sample { stem: format!("img{i:05}"), split: if i % 5 == 4 { "val" } else { "train" }, jpeg: encode(&img, ImageFormat::Jpeg), shapes }
+            Sample {
+                stem: format!("img{i:05}"),
+                split: if i % 5 == 4 { "val" } else { "train" },
+                jpeg: encode(&img, ImageFormat::Jpeg),
+                shapes,
+            }
         })
         .collect()
 }
@@ -117,13 +122,18 @@ pub fn samples(seed: u64, n: usize, size: u32) -> Vec<Sample> {
 pub fn write_yolo(dir: &Path, samples: &[Sample], size: u32) {
     let names: Vec<String> = SHAPES.iter().enumerate().map(|(i, n)| format!("  {i}: {n}")).collect();
     std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(dir.join("data.yaml"), format!("train: images/train\nval: images/val\nnames:\n{}\n", names.join("\n"))).expect("yaml");
+    std::fs::write(
+        dir.join("data.yaml"),
+        format!("train: images/train\nval: images/val\nnames:\n{}\n", names.join("\n")),
+    )
+    .expect("yaml");
     for s in samples {
         for sub in ["images", "labels"] {
             std::fs::create_dir_all(dir.join(sub).join(s.split)).expect("dir");
         }
         std::fs::write(dir.join("images").join(s.split).join(format!("{}.jpg", s.stem)), &s.jpeg).expect("img");
-        std::fs::write(dir.join("labels").join(s.split).join(format!("{}.txt", s.stem)), yolo_labels(&s.shapes, size)).expect("lbl");
+        std::fs::write(dir.join("labels").join(s.split).join(format!("{}.txt", s.stem)), yolo_labels(&s.shapes, size))
+            .expect("lbl");
     }
 }
 
@@ -135,7 +145,9 @@ pub fn write_coco(dir: &Path, samples: &[Sample], size: u32) {
         for (i, s) in samples.iter().enumerate().filter(|(_, s)| s.split == split) {
             std::fs::create_dir_all(dir.join("images").join(split)).expect("dir");
             std::fs::write(dir.join("images").join(split).join(format!("{}.jpg", s.stem)), &s.jpeg).expect("img");
-            images.push(serde_json::json!({"id": i + 1, "file_name": format!("{}.jpg", s.stem), "width": size, "height": size}));
+            images.push(
+                serde_json::json!({"id": i + 1, "file_name": format!("{}.jpg", s.stem), "width": size, "height": size}),
+            );
             for b in &s.shapes {
                 anns.push(serde_json::json!({
                     "id": anns.len() + 1, "image_id": i + 1, "category_id": b.class + 1, "iscrowd": 0,
@@ -144,7 +156,8 @@ pub fn write_coco(dir: &Path, samples: &[Sample], size: u32) {
             }
         }
         // COCO category ids start at 1.
-        let cats: Vec<_> = SHAPES.iter().enumerate().map(|(i, n)| serde_json::json!({"id": i + 1, "name": n})).collect();
+        let cats: Vec<_> =
+            SHAPES.iter().enumerate().map(|(i, n)| serde_json::json!({"id": i + 1, "name": n})).collect();
         std::fs::create_dir_all(dir.join("annotations")).expect("dir");
         let doc = serde_json::json!({"images": images, "annotations": anns, "categories": cats});
         std::fs::write(dir.join("annotations").join(format!("instances_{split}.json")), doc.to_string()).expect("json");

@@ -21,7 +21,10 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 /// a broken setup, never a reason to skip.
 pub fn require_tool(name: &str) -> PathBuf {
     tool(name).unwrap_or_else(|| {
-        panic!("{name} is not installed under {}; run `hack/setup.sh tools` (the README test command does)", cache_dir().display())
+        panic!(
+            "{name} is not installed under {}; run `hack/setup.sh tools` (the README test command does)",
+            cache_dir().display()
+        )
     })
 }
 
@@ -30,8 +33,8 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-pub mod manifests;
 pub mod cluster;
+pub mod manifests;
 pub mod node;
 pub mod proc;
 
@@ -73,5 +76,5 @@ pub fn run_json_cli(bin: &std::path::Path, args: &[&str], s3: &s3::S3Server) -> 
     (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-pub mod s3;
 pub mod fixtures;
+pub mod s3;

@@ -105,8 +105,8 @@ mod tests {
             .expect("yaml");
         let err = validate_object(&typo[0]).expect_err("typo must fail");
         assert!(format!("{err:#}").contains("spec.prots"), "{err:#}");
-        let wrong_type = parse_stream("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: 80\n")
-            .expect("yaml");
+        let wrong_type =
+            parse_stream("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: 80\n").expect("yaml");
         assert!(validate_object(&wrong_type[0]).is_err());
     }
 }

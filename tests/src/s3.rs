@@ -79,7 +79,11 @@ impl S3Server {
 
     /// The environment our binaries read S3 settings from (`OCELLUS_S3_ENDPOINT`, AWS keys).
     pub fn env(&self) -> [(&'static str, String); 3] {
-        [("OCELLUS_S3_ENDPOINT", self.endpoint.clone()), ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into())]
+        [
+            ("OCELLUS_S3_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ]
     }
 
     /// The value of [`MARKER_ENV`] in the server's environment.

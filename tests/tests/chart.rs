@@ -11,16 +11,37 @@ fn chart_dir() -> String {
 }
 
 fn helm(args: &[&str]) -> std::process::Output {
-    Command::new(require_tool("helm")).args(args).env("HELM_CACHE_HOME", std::env::temp_dir().join("ocellus-helm-cache")).output().expect("run helm")
+    Command::new(require_tool("helm"))
+        .args(args)
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("ocellus-helm-cache"))
+        .output()
+        .expect("run helm")
 }
 
 /// Value sets the chart must accept.
 const VALUE_SETS: &[&[&str]] = &[
     &["--set", "s3.existingSecret=my-s3"],
-    &["--set", "s3.accessKeyId=AKIA", "--set", "s3.secretAccessKey=topsecret", "--set", "s3.endpoint=https://s3.example"],
+    &[
+        "--set",
+        "s3.accessKeyId=AKIA",
+        "--set",
+        "s3.secretAccessKey=topsecret",
+        "--set",
+        "s3.endpoint=https://s3.example",
+    ],
     &["--set", "minio.enabled=true", "--set", "minio.rootPassword=pw-123456"],
-    &["--set", "minio.enabled=true", "--set", "minio.rootPassword=pw-123456", "--set", "minio.persistence.enabled=false",
-      "--set", "operator.watchNamespace=team-a", "--set", "gpu.runtimeClassName=nvidia"],
+    &[
+        "--set",
+        "minio.enabled=true",
+        "--set",
+        "minio.rootPassword=pw-123456",
+        "--set",
+        "minio.persistence.enabled=false",
+        "--set",
+        "operator.watchNamespace=team-a",
+        "--set",
+        "gpu.runtimeClassName=nvidia",
+    ],
 ];
 
 fn render(values: &[&str]) -> Vec<Value> {
@@ -70,18 +91,26 @@ fn chart_carries_the_generated_crds() {
         .filter_map(|d| d["metadata"]["name"].as_str())
         .collect();
     names.sort();
-    assert_eq!(names, ["datasets.ocellus.dev", "exports.ocellus.dev", "modeldeployments.ocellus.dev", "trainingjobs.ocellus.dev"]);
+    assert_eq!(
+        names,
+        ["datasets.ocellus.dev", "exports.ocellus.dev", "modeldeployments.ocellus.dev", "trainingjobs.ocellus.dev"]
+    );
 }
 
 #[test]
 fn minio_is_optional() {
-    let kinds = |docs: &[Value]| docs.iter().filter(|d| d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-minio"))).count();
+    let kinds = |docs: &[Value]| {
+        docs.iter().filter(|d| d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-minio"))).count()
+    };
     assert_eq!(kinds(&render(VALUE_SETS[0])), 0);
     // PVC, Deployment, Service.
     assert_eq!(kinds(&render(VALUE_SETS[2])), 3);
     // The services point at the bundled MinIO.
     let docs = render(VALUE_SETS[2]);
-    let op = docs.iter().find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "rel-ocellus-operator").expect("operator");
+    let op = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "rel-ocellus-operator")
+        .expect("operator");
     let env = op["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
     let endpoint = env.iter().find(|e| e["name"] == "OCELLUS_S3_ENDPOINT").expect("endpoint");
     assert_eq!(endpoint["value"], "http://rel-ocellus-minio.ocellus-system.svc:9000");
@@ -113,7 +142,10 @@ fn pods_run_with_least_privilege() {
                 assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
                 assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
                 assert!(c["resources"]["requests"].is_object(), "{name}: resource requests");
-                assert!(c["readinessProbe"].is_object() && c["image"].as_str().is_some_and(|i| i.contains(':')), "{name}");
+                assert!(
+                    c["readinessProbe"].is_object() && c["image"].as_str().is_some_and(|i| i.contains(':')),
+                    "{name}"
+                );
             }
         }
     }
@@ -140,13 +172,19 @@ fn rbac_is_least_privilege() {
             assert!(!r[field].as_array().expect("list").iter().any(|x| x == "*"), "wildcard in {r}");
         }
     }
-    let grants_secrets = |rules: &[Value]| rules.iter().any(|r| r["resources"].as_array().is_some_and(|a| a.iter().any(|x| x == "secrets")));
+    let grants_secrets = |rules: &[Value]| {
+        rules.iter().any(|r| r["resources"].as_array().is_some_and(|a| a.iter().any(|x| x == "secrets")))
+    };
     // The operator never reads Secrets; the apiserver only in its own namespace (a Role, not a ClusterRole).
     assert!(!grants_secrets(&rules_of("ClusterRole", "rel-ocellus-operator")));
     assert!(!grants_secrets(&rules_of("ClusterRole", "rel-ocellus-apiserver")));
     assert!(grants_secrets(&rules_of("Role", "rel-ocellus-apiserver-keys")));
     // Nobody may escalate through RBAC objects.
-    assert!(!all_rules.iter().any(|r| r["apiGroups"].as_array().is_some_and(|a| a.iter().any(|g| g == "rbac.authorization.k8s.io"))));
+    assert!(
+        !all_rules
+            .iter()
+            .any(|r| r["apiGroups"].as_array().is_some_and(|a| a.iter().any(|g| g == "rbac.authorization.k8s.io")))
+    );
 }
 
 #[test]

@@ -23,8 +23,14 @@ fn ok(o: Output) -> String {
 fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     let images = ImageMap {
         images: vec![
-            ImageMapping { image: "ghcr.io/ocellus-dev/ocellus-operator".into(), binary: Some(workspace_binary("ocellus-operator")) },
-            ImageMapping { image: "ghcr.io/ocellus-dev/ocellus-apiserver".into(), binary: Some(workspace_binary("ocellus-apiserver")) },
+            ImageMapping {
+                image: "ghcr.io/ocellus-dev/ocellus-operator".into(),
+                binary: Some(workspace_binary("ocellus-operator")),
+            },
+            ImageMapping {
+                image: "ghcr.io/ocellus-dev/ocellus-apiserver".into(),
+                binary: Some(workspace_binary("ocellus-apiserver")),
+            },
         ],
     };
     let c = LocalCluster::start(ClusterOptions { gpus: Some(0), images, ..Default::default() }).expect("cluster");
@@ -32,13 +38,40 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     // Helm 4 installs CRDs with server-side apply, which 1.20 refuses for the unknown
     // x-kubernetes-validations field; on this old server the CRDs go first through kubectl.
     ok(run("kubectl", &c, &["apply", "--validate=false", "-f", &root.join("crds/yaml").display().to_string()]));
-    ok(run("helm", &c, &[
-        "install", "ocellus", &root.join("charts/ocellus").display().to_string(), "--skip-crds",
-        "-n", "ocellus-system", "--create-namespace",
-        "--set", "s3.accessKeyId=test", "--set", "s3.secretAccessKey=test-secret-value", "--set", "s3.endpoint=http://127.0.0.1:9",
-        "--wait", "--timeout", "90s",
-    ]));
-    let ready = ok(run("kubectl", &c, &["get", "deploy", "-n", "ocellus-system", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.readyReplicas} {end}"]));
+    ok(run(
+        "helm",
+        &c,
+        &[
+            "install",
+            "ocellus",
+            &root.join("charts/ocellus").display().to_string(),
+            "--skip-crds",
+            "-n",
+            "ocellus-system",
+            "--create-namespace",
+            "--set",
+            "s3.accessKeyId=test",
+            "--set",
+            "s3.secretAccessKey=test-secret-value",
+            "--set",
+            "s3.endpoint=http://127.0.0.1:9",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+    ));
+    let ready = ok(run(
+        "kubectl",
+        &c,
+        &[
+            "get",
+            "deploy",
+            "-n",
+            "ocellus-system",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.readyReplicas} {end}",
+        ],
+    ));
     assert_eq!(ready.trim(), "ocellus-apiserver=1 ocellus-operator=1");
     // The operator acted with its own ServiceAccount: it could list CRDs, so it became ready.
     let logs = ok(run("kubectl", &c, &["logs", "-n", "ocellus-system", "deploy/ocellus-operator"]));
@@ -46,7 +79,19 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     assert!(!logs.contains("test-secret-value"), "a secret reached the logs");
 
     let can = |sa: &str, verb: &str, what: &str, ns: &str| -> bool {
-        let o = run("kubectl", &c, &["auth", "can-i", verb, what, "-n", ns, &format!("--as=system:serviceaccount:ocellus-system:ocellus-{sa}")]);
+        let o = run(
+            "kubectl",
+            &c,
+            &[
+                "auth",
+                "can-i",
+                verb,
+                what,
+                "-n",
+                ns,
+                &format!("--as=system:serviceaccount:ocellus-system:ocellus-{sa}"),
+            ],
+        );
         String::from_utf8_lossy(&o.stdout).trim() == "yes"
     };
     assert!(can("operator", "create", "jobs", "team-a"));

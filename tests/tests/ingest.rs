@@ -80,7 +80,10 @@ async fn yolo_detect_archive_is_ingested() {
     // class-stats shapes.
     assert_eq!(summary.class_stats.classes.len(), 3);
     assert_eq!(summary.class_stats.location_heatmap.bins.iter().flatten().sum::<u64>(), boxes as u64);
-    assert_eq!(summary.class_stats.image_stats.width_histogram, vec![ocellus_dataset::stats::Bin { bin: 96, count: 40 }]);
+    assert_eq!(
+        summary.class_stats.image_stats.width_histogram,
+        vec![ocellus_dataset::stats::Bin { bin: 96, count: 40 }]
+    );
 
     let (header, records) = manifest_of(&store, "team-a/datasets/shapes").await;
     assert_eq!(header.type_, "dataset");
@@ -96,7 +99,9 @@ async fn yolo_detect_archive_is_ingested() {
         assert_eq!((r.width, r.height), (SIZE, SIZE));
     }
     // The summary is in the bucket too.
-    let stored_summary: Summary = serde_json::from_slice(&store.get(&ingest::summary_key("team-a/datasets/shapes")).await.expect("summary")).expect("json");
+    let stored_summary: Summary =
+        serde_json::from_slice(&store.get(&ingest::summary_key("team-a/datasets/shapes")).await.expect("summary"))
+            .expect("json");
     assert_eq!(stored_summary.counts, summary.counts);
 }
 
@@ -124,8 +129,18 @@ async fn coco_gives_the_same_boxes_as_yolo() {
     let (ydir, cdir) = (scratch("same-yolo"), scratch("same-coco"));
     fixtures::write_yolo(&ydir, &samples, SIZE);
     fixtures::write_coco(&cdir, &samples, SIZE);
-    let y = ingest_bytes(&store, "same-yolo.zip", fixtures::zip_dir(&ydir), &options("y", "t/datasets/y", Task::Detect)).await.expect("yolo");
-    let c = ingest_bytes(&store, "same-coco.tar.gz", fixtures::tar_gz_dir(&cdir), &options("c", "t/datasets/c", Task::Detect)).await.expect("coco");
+    let y =
+        ingest_bytes(&store, "same-yolo.zip", fixtures::zip_dir(&ydir), &options("y", "t/datasets/y", Task::Detect))
+            .await
+            .expect("yolo");
+    let c = ingest_bytes(
+        &store,
+        "same-coco.tar.gz",
+        fixtures::tar_gz_dir(&cdir),
+        &options("c", "t/datasets/c", Task::Detect),
+    )
+    .await
+    .expect("coco");
     assert_eq!(c.format, "coco");
     assert_eq!(y.counts, c.counts);
     let (_, yr) = manifest_of(&store, "t/datasets/y").await;
@@ -185,11 +200,14 @@ async fn hostile_archives_are_refused_and_nothing_escapes() {
     assert!(!std::path::Path::new("/tmp/ocellus-abs-evil.txt").exists());
 
     // Symlink.
-    let err = ingest_bytes(&store, "link.tar", fixtures::tar_with_symlink("images/x.jpg", "/etc/passwd"), &opts).await.expect_err("symlink");
+    let err = ingest_bytes(&store, "link.tar", fixtures::tar_with_symlink("images/x.jpg", "/etc/passwd"), &opts)
+        .await
+        .expect_err("symlink");
     assert!(matches!(err, IngestError::Archive(ArchiveError::Link(_))), "{err}");
 
     // Zip bomb: 64 MiB of zeros compresses about 1000x.
-    let zip = fixtures::zip_entries(&[("images/train/a.jpg", jpeg.clone()), ("images/train/bomb.bin", vec![0u8; 64 << 20])]);
+    let zip =
+        fixtures::zip_entries(&[("images/train/a.jpg", jpeg.clone()), ("images/train/bomb.bin", vec![0u8; 64 << 20])]);
     let err = ingest_bytes(&store, "bomb.zip", zip, &opts).await.expect_err("bomb");
     assert!(matches!(err, IngestError::Archive(ArchiveError::Ratio { limit: 100 })), "{err}");
 
@@ -227,7 +245,8 @@ async fn bad_items_are_reported_excluded_or_fatal_by_policy() {
     let mut opts = options("bad", "t/datasets/bad", Task::Detect);
     opts.policy = Policy { fail_on_invalid: false, max_invalid_fraction: 0.5 };
     let s = ingest_bytes(&store, "bad.zip", archive.clone(), &opts).await.expect("ingest with exclusions");
-    let kinds: BTreeMap<&str, (ItemErrorKind, &str)> = s.invalid.items.iter().map(|e| (e.file.as_str(), (e.kind, e.detail.as_str()))).collect();
+    let kinds: BTreeMap<&str, (ItemErrorKind, &str)> =
+        s.invalid.items.iter().map(|e| (e.file.as_str(), (e.kind, e.detail.as_str()))).collect();
     assert_eq!(kinds["images/train/corrupt.jpg"].0, ItemErrorKind::CorruptImage);
     assert_eq!(kinds["images/train/img00001.jpg"].0, ItemErrorKind::ClassOutOfRange);
     assert!(kinds["images/train/img00001.jpg"].1.contains("line 1: class 7 is out of range 0..3"));
@@ -287,7 +306,8 @@ async fn ratio_splits_are_stable_across_reingests_and_versions_are_immutable() {
 
     ingest_bytes(&store, "sp.zip", archive, &opts).await.expect("second");
     let (_, second) = manifest_of(&store, "t/datasets/sp").await;
-    let splits = |r: &[manifest::ImageRecord]| r.iter().map(|x| (x.sha256.clone(), x.split)).collect::<BTreeMap<_, _>>();
+    let splits =
+        |r: &[manifest::ImageRecord]| r.iter().map(|x| (x.sha256.clone(), x.split)).collect::<BTreeMap<_, _>>();
     assert_eq!(splits(&first), splits(&second));
     assert!(splits(&first).values().any(|s| s.as_str() == "test"));
 
@@ -322,7 +342,10 @@ async fn flaky_server(data: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex
             let (seen, data) = (seen2.clone(), data2.clone());
             async move {
                 if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some("Bearer t0k3n") {
-                    return axum::response::Response::builder().status(StatusCode::UNAUTHORIZED).body(Body::empty()).expect("resp");
+                    return axum::response::Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .body(Body::empty())
+                        .expect("resp");
                 }
                 let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(String::from);
                 let first = {
@@ -354,7 +377,10 @@ async fn flaky_server(data: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex
                         .body(body)
                         .expect("resp");
                 }
-                let from: usize = range.as_deref().and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap_or(0);
+                let from: usize = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+                    .unwrap_or(0);
                 let rest = bytes::Bytes::copy_from_slice(&data[from..]);
                 axum::response::Response::builder()
                     .status(if from > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
@@ -383,13 +409,21 @@ async fn https_source_resumes_an_interrupted_download() {
     let ranges = seen.lock().expect("lock").clone();
     assert_eq!(ranges.len(), 2, "{ranges:?}");
     assert_eq!(ranges[0], None);
-    assert!(ranges[1].as_deref().is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-"), "second request resumes: {ranges:?}");
+    assert!(
+        ranges[1].as_deref().is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-"),
+        "second request resumes: {ranges:?}"
+    );
 
     // A client error (no credentials) is not retried and names the URL.
     let before = seen.lock().expect("lock").len();
-    let err = ingest::ingest(&store, &Source::Https { url: url.clone(), headers: vec![] }, &options("web2", "t/datasets/web2", Task::Detect), &|_| {})
-        .await
-        .expect_err("401");
+    let err = ingest::ingest(
+        &store,
+        &Source::Https { url: url.clone(), headers: vec![] },
+        &options("web2", "t/datasets/web2", Task::Detect),
+        &|_| {},
+    )
+    .await
+    .expect_err("401");
     assert!(matches!(err, IngestError::Fetch(ref m) if m.contains("401") && m.contains("/data.zip")), "{err}");
     assert_eq!(seen.lock().expect("lock").len(), before, "the 401 was retried");
     nothing_written(&store, "t/datasets/web2").await;
@@ -405,7 +439,10 @@ fn trainer(args: &[&str], envs: &[(&str, &str)]) -> (i32, Vec<serde_json::Value>
         .env("OCELLUS_S3_BUCKET", "platform")
         .output()
         .expect("run ocellus-trainer");
-    let lines = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
     (out.status.code().unwrap_or(-1), lines)
 }
 
@@ -427,13 +464,21 @@ async fn cli_reports_progress_result_and_exit_codes() {
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (code, lines) = trainer(&["ingest"], &envs);
     assert_eq!(code, 0, "{lines:?}");
-    assert!(lines.iter().any(|l| l["event"] == "progress" && l["phase"] == "validate" && l["done"] == 12 && l["total"] == 12), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "progress" && l["phase"] == "validate" && l["done"] == 12 && l["total"] == 12),
+        "{lines:?}"
+    );
     let done = lines.last().expect("result");
     assert_eq!(done["event"], "done");
     assert_eq!(done["counts"]["images"], 12);
     assert_eq!(done["manifestUri"], "s3://platform/t/datasets/cli/manifest.ndjson");
 
-    let (code, lines) = trainer(&["freeze", "--version-name", "v1", "--description", "cli snapshot"], &[("OCELLUS_DATASET_PREFIX", "t/datasets/cli")]);
+    let (code, lines) = trainer(
+        &["freeze", "--version-name", "v1", "--description", "cli snapshot"],
+        &[("OCELLUS_DATASET_PREFIX", "t/datasets/cli")],
+    );
     assert_eq!(code, 0, "{lines:?}");
     assert_eq!(lines[0]["version"]["images"], 12);
 

@@ -20,12 +20,20 @@ fn cluster() -> &'static LocalCluster {
     CLUSTER.get_or_init(|| {
         let images = ImageMap {
             images: vec![
-                ImageMapping { image: "ocellus.dev/testserver".into(), binary: Some(env!("CARGO_BIN_EXE_ocellus-testserver").into()) },
+                ImageMapping {
+                    image: "ocellus.dev/testserver".into(),
+                    binary: Some(env!("CARGO_BIN_EXE_ocellus-testserver").into()),
+                },
                 ImageMapping { image: "busybox".into(), binary: None },
             ],
         };
-        LocalCluster::start(ClusterOptions { gpus: Some(2), gpu_product: Some("NVIDIA-Test-GPU".into()), images, keep_dir: false })
-            .expect("local cluster starts")
+        LocalCluster::start(ClusterOptions {
+            gpus: Some(2),
+            gpu_product: Some("NVIDIA-Test-GPU".into()),
+            images,
+            keep_dir: false,
+        })
+        .expect("local cluster starts")
     })
 }
 
@@ -77,7 +85,13 @@ fn node_registers_with_capacity_and_labels() {
         for r in ["cpu", "memory", "pods"] {
             assert!(cap.contains_key(r), "{r}");
         }
-        let ready = node.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+        let ready = node
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
         assert_eq!(ready.status, "True");
     });
 }
@@ -95,8 +109,9 @@ fn deployment_scales_to_three_ready_replicas_with_distinct_ips_answering_http() 
             },
         }));
         deps.create(&PostParams::default(), &dep).await.expect("create deployment");
-        let svc: k8s_openapi::api::core::v1::Service =
-            obj(json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080, "targetPort": "http"}]}}));
+        let svc: k8s_openapi::api::core::v1::Service = obj(
+            json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080, "targetPort": "http"}]}}),
+        );
         Api::namespaced(client.clone(), &ns).create(&PostParams::default(), &svc).await.expect("create service");
 
         eventually("3 ready replicas", WAIT, || async {
@@ -114,7 +129,8 @@ fn deployment_scales_to_three_ready_replicas_with_distinct_ips_answering_http() 
         let http = reqwest::Client::new();
         for p in &list.items {
             let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("ip");
-            let body: serde_json::Value = http.get(format!("http://{ip}:8080/")).send().await.expect("GET").json().await.expect("json");
+            let body: serde_json::Value =
+                http.get(format!("http://{ip}:8080/")).send().await.expect("GET").json().await.expect("json");
             assert_eq!(body["pod"], p.name_any());
         }
         // The EndpointSlice controller publishes the three ready addresses (1.20 serves v1beta1).
@@ -136,8 +152,13 @@ fn deployment_scales_to_three_ready_replicas_with_distinct_ips_answering_http() 
         .await;
 
         // Scaling down stops the surplus processes.
-        deps.patch("web", &Default::default(), &kube::api::Patch::Merge(json!({"spec": {"replicas": 1}}))).await.expect("scale");
-        eventually("1 pod left", WAIT, || async { (pods.list(&Default::default()).await.ok()?.items.len() == 1).then_some(()) }).await;
+        deps.patch("web", &Default::default(), &kube::api::Patch::Merge(json!({"spec": {"replicas": 1}})))
+            .await
+            .expect("scale");
+        eventually("1 pod left", WAIT, || async {
+            (pods.list(&Default::default()).await.ok()?.items.len() == 1).then_some(())
+        })
+        .await;
     });
 }
 
@@ -157,7 +178,10 @@ fn jobs_complete_and_failures_report_exit_codes() {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
         jobs.create(&PostParams::default(), &job("ok", "echo done")).await.expect("create");
         jobs.create(&PostParams::default(), &job("bad", "echo failing >&2; exit 3")).await.expect("create");
-        eventually("job ok succeeded", WAIT, || async { (jobs.get("ok").await.ok()?.status?.succeeded? == 1).then_some(()) }).await;
+        eventually("job ok succeeded", WAIT, || async {
+            (jobs.get("ok").await.ok()?.status?.succeeded? == 1).then_some(())
+        })
+        .await;
         let reason = eventually("job bad failed", WAIT, || async {
             let conds = jobs.get("bad").await.ok()?.status?.conditions?;
             conds.into_iter().find(|c| c.type_ == "Failed" && c.status == "True").and_then(|c| c.reason)
@@ -165,10 +189,15 @@ fn jobs_complete_and_failures_report_exit_codes() {
         .await;
         assert_eq!(reason, "BackoffLimitExceeded");
         let pods: Api<Pod> = Api::namespaced(client, &ns);
-        let pod = pods.list(&kube::api::ListParams::default().labels("job-name=bad")).await.expect("list").items.remove(0);
+        let pod =
+            pods.list(&kube::api::ListParams::default().labels("job-name=bad")).await.expect("list").items.remove(0);
         let status = pod.status.expect("status");
         assert_eq!(status.phase.as_deref(), Some("Failed"));
-        let term = status.container_statuses.expect("statuses")[0].state.clone().and_then(|s| s.terminated).expect("terminated");
+        let term = status.container_statuses.expect("statuses")[0]
+            .state
+            .clone()
+            .and_then(|s| s.terminated)
+            .expect("terminated");
         assert_eq!(term.exit_code, 3);
         assert_eq!(term.reason.as_deref(), Some("Error"));
     });
@@ -178,7 +207,9 @@ fn jobs_complete_and_failures_report_exit_codes() {
 fn deleting_a_pod_stops_its_process_gracefully() {
     with_ns("delete", |client, ns| async move {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let pod: Pod = obj(json!({"metadata": {"name": "srv"}, "spec": {"containers": [server_container("srv")], "terminationGracePeriodSeconds": 10}}));
+        let pod: Pod = obj(
+            json!({"metadata": {"name": "srv"}, "spec": {"containers": [server_container("srv")], "terminationGracePeriodSeconds": 10}}),
+        );
         pods.create(&PostParams::default(), &pod).await.expect("create");
         let pid: u32 = eventually("running with a pid", WAIT, || async {
             let p = pods.get("srv").await.ok()?;
@@ -189,7 +220,9 @@ fn deleting_a_pod_stops_its_process_gracefully() {
         assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
         pods.delete("srv", &DeleteParams::default()).await.expect("delete");
         eventually("pod gone", WAIT, || async { pods.get_opt("srv").await.ok()?.is_none().then_some(()) }).await;
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).map(|c| c.contains("ocellus-testserver")).unwrap_or(false);
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.contains("ocellus-testserver"))
+            .unwrap_or(false);
         assert!(!alive, "process {pid} still running after its pod was deleted");
     });
 }
@@ -202,7 +235,10 @@ fn kubectl_logs_returns_container_output() {
             "name": "main", "image": "busybox", "command": ["sh", "-c", "echo line-one; echo line-two >&2; echo line-three"],
         }]}}));
         pods.create(&PostParams::default(), &pod).await.expect("create");
-        eventually("pod succeeded", WAIT, || async { (pod_phase(&pods, "talker").await? == "Succeeded").then_some(()) }).await;
+        eventually("pod succeeded", WAIT, || async {
+            (pod_phase(&pods, "talker").await? == "Succeeded").then_some(())
+        })
+        .await;
         let kubectl = ocellus_tests::require_tool("kubectl");
         let out = std::process::Command::new(&kubectl)
             .args(["--kubeconfig", &cluster().kubeconfig().display().to_string(), "-n", &ns, "logs", "talker"])
@@ -212,7 +248,15 @@ fn kubectl_logs_returns_container_output() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(stdout.lines().collect::<Vec<_>>(), ["line-one", "line-two", "line-three"]);
         let out = std::process::Command::new(&kubectl)
-            .args(["--kubeconfig", &cluster().kubeconfig().display().to_string(), "-n", &ns, "logs", "talker", "--tail=1"])
+            .args([
+                "--kubeconfig",
+                &cluster().kubeconfig().display().to_string(),
+                "-n",
+                &ns,
+                "logs",
+                "talker",
+                "--tail=1",
+            ])
             .output()
             .expect("kubectl");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "line-three");
@@ -231,7 +275,8 @@ fn gpu_requests_are_scheduled_against_capacity() {
         };
         pods.create(&PostParams::default(), &gpu_pod("too-many", 3)).await.expect("create");
         pods.create(&PostParams::default(), &gpu_pod("fits", 2)).await.expect("create");
-        eventually("fits is running", WAIT, || async { (pod_phase(&pods, "fits").await? == "Running").then_some(()) }).await;
+        eventually("fits is running", WAIT, || async { (pod_phase(&pods, "fits").await? == "Running").then_some(()) })
+            .await;
         let cond = eventually("too-many unschedulable", WAIT, || async {
             let p = pods.get("too-many").await.ok()?;
             p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")
@@ -240,7 +285,9 @@ fn gpu_requests_are_scheduled_against_capacity() {
         assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
         assert!(cond.message.unwrap_or_default().contains("Insufficient nvidia.com/gpu"));
         assert_eq!(pod_phase(&pods, "too-many").await.as_deref(), Some("Pending"));
-        pods.delete("fits", &DeleteParams { grace_period_seconds: Some(1), ..Default::default() }).await.expect("delete");
+        pods.delete("fits", &DeleteParams { grace_period_seconds: Some(1), ..Default::default() })
+            .await
+            .expect("delete");
     });
 }
 
@@ -248,17 +295,27 @@ fn gpu_requests_are_scheduled_against_capacity() {
 fn garbage_collection_deletes_children_of_a_deleted_owner() {
     with_ns("gc", |client, ns| async move {
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let owner = cms.create(&PostParams::default(), &obj(json!({"metadata": {"name": "owner"}}))).await.expect("owner");
-        let owner_ref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid().expect("uid")}]);
-        cms.create(&PostParams::default(), &obj(json!({"metadata": {"name": "child", "ownerReferences": owner_ref}}))).await.expect("child");
+        let owner =
+            cms.create(&PostParams::default(), &obj(json!({"metadata": {"name": "owner"}}))).await.expect("owner");
+        let owner_ref =
+            json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid().expect("uid")}]);
+        cms.create(&PostParams::default(), &obj(json!({"metadata": {"name": "child", "ownerReferences": owner_ref}})))
+            .await
+            .expect("child");
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let pod: Pod = obj(json!({"metadata": {"name": "child-pod", "ownerReferences": owner_ref}, "spec": {"containers": [{
-            "name": "main", "image": "busybox", "command": ["sh", "-c", "sleep 60"]}], "terminationGracePeriodSeconds": 1}}));
+        let pod: Pod = obj(
+            json!({"metadata": {"name": "child-pod", "ownerReferences": owner_ref}, "spec": {"containers": [{
+            "name": "main", "image": "busybox", "command": ["sh", "-c", "sleep 60"]}], "terminationGracePeriodSeconds": 1}}),
+        );
         pods.create(&PostParams::default(), &pod).await.expect("child pod");
-        eventually("child pod running", WAIT, || async { (pod_phase(&pods, "child-pod").await? == "Running").then_some(()) }).await;
+        eventually("child pod running", WAIT, || async {
+            (pod_phase(&pods, "child-pod").await? == "Running").then_some(())
+        })
+        .await;
         cms.delete("owner", &DeleteParams::background()).await.expect("delete owner");
         eventually("children collected", WAIT, || async {
-            (cms.get_opt("child").await.ok()?.is_none() && pods.get_opt("child-pod").await.ok()?.is_none()).then_some(())
+            (cms.get_opt("child").await.ok()?.is_none() && pods.get_opt("child-pod").await.ok()?.is_none())
+                .then_some(())
         })
         .await;
     });
@@ -269,20 +326,28 @@ fn restart_policy_deadline_and_env_sources() {
     with_ns("lifecycle", |client, ns| async move {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-        secrets.create(&PostParams::default(), &obj(json!({"metadata": {"name": "s"}, "stringData": {"token": "s3cr3t"}}))).await.expect("secret");
+        secrets
+            .create(&PostParams::default(), &obj(json!({"metadata": {"name": "s"}, "stringData": {"token": "s3cr3t"}})))
+            .await
+            .expect("secret");
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        cms.create(&PostParams::default(), &obj(json!({"metadata": {"name": "cm"}, "data": {"MODE": "fast"}}))).await.expect("cm");
+        cms.create(&PostParams::default(), &obj(json!({"metadata": {"name": "cm"}, "data": {"MODE": "fast"}})))
+            .await
+            .expect("cm");
 
         // Always: a container that exits is restarted.
         let restarts: Pod = obj(json!({"metadata": {"name": "restarts"}, "spec": {"containers": [{
             "name": "main", "image": "busybox", "command": ["sh", "-c", "echo started; exit 0"]}]}}));
         pods.create(&PostParams::default(), &restarts).await.expect("create");
         // activeDeadlineSeconds ends a long-running pod.
-        let deadline: Pod = obj(json!({"metadata": {"name": "deadline"}, "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 2, "containers": [{
-            "name": "main", "image": "busybox", "command": ["sleep", "60"]}]}}));
+        let deadline: Pod = obj(
+            json!({"metadata": {"name": "deadline"}, "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 2, "containers": [{
+            "name": "main", "image": "busybox", "command": ["sleep", "60"]}]}}),
+        );
         pods.create(&PostParams::default(), &deadline).await.expect("create");
         // Env from a Secret, a ConfigMap (envFrom) and the downward API.
-        let env: Pod = obj(json!({"metadata": {"name": "env", "labels": {"team": "vision"}}, "spec": {"restartPolicy": "Never", "containers": [{
+        let env: Pod = obj(
+            json!({"metadata": {"name": "env", "labels": {"team": "vision"}}, "spec": {"restartPolicy": "Never", "containers": [{
             "name": "main", "image": "busybox", "command": ["sh", "-c", "echo \"$TOKEN $MODE $ME $NS $TEAM $(GREETING)\""],
             "envFrom": [{"configMapRef": {"name": "cm"}}],
             "env": [
@@ -291,14 +356,17 @@ fn restart_policy_deadline_and_env_sources() {
                 {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": "TEAM", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['team']"}}},
                 {"name": "GREETING", "value": "hello-$(ME)"},
-            ]}]}}));
+            ]}]}}),
+        );
         pods.create(&PostParams::default(), &env).await.expect("create");
         // A missing Secret blocks the container with CreateContainerConfigError; an unmapped image is ErrImagePull.
         let missing: Pod = obj(json!({"metadata": {"name": "missing"}, "spec": {"containers": [{
             "name": "main", "image": "busybox", "command": ["true"],
             "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]}]}}));
         pods.create(&PostParams::default(), &missing).await.expect("create");
-        let unmapped: Pod = obj(json!({"metadata": {"name": "unmapped"}, "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]}}));
+        let unmapped: Pod = obj(
+            json!({"metadata": {"name": "unmapped"}, "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]}}),
+        );
         pods.create(&PostParams::default(), &unmapped).await.expect("create");
 
         eventually("a restart", WAIT, || async {
@@ -312,7 +380,8 @@ fn restart_policy_deadline_and_env_sources() {
         })
         .await;
         assert_eq!((reason.as_str(), phase.as_str()), ("DeadlineExceeded", "Failed"));
-        eventually("env pod done", WAIT, || async { (pod_phase(&pods, "env").await? == "Succeeded").then_some(()) }).await;
+        eventually("env pod done", WAIT, || async { (pod_phase(&pods, "env").await? == "Succeeded").then_some(()) })
+            .await;
         let logs = pods.logs("env", &Default::default()).await.expect("logs");
         assert_eq!(logs.trim(), format!("s3cr3t fast env {ns} vision hello-env"));
         for (name, want) in [("missing", "CreateContainerConfigError"), ("unmapped", "ErrImagePull")] {

@@ -25,14 +25,28 @@ fn scenes(seed: u64, n: usize, jitter: f32, fp_rate: u32) -> Vec<ImageResult> {
                 img.gts.push(GroundTruth { bbox: BBox::from_xywh(x, y, w, h), class });
                 if rng.range(0, 100) < 85 {
                     let j = |rng: &mut Rng, s: f32| (unit(rng) - 0.5) * 2.0 * jitter * s;
-                    let bbox = BBox::from_xywh(x + j(&mut rng, w), y + j(&mut rng, h), w * (1.0 + j(&mut rng, 1.0)), h * (1.0 + j(&mut rng, 1.0)));
+                    let bbox = BBox::from_xywh(
+                        x + j(&mut rng, w),
+                        y + j(&mut rng, h),
+                        w * (1.0 + j(&mut rng, 1.0)),
+                        h * (1.0 + j(&mut rng, 1.0)),
+                    );
                     let class = if rng.range(0, 100) < 5 { (class + 1) % CLASSES } else { class };
                     img.dets.push(Detection { bbox, score: unit(&mut rng), class });
                 }
             }
             for _ in 0..rng.range(0, fp_rate + 1) {
-                let bbox = BBox::from_xywh(rng.range(0, 560) as f32, rng.range(0, 400) as f32, rng.range(5, 80) as f32, rng.range(5, 80) as f32);
-                img.dets.push(Detection { bbox, score: unit(&mut rng) * 0.7, class: rng.range(0, CLASSES as u32) as usize });
+                let bbox = BBox::from_xywh(
+                    rng.range(0, 560) as f32,
+                    rng.range(0, 400) as f32,
+                    rng.range(5, 80) as f32,
+                    rng.range(5, 80) as f32,
+                );
+                img.dets.push(Detection {
+                    bbox,
+                    score: unit(&mut rng) * 0.7,
+                    class: rng.range(0, CLASSES as u32) as usize,
+                });
             }
             img
         })
@@ -81,7 +95,11 @@ fn map_agrees_with_pycocotools() {
         let images = scenes(seed, n, jitter, fps);
         let ours = evaluate(&images, CLASSES, COCO_MAX_DETS);
         let (map, map50) = pycocotools(&images);
-        assert!((ours.map50_95 - map).abs() < 0.005, "seed {seed}: mAP50-95 ours {} vs pycocotools {map}", ours.map50_95);
+        assert!(
+            (ours.map50_95 - map).abs() < 0.005,
+            "seed {seed}: mAP50-95 ours {} vs pycocotools {map}",
+            ours.map50_95
+        );
         assert!((ours.map50 - map50).abs() < 0.005, "seed {seed}: mAP50 ours {} vs pycocotools {map50}", ours.map50);
         // The scenes are not trivial.
         assert!(map > 0.01 && map < 0.99, "seed {seed}: {map}");

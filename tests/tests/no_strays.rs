@@ -10,10 +10,24 @@ use ocellus_tests::proc::processes_with_marker;
 /// Starts `ocellus-localcluster` with one running server pod; returns the process and cluster id.
 fn start_cluster_with_a_pod(dir: &std::path::Path) -> (std::process::Child, String) {
     let map = dir.join("images.yaml");
-    std::fs::write(&map, format!("images:\n  - image: ocellus.dev/testserver\n    binary: {}\n", env!("CARGO_BIN_EXE_ocellus-testserver"))).expect("map");
+    std::fs::write(
+        &map,
+        format!(
+            "images:\n  - image: ocellus.dev/testserver\n    binary: {}\n",
+            env!("CARGO_BIN_EXE_ocellus-testserver")
+        ),
+    )
+    .expect("map");
     let kubeconfig = dir.join("kubeconfig");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ocellus-localcluster"))
-        .args(["--kubeconfig", &kubeconfig.display().to_string(), "--image-map", &map.display().to_string(), "--gpus", "0"])
+        .args([
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--image-map",
+            &map.display().to_string(),
+            "--gpus",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -24,12 +38,21 @@ fn start_cluster_with_a_pod(dir: &std::path::Path) -> (std::process::Child, Stri
     reader.read_line(&mut line).expect("read");
     // Keep draining stdout so the cluster can report its shutdown.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let id = line.trim().rsplit("(cluster ").next().and_then(|s| s.strip_suffix(')')).unwrap_or_else(|| panic!("unexpected: {line}")).to_string();
+    let id = line
+        .trim()
+        .rsplit("(cluster ")
+        .next()
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected: {line}"))
+        .to_string();
     let pod = dir.join("pod.yaml");
     std::fs::write(&pod, "apiVersion: v1\nkind: Pod\nmetadata: {name: srv}\nspec:\n  containers:\n  - name: srv\n    image: ocellus.dev/testserver\n    env:\n    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}\n    - {name: LISTEN, value: \"$(POD_IP):8080\"}\n").expect("pod");
     let kubectl = ocellus_tests::require_tool("kubectl");
     let kc = kubeconfig.display().to_string();
-    let ok = Command::new(&kubectl).args(["--kubeconfig", &kc, "apply", "-f", &pod.display().to_string()]).status().expect("kubectl");
+    let ok = Command::new(&kubectl)
+        .args(["--kubeconfig", &kc, "apply", "-f", &pod.display().to_string()])
+        .status()
+        .expect("kubectl");
     assert!(ok.success());
     let ok = Command::new(&kubectl)
         .args(["--kubeconfig", &kc, "wait", "--for=condition=Ready", "pod/srv", "--timeout=60s"])
@@ -50,7 +73,10 @@ fn assert_no_strays(id: &str) {
             return;
         }
         if Instant::now() > deadline {
-            let names: Vec<String> = left.iter().map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ")).collect();
+            let names: Vec<String> = left
+                .iter()
+                .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " "))
+                .collect();
             panic!("processes left running: {names:?}");
         }
         std::thread::sleep(Duration::from_millis(100));

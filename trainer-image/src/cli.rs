@@ -120,14 +120,19 @@ pub async fn store(cfg: Option<&S3Config>, src: &Path, dest: &str, content_type:
     if dest.starts_with("s3://") {
         let cfg = cfg.ok_or_else(|| Failure::Transient("S3 is not configured (OCELLUS_S3_ENDPOINT)".into()))?;
         let u = S3Uri::parse(dest).map_err(|e| Failure::Invalid("InvalidUri", e))?;
-        Store::new(cfg, &u.bucket).put_file(&u.key, src, content_type).await.map_err(|e| Failure::Transient(e.to_string()))
+        Store::new(cfg, &u.bucket)
+            .put_file(&u.key, src, content_type)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))
     } else {
         if let Some(parent) = Path::new(dest).parent() {
             std::fs::create_dir_all(parent).map_err(|e| Failure::Invalid("InvalidOutput", e.to_string()))?;
         }
         // Write beside, then rename: readers never see a partial file.
         let tmp = format!("{dest}.partial");
-        std::fs::copy(src, &tmp).and_then(|_| std::fs::rename(&tmp, dest)).map_err(|e| Failure::Invalid("InvalidOutput", format!("{dest}: {e}")))?;
+        std::fs::copy(src, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, dest))
+            .map_err(|e| Failure::Invalid("InvalidOutput", format!("{dest}: {e}")))?;
         Ok(())
     }
 }

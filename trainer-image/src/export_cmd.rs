@@ -88,16 +88,24 @@ async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
 
     let weights = fetch(s3.as_ref(), &args.weights, &args.work_dir.join("weights.safetensors")).await?;
     let info_path = fetch(s3.as_ref(), &sidecar(&args.weights), &args.work_dir.join("weights.json")).await?;
-    let info: ModelInfo = serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
-        .map_err(|e| Failure::Invalid("InvalidModelInfo", format!("{}: {e}", sidecar(&args.weights))))?;
+    let info: ModelInfo =
+        serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
+            .map_err(|e| Failure::Invalid("InvalidModelInfo", format!("{}: {e}", sidecar(&args.weights))))?;
     let bytes = std::fs::read(&weights).map_err(|e| Failure::Transient(e.to_string()))?;
     if let Some(want) = &info.sha256
-        && *want != hex::encode(Sha256::digest(&bytes)) {
-            return Err(Failure::Invalid("ChecksumMismatch", "the weights do not match the SHA-256 in their model info".into()));
-        }
+        && *want != hex::encode(Sha256::digest(&bytes))
+    {
+        return Err(Failure::Invalid(
+            "ChecksumMismatch",
+            "the weights do not match the SHA-256 in their model info".into(),
+        ));
+    }
     let imgsz = args.imgsz.unwrap_or(info.imgsz);
     if !imgsz.is_multiple_of(32) || !(32..=4096).contains(&imgsz) {
-        return Err(Failure::Invalid("InvalidOptions", format!("imgsz {imgsz} must be a multiple of 32 between 32 and 4096")));
+        return Err(Failure::Invalid(
+            "InvalidOptions",
+            format!("imgsz {imgsz} must be a multiple of 32 between 32 and 4096"),
+        ));
     }
     let opts = Options { imgsz, batch: args.batch, dynamic: args.dynamic, half: args.half, opset: args.opset };
     emit(json!({"event": "progress", "phase": "load", "architecture": info.architecture, "format": format.as_str()}));
@@ -110,7 +118,8 @@ async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
             if opts.half {
                 model.half();
             }
-            tokio::task::block_in_place(|| export::torchscript(&model, &opts, model_dev, &artifact)).map_err(|e| Failure::Invalid("ExportFailed", e))?;
+            tokio::task::block_in_place(|| export::torchscript(&model, &opts, model_dev, &artifact))
+                .map_err(|e| Failure::Invalid("ExportFailed", e))?;
         }
         ExportFormat::Onnx => {
             let bytes = export::onnx(&model, &info, &opts).map_err(|e| Failure::Invalid("ExportFailed", e))?;
@@ -122,25 +131,53 @@ async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
             let bytes = export::onnx(&model, &info, &onnx_opts).map_err(|e| Failure::Invalid("ExportFailed", e))?;
             std::fs::write(&onnx_path, bytes).map_err(|e| Failure::Transient(e.to_string()))?;
             let calibration = match (&args.calibration, args.int8) {
-                (Some(m), true) => Some(calibration_tensor(s3.as_ref(), m, args.calibration_images, imgsz, &args.work_dir).await?),
+                (Some(m), true) => {
+                    Some(calibration_tensor(s3.as_ref(), m, args.calibration_images, imgsz, &args.work_dir).await?)
+                }
                 _ => None,
             };
-            let req = tensorrt::BuildRequest { onnx: &onnx_path, engine: &artifact, fp16: args.half, int8: args.int8, calibration: calibration.as_deref(), imgsz, batch: args.batch, dynamic: args.dynamic };
+            let req = tensorrt::BuildRequest {
+                onnx: &onnx_path,
+                engine: &artifact,
+                fp16: args.half,
+                int8: args.int8,
+                calibration: calibration.as_deref(),
+                imgsz,
+                batch: args.batch,
+                dynamic: args.dynamic,
+            };
             tokio::task::block_in_place(|| tensorrt::build(&req)).map_err(|e| Failure::Invalid("ExportFailed", e))?;
         }
     }
     let bytes = std::fs::read(&artifact).map_err(|e| Failure::Transient(e.to_string()))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let out_info = ModelInfo { format: format.as_str().into(), sha256: Some(sha256.clone()), imgsz, batch: args.batch, dynamic: args.dynamic, half: args.half, ..info };
+    let out_info = ModelInfo {
+        format: format.as_str().into(),
+        sha256: Some(sha256.clone()),
+        imgsz,
+        batch: args.batch,
+        dynamic: args.dynamic,
+        half: args.half,
+        ..info
+    };
     let info_file = args.work_dir.join("artifact.json");
-    std::fs::write(&info_file, serde_json::to_vec_pretty(&out_info).unwrap_or_default()).map_err(|e| Failure::Transient(e.to_string()))?;
+    std::fs::write(&info_file, serde_json::to_vec_pretty(&out_info).unwrap_or_default())
+        .map_err(|e| Failure::Transient(e.to_string()))?;
     store(s3.as_ref(), &artifact, &args.output, "application/octet-stream").await?;
     store(s3.as_ref(), &info_file, &sidecar(&args.output), "application/json").await?;
-    Ok(json!({"event": "done", "artifactUri": args.output, "sizeBytes": bytes.len(), "sha256": sha256, "format": format.as_str(), "imgsz": imgsz}))
+    Ok(
+        json!({"event": "done", "artifactUri": args.output, "sizeBytes": bytes.len(), "sha256": sha256, "format": format.as_str(), "imgsz": imgsz}),
+    )
 }
 
 /// Letterboxed calibration images as one raw float32 `[N, 3, S, S]` file.
-async fn calibration_tensor(s3: Option<&S3Config>, manifest: &str, n: usize, imgsz: u32, work: &std::path::Path) -> Result<PathBuf, Failure> {
+async fn calibration_tensor(
+    s3: Option<&S3Config>,
+    manifest: &str,
+    n: usize,
+    imgsz: u32,
+    work: &std::path::Path,
+) -> Result<PathBuf, Failure> {
     let cfg = s3.ok_or_else(|| Failure::Transient("S3 is not configured".into()))?;
     let (_, records) = crate::cli::load_manifest(cfg, manifest).await?;
     let records: Vec<_> = records.into_iter().take(n.max(1)).collect();
@@ -148,11 +185,14 @@ async fn calibration_tensor(s3: Option<&S3Config>, manifest: &str, n: usize, img
     crate::cli::fetch_images(cfg, &records, &dir).await.map_err(Failure::Transient)?;
     let mut pixels = Vec::new();
     for r in &records {
-        let img = image::open(dir.join(&r.file)).map_err(|e| Failure::Invalid("InvalidCalibration", format!("{}: {e}", r.source)))?.to_rgb8();
+        let img = image::open(dir.join(&r.file))
+            .map_err(|e| Failure::Invalid("InvalidCalibration", format!("{}: {e}", r.source)))?
+            .to_rgb8();
         let (boxed, _) = ocellus_vision::letterbox::letterbox(&img, imgsz);
         ocellus_vision::letterbox::to_chw(&boxed, &mut pixels);
     }
     let path = work.join("calibration.f32");
-    std::fs::write(&path, pixels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).map_err(|e| Failure::Transient(e.to_string()))?;
+    std::fs::write(&path, pixels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+        .map_err(|e| Failure::Transient(e.to_string()))?;
     Ok(path)
 }

@@ -166,7 +166,11 @@ fn source(args: &IngestArgs, platform: &S3Config) -> Result<Source, IngestError>
             .headers
             .iter()
             .filter(|h| !h.trim().is_empty())
-            .map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).ok_or_else(|| IngestError::Fetch("headers must be `Name: value`".into())))
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .ok_or_else(|| IngestError::Fetch("headers must be `Name: value`".into()))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Source::Https { url: s.to_string(), headers })
     } else {
@@ -185,10 +189,18 @@ pub async fn ingest(args: IngestArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let ratios = match args.split.as_deref() {
-        Some([train, val, test]) if train + val + test > 0.999 && train + val + test < 1.001 && [train, val, test].iter().all(|r| **r >= 0.0) => {
+        Some([train, val, test])
+            if train + val + test > 0.999
+                && train + val + test < 1.001
+                && [train, val, test].iter().all(|r| **r >= 0.0) =>
+        {
             Some(Ratios { train: *train, val: *val, test: *test })
         }
-        Some(other) => return fail(&IngestError::Task(format!("split ratios {other:?} must be three non-negative numbers summing to 1"))),
+        Some(other) => {
+            return fail(&IngestError::Task(format!(
+                "split ratios {other:?} must be three non-negative numbers summing to 1"
+            )));
+        }
         None => None,
     };
     let opts = Options {
@@ -202,8 +214,16 @@ pub async fn ingest(args: IngestArgs) -> ExitCode {
             FormatArg::Folders => FormatRequest::Folders,
         },
         ratios,
-        policy: Policy { fail_on_invalid: matches!(args.on_invalid, OnInvalid::Fail), max_invalid_fraction: args.max_invalid_fraction.clamp(0.0, 1.0) },
-        archive_limits: Limits { max_total_bytes: args.max_total_bytes, max_files: args.max_files, max_ratio: args.max_ratio, max_file_bytes: args.max_total_bytes },
+        policy: Policy {
+            fail_on_invalid: matches!(args.on_invalid, OnInvalid::Fail),
+            max_invalid_fraction: args.max_invalid_fraction.clamp(0.0, 1.0),
+        },
+        archive_limits: Limits {
+            max_total_bytes: args.max_total_bytes,
+            max_files: args.max_files,
+            max_ratio: args.max_ratio,
+            max_file_bytes: args.max_total_bytes,
+        },
         image_limits: ImageLimits { max_bytes: args.max_image_bytes, max_pixels: args.max_image_pixels },
         prefix: args.bucket.prefix.trim_end_matches('/').to_string(),
         work_dir: args.work_dir.clone(),
@@ -249,7 +269,9 @@ pub async fn freeze(args: FreezeArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let store = Store::new(&platform, &args.bucket.bucket);
-    match version::freeze(&store, args.bucket.prefix.trim_end_matches('/'), &args.version, args.description.as_deref()).await {
+    match version::freeze(&store, args.bucket.prefix.trim_end_matches('/'), &args.version, args.description.as_deref())
+        .await
+    {
         Ok(info) => {
             emit(json!({"event": "done", "version": info}));
             ExitCode::SUCCESS

@@ -47,7 +47,8 @@ pub fn ciou(b1: &Tensor, b2: &Tensor) -> Tensor {
     let (a, b) = (p(b1), p(b2));
     let (w1, h1) = (&a[2] - &a[0], &a[3] - &a[1] + eps);
     let (w2, h2) = (&b[2] - &b[0], &b[3] - &b[1] + eps);
-    let inter = (a[2].minimum(&b[2]) - a[0].maximum(&b[0])).clamp_min(0.0) * (a[3].minimum(&b[3]) - a[1].maximum(&b[1])).clamp_min(0.0);
+    let inter = (a[2].minimum(&b[2]) - a[0].maximum(&b[0])).clamp_min(0.0)
+        * (a[3].minimum(&b[3]) - a[1].maximum(&b[1])).clamp_min(0.0);
     let union = &w1 * &h1 + &w2 * &h2 - &inter + eps;
     let iou = inter / union;
     let cw = a[2].maximum(&b[2]) - a[0].minimum(&b[0]);
@@ -74,7 +75,16 @@ pub struct Assignment {
 /// `anchors` `(A, 2)` in pixels, `gt_labels` `(B, n, 1)`, `gt_bboxes` `(B, n, 4)` pixels xyxy,
 /// `mask_gt` `(B, n, 1)`.
 #[allow(clippy::too_many_arguments, reason = "the tensors of Ultralytics' TaskAlignedAssigner.forward, in its order")]
-pub fn assign(cfg: &LossConfig, nc: i64, pd_scores: &Tensor, pd_bboxes: &Tensor, anchors: &Tensor, gt_labels: &Tensor, gt_bboxes: &Tensor, mask_gt: &Tensor) -> Assignment {
+pub fn assign(
+    cfg: &LossConfig,
+    nc: i64,
+    pd_scores: &Tensor,
+    pd_bboxes: &Tensor,
+    anchors: &Tensor,
+    gt_labels: &Tensor,
+    gt_bboxes: &Tensor,
+    mask_gt: &Tensor,
+) -> Assignment {
     let (b, a) = (pd_scores.size()[0], pd_scores.size()[1]);
     let n = gt_bboxes.size()[1];
     let dev = pd_scores.device();
@@ -95,7 +105,8 @@ pub fn assign(cfg: &LossConfig, nc: i64, pd_scores: &Tensor, pd_bboxes: &Tensor,
     let rb = (&cxy + &wh / 2.0).unsqueeze(2);
     let ax = anchors.narrow(1, 0, 1).view([1, 1, a]);
     let ay = anchors.narrow(1, 1, 1).view([1, 1, a]);
-    let mask_in = (&ax - lt.select(3, 0)).gt(EPS)
+    let mask_in = (&ax - lt.select(3, 0))
+        .gt(EPS)
         .logical_and(&(&ay - lt.select(3, 1)).gt(EPS))
         .logical_and(&(rb.select(3, 0) - &ax).gt(EPS))
         .logical_and(&(rb.select(3, 1) - &ay).gt(EPS));
@@ -113,7 +124,11 @@ pub fn assign(cfg: &LossConfig, nc: i64, pd_scores: &Tensor, pd_bboxes: &Tensor,
     // Top-k candidates per ground truth; an anchor picked twice by one row is dropped.
     let (_, topk_idx) = align.topk(cfg.topk, -1, true, true);
     let topk_idx = topk_idx.masked_fill(&mask_gt_b.expand([b, n, cfg.topk], false).logical_not(), 0);
-    let count = Tensor::zeros([b, n, a], (Kind::Int8, dev)).scatter_add(-1, &topk_idx, &topk_idx.ones_like().to_kind(Kind::Int8));
+    let count = Tensor::zeros([b, n, a], (Kind::Int8, dev)).scatter_add(
+        -1,
+        &topk_idx,
+        &topk_idx.ones_like().to_kind(Kind::Int8),
+    );
     let mask_topk = count.masked_fill(&count.gt(1), 0);
     let mask_pos = (mask_topk * mask_in.to_kind(Kind::Int8)) * mask_gt_b.to_kind(Kind::Int8);
 
@@ -128,10 +143,16 @@ pub fn assign(cfg: &LossConfig, nc: i64, pd_scores: &Tensor, pd_bboxes: &Tensor,
     // Targets.
     let batch_ind = Tensor::arange(b, (Kind::Int64, dev)).unsqueeze(-1);
     let flat_idx = &target_gt_idx + batch_ind * n;
-    let target_labels = gt_labels.to_kind(Kind::Int64).flatten(0, -1).index_select(0, &flat_idx.flatten(0, -1)).view([b, a]).clamp_min(0);
+    let target_labels = gt_labels
+        .to_kind(Kind::Int64)
+        .flatten(0, -1)
+        .index_select(0, &flat_idx.flatten(0, -1))
+        .view([b, a])
+        .clamp_min(0);
     let target_bboxes = gt_bboxes.view([-1, 4]).index_select(0, &flat_idx.flatten(0, -1)).view([b, a, 4]);
     let fg_bool = fg_mask.gt(0);
-    let target_scores = target_labels.one_hot(nc).to_kind(pd_scores.kind()) * fg_bool.unsqueeze(-1).to_kind(pd_scores.kind());
+    let target_scores =
+        target_labels.one_hot(nc).to_kind(pd_scores.kind()) * fg_bool.unsqueeze(-1).to_kind(pd_scores.kind());
 
     // Normalise by the best alignment and overlap of each ground truth.
     let mp = mask_pos.to_kind(align.kind());
@@ -182,10 +203,22 @@ pub fn detection_loss(cfg: &LossConfig, nc: i64, levels: &[Tensor], targets: &[V
     let pred_bboxes = Tensor::cat(&[&anc - dist.narrow(2, 0, 2), &anc + dist.narrow(2, 2, 2)], -1);
 
     let asg = tch::no_grad(|| {
-        assign(cfg, nc, &pred_scores.sigmoid(), &(&pred_bboxes * &stride), &(&anchors * &stride), &gt_labels, &gt_bboxes, &mask_gt)
+        assign(
+            cfg,
+            nc,
+            &pred_scores.sigmoid(),
+            &(&pred_bboxes * &stride),
+            &(&anchors * &stride),
+            &gt_labels,
+            &gt_bboxes,
+            &mask_gt,
+        )
     });
     let tss = asg.target_scores.sum(Kind::Float).clamp_min(1.0);
-    let cls = pred_scores.binary_cross_entropy_with_logits(&asg.target_scores, None::<Tensor>, None::<Tensor>, Reduction::None).sum(Kind::Float) / &tss;
+    let cls = pred_scores
+        .binary_cross_entropy_with_logits(&asg.target_scores, None::<Tensor>, None::<Tensor>, Reduction::None)
+        .sum(Kind::Float)
+        / &tss;
 
     let fg = asg.fg_mask.nonzero();
     let (bi, ai) = (fg.select(1, 0), fg.select(1, 1));
@@ -198,7 +231,8 @@ pub fn detection_loss(cfg: &LossConfig, nc: i64, levels: &[Tensor], targets: &[V
     // DFL: cross-entropy against the two bins around each target distance.
     let tb = pick(&target_bboxes);
     let ap = anchors.index_select(0, &ai);
-    let ltrb = Tensor::cat(&[&ap - tb.narrow(1, 0, 2), tb.narrow(1, 2, 2) - &ap], -1).clamp(0.0, (REG_MAX - 1) as f64 - 0.01);
+    let ltrb =
+        Tensor::cat(&[&ap - tb.narrow(1, 0, 2), tb.narrow(1, 2, 2) - &ap], -1).clamp(0.0, (REG_MAX - 1) as f64 - 0.01);
     let tl = ltrb.to_kind(Kind::Int64);
     let tr = &tl + 1;
     let wl = tr.to_kind(Kind::Float) - &ltrb;

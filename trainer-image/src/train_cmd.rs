@@ -14,20 +14,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Args;
+use ocellus_dataset::Task;
 use ocellus_dataset::manifest;
 use ocellus_dataset::s3::{S3Config, Store};
-use ocellus_dataset::Task;
 use ocellus_vision::ModelInfo;
 use serde_json::json;
 
+use crate::EXIT_PAUSED;
 use crate::cli::{device, fetch_images, invalid, load_manifest, transient};
 use crate::ingest_cmd::emit;
-use crate::EXIT_PAUSED;
 use ocellus_trainer::model::{Architecture, ModelKind};
-use ocellus_trainer::train::{Optimizer, TrainConfig};
 use ocellus_trainer::train::classify;
 use ocellus_trainer::train::data::{Augment, Sample, targets_of};
 use ocellus_trainer::train::session::{Outcome, Progress, Session};
+use ocellus_trainer::train::{Optimizer, TrainConfig};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -116,19 +116,37 @@ struct CheckpointMeta {
 
 /// Saves a checkpoint as `<prefix>/checkpoints/<name>.{safetensors,json}`: tensors first, the
 /// JSON (with their hash) last, so a reader never sees a half-written checkpoint.
-async fn save_checkpoint(out: &Store, prefix: &str, name: &str, session: &Session, work: &std::path::Path) -> Result<(), String> {
+async fn save_checkpoint(
+    out: &Store,
+    prefix: &str,
+    name: &str,
+    session: &Session,
+    work: &std::path::Path,
+) -> Result<(), String> {
     let path = work.join(format!("{name}.safetensors"));
     session.save(&path)?;
     let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    out.put(&format!("{prefix}/checkpoints/{name}.safetensors"), bytes.into(), "application/octet-stream").await.map_err(|e| e.to_string())?;
-    let meta = serde_json::to_vec(&CheckpointMeta { progress: session.progress.clone(), sha256 }).map_err(|e| e.to_string())?;
-    out.put(&format!("{prefix}/checkpoints/{name}.json"), meta.into(), "application/json").await.map_err(|e| e.to_string())
+    out.put(&format!("{prefix}/checkpoints/{name}.safetensors"), bytes.into(), "application/octet-stream")
+        .await
+        .map_err(|e| e.to_string())?;
+    let meta = serde_json::to_vec(&CheckpointMeta { progress: session.progress.clone(), sha256 })
+        .map_err(|e| e.to_string())?;
+    out.put(&format!("{prefix}/checkpoints/{name}.json"), meta.into(), "application/json")
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Saves EMA weights as `<prefix>/weights/<name>.safetensors` and their [`ModelInfo`]
 /// (`<name>.json`, written last, with the SHA-256) — the input of `export`.
-async fn save_weights(out: &Store, prefix: &str, name: &str, vs: &tch::nn::VarStore, info: &ModelInfo, work: &std::path::Path) -> Result<String, String> {
+async fn save_weights(
+    out: &Store,
+    prefix: &str,
+    name: &str,
+    vs: &tch::nn::VarStore,
+    info: &ModelInfo,
+    work: &std::path::Path,
+) -> Result<String, String> {
     let path = work.join(format!("weights-{name}.safetensors"));
     vs.save(&path).map_err(|e| e.to_string())?;
     let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
@@ -136,12 +154,23 @@ async fn save_weights(out: &Store, prefix: &str, name: &str, vs: &tch::nn::VarSt
     let key = format!("{prefix}/weights/{name}.safetensors");
     out.put(&key, bytes.into(), "application/octet-stream").await.map_err(|e| e.to_string())?;
     let meta = serde_json::to_vec(&info).map_err(|e| e.to_string())?;
-    out.put(&format!("{prefix}/weights/{name}.json"), meta.into(), "application/json").await.map_err(|e| e.to_string())?;
+    out.put(&format!("{prefix}/weights/{name}.json"), meta.into(), "application/json")
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(key)
 }
 
-async fn load_checkpoint(out: &Store, prefix: &str, arch: &Architecture, cfg: &TrainConfig, work: &std::path::Path) -> Result<Session, String> {
-    let meta = out.get(&format!("{prefix}/checkpoints/last.json")).await.map_err(|e| format!("no checkpoint to resume: {e}"))?;
+async fn load_checkpoint(
+    out: &Store,
+    prefix: &str,
+    arch: &Architecture,
+    cfg: &TrainConfig,
+    work: &std::path::Path,
+) -> Result<Session, String> {
+    let meta = out
+        .get(&format!("{prefix}/checkpoints/last.json"))
+        .await
+        .map_err(|e| format!("no checkpoint to resume: {e}"))?;
     let meta: CheckpointMeta = serde_json::from_slice(&meta).map_err(|e| format!("checkpoint metadata: {e}"))?;
     let bytes = out.get(&format!("{prefix}/checkpoints/last.safetensors")).await.map_err(|e| e.to_string())?;
     if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
@@ -175,9 +204,30 @@ pub async fn run(args: TrainArgs) -> ExitCode {
     };
     match (header.task, arch.kind) {
         (Task::Detect, ModelKind::Detect) | (Task::Classify, ModelKind::Classify) => {}
-        (Task::Detect, _) => return invalid("UnsupportedTask", format!("a detect dataset needs a detector architecture (e.g. yolov8n), not {}", args.architecture)),
-        (Task::Classify, _) => return invalid("UnsupportedTask", format!("a classify dataset needs a classifier architecture (e.g. yolov8n-cls), not {}", args.architecture)),
-        (other, _) => return invalid("UnsupportedTask", format!("{} datasets are not supported yet: segment, pose and OBB training will come later", other.as_str())),
+        (Task::Detect, _) => {
+            return invalid(
+                "UnsupportedTask",
+                format!("a detect dataset needs a detector architecture (e.g. yolov8n), not {}", args.architecture),
+            );
+        }
+        (Task::Classify, _) => {
+            return invalid(
+                "UnsupportedTask",
+                format!(
+                    "a classify dataset needs a classifier architecture (e.g. yolov8n-cls), not {}",
+                    args.architecture
+                ),
+            );
+        }
+        (other, _) => {
+            return invalid(
+                "UnsupportedTask",
+                format!(
+                    "{} datasets are not supported yet: segment, pose and OBB training will come later",
+                    other.as_str()
+                ),
+            );
+        }
     }
 
     // Images, content-addressed, into the scratch directory.
@@ -198,7 +248,9 @@ pub async fn run(args: TrainArgs) -> ExitCode {
     if tr.is_empty() || va.is_empty() {
         return invalid("InvalidSplits", format!("need train and val images, got {} and {}", tr.len(), va.len()));
     }
-    emit(json!({"event": "progress", "phase": "data", "train": tr.len(), "val": va.len(), "classes": header.class_names.len()}));
+    emit(
+        json!({"event": "progress", "phase": "data", "train": tr.len(), "val": va.len(), "classes": header.class_names.len()}),
+    );
 
     let nc = header.class_names.len() as i64;
     let info = ModelInfo {
@@ -250,13 +302,17 @@ pub async fn run(args: TrainArgs) -> ExitCode {
                 return f.exit();
             }
             match s.init_from(&path) {
-                Ok(report) => emit(json!({"event": "progress", "phase": "fine-tune", "from": start, "loaded": report.loaded, "reinitialized": report.reinitialized})),
+                Ok(report) => emit(
+                    json!({"event": "progress", "phase": "fine-tune", "from": start, "loaded": report.loaded, "reinitialized": report.reinitialized}),
+                ),
                 Err(e) => return invalid("InvalidStartWeights", e),
             }
         }
         s
     };
-    emit(json!({"event": "progress", "phase": "train", "startEpoch": session.progress.epoch + 1, "epochs": tcfg.epochs}));
+    emit(
+        json!({"event": "progress", "phase": "train", "startEpoch": session.progress.epoch + 1, "epochs": tcfg.epochs}),
+    );
 
     // SIGTERM: finish the current step, checkpoint, exit paused.
     let stop = Arc::new(AtomicBool::new(false));
@@ -275,7 +331,8 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         let work = args.work_dir.clone();
         let mut on_epoch = |r: &ocellus_trainer::train::EpochReport, best: bool, s: &Session| {
             emit(json!({"event": "epoch", "metrics": r, "best": best}));
-            let body: String = s.progress.reports.iter().map(|r| serde_json::to_string(r).unwrap_or_default() + "\n").collect();
+            let body: String =
+                s.progress.reports.iter().map(|r| serde_json::to_string(r).unwrap_or_default() + "\n").collect();
             let res = handle.block_on(async {
                 // S3 has no append: results.jsonl is rewritten (it is small).
                 out.put(&results_key, body.into(), "application/x-ndjson").await.map_err(|e| e.to_string())?;
@@ -319,7 +376,9 @@ pub async fn run(args: TrainArgs) -> ExitCode {
     };
     let _ = std::fs::remove_dir_all(&args.work_dir);
     let last = reports.last();
-    emit(json!({"event": "done", "epochs": reports.len(), "resultsUri": out.uri(&results_key), "weightsUri": out.uri(&weights_key),
-                "metrics": last}));
+    emit(
+        json!({"event": "done", "epochs": reports.len(), "resultsUri": out.uri(&results_key), "weightsUri": out.uri(&weights_key),
+                "metrics": last}),
+    );
     ExitCode::SUCCESS
 }

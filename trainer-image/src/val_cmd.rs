@@ -70,10 +70,14 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
     std::fs::create_dir_all(&args.work_dir).map_err(|e| Failure::Transient(e.to_string()))?;
     let weights = fetch(Some(&s3), &args.weights, &args.work_dir.join("weights.safetensors")).await?;
     let info_path = fetch(Some(&s3), &sidecar(&args.weights), &args.work_dir.join("weights.json")).await?;
-    let info: ModelInfo = serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
-        .map_err(|e| Failure::Invalid("InvalidModelInfo", e.to_string()))?;
+    let info: ModelInfo =
+        serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
+            .map_err(|e| Failure::Invalid("InvalidModelInfo", e.to_string()))?;
     if !info.is_detect() {
-        return Err(Failure::Invalid("UnsupportedTask", format!("val supports detectors; {} is a {} model", info.architecture, info.task)));
+        return Err(Failure::Invalid(
+            "UnsupportedTask",
+            format!("val supports detectors; {} is a {} model", info.architecture, info.task),
+        ));
     }
     let imgsz = args.imgsz.unwrap_or(info.imgsz);
     if !imgsz.is_multiple_of(32) {
@@ -81,7 +85,10 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
     }
     let (header, records) = load_manifest(&s3, &args.manifest).await?;
     if header.names() != info.names {
-        return Err(Failure::Invalid("ClassMismatch", format!("the dataset's classes {:?} differ from the model's {:?}", header.names(), info.names)));
+        return Err(Failure::Invalid(
+            "ClassMismatch",
+            format!("the dataset's classes {:?} differ from the model's {:?}", header.names(), info.names),
+        ));
     }
     let records: Vec<_> = records.into_iter().filter(|r| r.split.as_str() == args.split).collect();
     if records.is_empty() {
@@ -100,7 +107,9 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
             let mut pixels = Vec::new();
             let mut boxes = Vec::new();
             for r in chunk {
-                let img = image::open(dir.join(&r.file)).map_err(|e| Failure::Invalid("CorruptImage", format!("{}: {e}", r.source)))?.to_rgb8();
+                let img = image::open(dir.join(&r.file))
+                    .map_err(|e| Failure::Invalid("CorruptImage", format!("{}: {e}", r.source)))?
+                    .to_rgb8();
                 let (boxed, lb) = letterbox(&img, imgsz);
                 to_chw(&boxed, &mut pixels);
                 boxes.push(lb);
@@ -117,7 +126,10 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
                     .iter()
                     .filter_map(|an| {
                         let (cx, cy, bw, bh) = an.bbox()?;
-                        Some(GroundTruth { bbox: BBox::from_cxcywh(cx as f32 * w, cy as f32 * h, bw as f32 * w, bh as f32 * h), class: an.class() })
+                        Some(GroundTruth {
+                            bbox: BBox::from_cxcywh(cx as f32 * w, cy as f32 * h, bw as f32 * w, bh as f32 * h),
+                            class: an.class(),
+                        })
                     })
                     .collect();
                 predictions.push(json!({
@@ -138,7 +150,8 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
         .collect();
     if let Some(dest) = &args.predictions {
         let path = args.work_dir.join("predictions.json");
-        std::fs::write(&path, serde_json::to_vec(&predictions).unwrap_or_default()).map_err(|e| Failure::Transient(e.to_string()))?;
+        std::fs::write(&path, serde_json::to_vec(&predictions).unwrap_or_default())
+            .map_err(|e| Failure::Transient(e.to_string()))?;
         store(Some(&s3), &path, dest, "application/json").await?;
     }
     Ok(json!({

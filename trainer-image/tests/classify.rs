@@ -26,9 +26,18 @@ fn yolov8n_cls_learns_shapes_on_cpu() {
     assert_eq!(tr.len() + va.len(), 300);
     let epochs: usize = std::env::var("OCELLUS_TRAIN_EPOCHS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
     // Ultralytics' defaults (`TrainConfig::default()`) but for these.
-    let cfg = TrainConfig { epochs, imgsz: 64, nbs: 16, warmup_epochs: 0.0, augment: Some(Augment::default()), ..Default::default() };
+    let cfg = TrainConfig {
+        epochs,
+        imgsz: 64,
+        nbs: 16,
+        warmup_epochs: 0.0,
+        augment: Some(Augment::default()),
+        ..Default::default()
+    };
     let arch: Architecture = "yolov8n-cls".parse().expect("arch");
-    let (_, _, reports) = train(&arch, 3, tr, va, &cfg, &mut |r| eprintln!("{}", serde_json::to_string(r).expect("json"))).expect("train");
+    let (_, _, reports) =
+        train(&arch, 3, tr, va, &cfg, &mut |r| eprintln!("{}", serde_json::to_string(r).expect("json")))
+            .expect("train");
     let _ = std::fs::remove_dir_all(dir);
     let last = reports.last().expect("epochs");
     assert!(reports[0].loss > last.loss, "loss did not fall");

@@ -83,7 +83,14 @@ meta = s.get_modelmeta().custom_metadata_map
 print(json.dumps({'shape': list(y.shape), 'names': meta['names'], 'imgsz': meta['imgsz'], 'task': meta['task'],
                   'inputs': [[i.name, i.shape] for i in s.get_inputs()]}))
 "#;
-    let o = Command::new(python()).args(["-c", script]).arg(model).arg(&inp).arg(shape.join(",")).arg(&out).output().expect("python");
+    let o = Command::new(python())
+        .args(["-c", script])
+        .arg(model)
+        .arg(&inp)
+        .arg(shape.join(","))
+        .arg(&out)
+        .output()
+        .expect("python");
     assert!(o.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&o.stderr));
     let meta: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     let dims: Vec<i64> = meta["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect();
@@ -133,14 +140,18 @@ fn round_trip(architecture: &str, names: &[&str]) {
         assert!(o.status.success(), "torch.jit.load: {}", String::from_utf8_lossy(&o.stderr));
         eprintln!("torch.jit.load: output shape {}", String::from_utf8_lossy(&o.stdout).trim());
     } else {
-        eprintln!("no full PyTorch (OCELLUS_TORCH_PYTHON or bench/setup-peer.sh's venv): Python torch.jit.load not checked");
+        eprintln!(
+            "no full PyTorch (OCELLUS_TORCH_PYTHON or bench/setup-peer.sh's venv): Python torch.jit.load not checked"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A Python with a complete PyTorch: `OCELLUS_TORCH_PYTHON`, or the benchmark peer's venv.
 fn full_torch_python() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("OCELLUS_TORCH_PYTHON").map(std::path::PathBuf::from).or_else(|| Some(ocellus_tests::cache_dir().join("bench-venv/bin/python")))?;
+    let p = std::env::var_os("OCELLUS_TORCH_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| Some(ocellus_tests::cache_dir().join("bench-venv/bin/python")))?;
     p.exists().then_some(p)
 }
 

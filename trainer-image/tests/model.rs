@@ -50,7 +50,10 @@ fn output_layouts() {
 
     let vs = nn::VarStore::new(Device::Cpu);
     let c = Classifier::new(&(vs.root() / "model"), &"yolov8n-cls".parse().expect("arch"), 5);
-    assert_eq!(tch::no_grad(|| c.forward_t(&Tensor::zeros([4, 3, 64, 64], (Kind::Float, Device::Cpu)), false)).size(), vec![4, 5]);
+    assert_eq!(
+        tch::no_grad(|| c.forward_t(&Tensor::zeros([4, 3, 64, 64], (Kind::Float, Device::Cpu)), false)).size(),
+        vec![4, 5]
+    );
 }
 
 #[test]

@@ -23,7 +23,19 @@ fn data(tag: &str) -> (Arc<Vec<Sample>>, Arc<Vec<Sample>>) {
         let path = dir.join(format!("{}.jpg", s.stem));
         std::fs::write(&path, &s.jpeg).expect("write");
         let f = size as f32;
-        let targets = s.shapes.iter().map(|b| Target { class: b.class as i64, xywh: [(b.x0 + b.x1) as f32 / 2.0 / f, (b.y0 + b.y1) as f32 / 2.0 / f, (b.x1 - b.x0) as f32 / f, (b.y1 - b.y0) as f32 / f] }).collect();
+        let targets = s
+            .shapes
+            .iter()
+            .map(|b| Target {
+                class: b.class as i64,
+                xywh: [
+                    (b.x0 + b.x1) as f32 / 2.0 / f,
+                    (b.y0 + b.y1) as f32 / 2.0 / f,
+                    (b.x1 - b.x0) as f32 / f,
+                    (b.y1 - b.y0) as f32 / f,
+                ],
+            })
+            .collect();
         if s.split == "val" { va.push(Sample { path, targets }) } else { tr.push(Sample { path, targets }) }
     }
     (Arc::new(tr), Arc::new(va))
@@ -57,7 +69,10 @@ fn loss_scaling_is_exact() {
     // of two and unscaled before the step, so training is bit-for-bit the same.
     let plain = run(&cfg(1), "plain");
     let scaled = run(&TrainConfig { amp: true, ..cfg(1) }, "scaled");
-    assert_eq!((plain[0].box_loss, plain[0].cls_loss, plain[0].dfl_loss), (scaled[0].box_loss, scaled[0].cls_loss, scaled[0].dfl_loss));
+    assert_eq!(
+        (plain[0].box_loss, plain[0].cls_loss, plain[0].dfl_loss),
+        (scaled[0].box_loss, scaled[0].cls_loss, scaled[0].dfl_loss)
+    );
     assert_eq!(plain[0].map50_95, scaled[0].map50_95);
 }
 
@@ -75,7 +90,8 @@ fn fine_tuning_reinitialises_only_the_class_layers() {
 
     let mut five = Session::new(&arch, 5, &TrainConfig { seed: 9, ..cfg(1) }).expect("session");
     let report = five.init_from(&path).expect("init");
-    let mut want: Vec<String> = (0..3).flat_map(|i| [format!("model.22.cv3.{i}.2.bias"), format!("model.22.cv3.{i}.2.weight")]).collect();
+    let mut want: Vec<String> =
+        (0..3).flat_map(|i| [format!("model.22.cv3.{i}.2.bias"), format!("model.22.cv3.{i}.2.weight")]).collect();
     want.sort();
     assert_eq!(report.reinitialized, want);
     assert_eq!(report.loaded, total - 6);
@@ -87,6 +103,10 @@ fn fine_tuning_reinitialises_only_the_class_layers() {
     assert!(again.init_from(&path).expect("init").reinitialized.is_empty());
     // Weights of another architecture are refused.
     let other = dir.join("other.safetensors");
-    tch::Tensor::write_safetensors(&[("x.weight", tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)))], &other).expect("write");
+    tch::Tensor::write_safetensors(
+        &[("x.weight", tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu)))],
+        &other,
+    )
+    .expect("write");
     assert!(again.init_from(&other).expect_err("foreign").contains("share no variable"));
 }

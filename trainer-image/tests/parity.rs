@@ -75,7 +75,8 @@ fn yolov8n_output_matches_ultralytics() {
 
 #[test]
 fn detection_loss_matches_ultralytics() {
-    let reference: serde_json::Value = serde_json::from_str(include_str!("data/yolov8n_nc3_loss.json")).expect("reference json");
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("data/yolov8n_nc3_loss.json")).expect("reference json");
     let (vs, model) = reference_model();
     let p = pattern();
     let x = Tensor::stack(&[p.shallow_clone(), p.neg() + 1.0], 0);

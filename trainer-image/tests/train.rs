@@ -19,7 +19,12 @@ fn samples(dir: &std::path::Path, set: &[fixtures::Sample], size: u32, split: &s
                 .iter()
                 .map(|b| Target {
                     class: b.class as i64,
-                    xywh: [(b.x0 + b.x1) as f32 / 2.0 / f, (b.y0 + b.y1) as f32 / 2.0 / f, (b.x1 - b.x0) as f32 / f, (b.y1 - b.y0) as f32 / f],
+                    xywh: [
+                        (b.x0 + b.x1) as f32 / 2.0 / f,
+                        (b.y0 + b.y1) as f32 / 2.0 / f,
+                        (b.x1 - b.x0) as f32 / f,
+                        (b.y1 - b.y0) as f32 / f,
+                    ],
                 })
                 .collect();
             Sample { path, targets }
@@ -37,9 +42,18 @@ fn yolov8n_learns_shapes_on_cpu() {
     std::fs::create_dir_all(&dir).expect("dir");
     let (tr, va) = (samples(&dir, &set, size, "train"), samples(&dir, &set, size, "val"));
     // Ultralytics' defaults (`TrainConfig::default()`) but for these.
-    let cfg = TrainConfig { epochs, imgsz: size, nbs: 16, warmup_epochs: 1.0, augment: Some(Augment::default()), ..Default::default() };
+    let cfg = TrainConfig {
+        epochs,
+        imgsz: size,
+        nbs: 16,
+        warmup_epochs: 1.0,
+        augment: Some(Augment::default()),
+        ..Default::default()
+    };
     let arch: Architecture = "yolov8n".parse().expect("arch");
-    let (_, _, reports) = train(&arch, 3, tr, va, &cfg, &mut |r| eprintln!("{}", serde_json::to_string(r).expect("json"))).expect("train");
+    let (_, _, reports) =
+        train(&arch, 3, tr, va, &cfg, &mut |r| eprintln!("{}", serde_json::to_string(r).expect("json")))
+            .expect("train");
     let _ = std::fs::remove_dir_all(dir);
     let last = reports.last().expect("epochs");
     assert!(reports.first().expect("first").box_loss > last.box_loss, "box loss did not fall");

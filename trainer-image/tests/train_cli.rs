@@ -4,10 +4,10 @@
 
 use std::process::Command;
 
+use ocellus_dataset::Task;
 use ocellus_dataset::fetch::Source;
 use ocellus_dataset::ingest::{self, Options};
 use ocellus_dataset::s3::Store;
-use ocellus_dataset::Task;
 use ocellus_tests::fixtures;
 use ocellus_tests::s3::S3Server;
 
@@ -18,7 +18,8 @@ fn trainer(s3: &S3Server, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
 fn run(s3: &S3Server, command: &str, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
     let mut all = vec![command];
     all.extend_from_slice(args);
-    let (code, lines, _) = ocellus_tests::run_json_cli(std::path::Path::new(env!("CARGO_BIN_EXE_ocellus-trainer")), &all, s3);
+    let (code, lines, _) =
+        ocellus_tests::run_json_cli(std::path::Path::new(env!("CARGO_BIN_EXE_ocellus-trainer")), &all, s3);
     (code, lines)
 }
 
@@ -28,45 +29,110 @@ async fn trains_from_an_ingested_manifest() {
     let dir = std::env::temp_dir().join(format!("ocellus-train-cli-{}", std::process::id()));
     let store = ingest_shapes(&s3, "team/datasets/shapes", &dir).await;
     let work = dir.join("train").display().to_string();
-    let (code, lines) = trainer(&s3, &[
-        "--manifest", "s3://platform/team/datasets/shapes/manifest.ndjson", "--output-prefix", "team/trainingjobs/t1",
-        "--epochs", "2", "--imgsz", "96", "--batch", "16", "--nbs", "16", "--warmup-epochs", "0", "--device", "cpu", "--work-dir", &work,
-    ]);
+    let (code, lines) = trainer(
+        &s3,
+        &[
+            "--manifest",
+            "s3://platform/team/datasets/shapes/manifest.ndjson",
+            "--output-prefix",
+            "team/trainingjobs/t1",
+            "--epochs",
+            "2",
+            "--imgsz",
+            "96",
+            "--batch",
+            "16",
+            "--nbs",
+            "16",
+            "--warmup-epochs",
+            "0",
+            "--device",
+            "cpu",
+            "--work-dir",
+            &work,
+        ],
+    );
     assert_eq!(code, 0, "{lines:?}");
     assert_eq!(lines.iter().filter(|l| l["event"] == "epoch").count(), 2);
     let done = lines.last().expect("done");
     assert_eq!(done["event"], "done");
     assert_eq!(done["weightsUri"], "s3://platform/team/trainingjobs/t1/weights/last.safetensors");
     let results = store.get("team/trainingjobs/t1/results.jsonl").await.expect("results");
-    let epochs: Vec<serde_json::Value> = String::from_utf8_lossy(&results).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let epochs: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&results).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     assert_eq!(epochs.iter().map(|e| e["epoch"].as_u64()).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
     assert!(epochs.iter().all(|e| e["box_loss"].as_f64().is_some_and(f64::is_finite) && e["map50"].as_f64().is_some()));
-    assert!(epochs.iter().all(|e| e["per_class_ap"].as_array().is_some_and(|a| a.len() == 3)), "per-class AP each epoch");
-    assert!(store.head("team/trainingjobs/t1/weights/last.safetensors").await.expect("head").is_some_and(|n| n > 1_000_000));
-    let info: serde_json::Value = serde_json::from_slice(&store.get("team/trainingjobs/t1/weights/last.json").await.expect("info")).expect("json");
-    assert_eq!((info["architecture"].as_str(), info["imgsz"].as_u64(), info["names"].as_array().map(Vec::len)), (Some("yolov8n"), Some(96), Some(3)));
+    assert!(
+        epochs.iter().all(|e| e["per_class_ap"].as_array().is_some_and(|a| a.len() == 3)),
+        "per-class AP each epoch"
+    );
+    assert!(
+        store.head("team/trainingjobs/t1/weights/last.safetensors").await.expect("head").is_some_and(|n| n > 1_000_000)
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&store.get("team/trainingjobs/t1/weights/last.json").await.expect("info"))
+            .expect("json");
+    assert_eq!(
+        (info["architecture"].as_str(), info["imgsz"].as_u64(), info["names"].as_array().map(Vec::len)),
+        (Some("yolov8n"), Some(96), Some(3))
+    );
 
     // val: metrics with per-class AP, predictions saved.
     let weights = "s3://platform/team/trainingjobs/t1/weights/last.safetensors";
-    let (code, lines) = run(&s3, "val", &["--weights", weights, "--manifest", "s3://platform/team/datasets/shapes/manifest.ndjson",
-        "--predictions", "s3://platform/team/trainingjobs/t1/val/predictions.json", "--device", "cpu", "--work-dir", &work]);
+    let (code, lines) = run(
+        &s3,
+        "val",
+        &[
+            "--weights",
+            weights,
+            "--manifest",
+            "s3://platform/team/datasets/shapes/manifest.ndjson",
+            "--predictions",
+            "s3://platform/team/trainingjobs/t1/val/predictions.json",
+            "--device",
+            "cpu",
+            "--work-dir",
+            &work,
+        ],
+    );
     assert_eq!(code, 0, "{lines:?}");
     let done = lines.last().expect("done");
     assert_eq!(done["perClass"].as_array().map(Vec::len), Some(3), "{done}");
     assert!(done["metrics"]["map50"].as_f64().is_some_and(|m| (0.0..=1.0).contains(&m)));
-    let preds: Vec<serde_json::Value> = serde_json::from_slice(&store.get("team/trainingjobs/t1/val/predictions.json").await.expect("preds")).expect("json");
+    let preds: Vec<serde_json::Value> =
+        serde_json::from_slice(&store.get("team/trainingjobs/t1/val/predictions.json").await.expect("preds"))
+            .expect("json");
     assert_eq!(preds.len() as u64, done["images"].as_u64().expect("images"));
 
     // export: ONNX to S3 and TorchScript to a local path, each with a sidecar carrying its SHA-256.
-    let (code, lines) = run(&s3, "export", &["--weights", weights, "--format", "onnx", "--dynamic", "--output", "s3://platform/team/exports/e1/model.onnx", "--work-dir", &work]);
+    let (code, lines) = run(
+        &s3,
+        "export",
+        &[
+            "--weights",
+            weights,
+            "--format",
+            "onnx",
+            "--dynamic",
+            "--output",
+            "s3://platform/team/exports/e1/model.onnx",
+            "--work-dir",
+            &work,
+        ],
+    );
     assert_eq!(code, 0, "{lines:?}");
     let onnx = store.get("team/exports/e1/model.onnx").await.expect("onnx");
-    let sidecar: serde_json::Value = serde_json::from_slice(&store.get("team/exports/e1/model.onnx.json").await.expect("sidecar")).expect("json");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&store.get("team/exports/e1/model.onnx.json").await.expect("sidecar")).expect("json");
     assert_eq!(sidecar["sha256"], lines.last().expect("done")["sha256"]);
     assert_eq!((sidecar["format"].as_str(), sidecar["dynamic"].as_bool()), (Some("onnx"), Some(true)));
     assert_eq!(lines.last().expect("done")["sizeBytes"].as_u64(), Some(onnx.len() as u64));
     let ts = dir.join("out/model.torchscript").display().to_string();
-    let (code, lines) = run(&s3, "export", &["--weights", weights, "--format", "torchscript", "--output", &ts, "--device", "cpu", "--work-dir", &work]);
+    let (code, lines) = run(
+        &s3,
+        "export",
+        &["--weights", weights, "--format", "torchscript", "--output", &ts, "--device", "cpu", "--work-dir", &work],
+    );
     assert_eq!(code, 0, "{lines:?}");
     assert!(tch::CModule::load(&ts).is_ok());
     // Refusals: unknown format, int8 outside engine, half TorchScript on CPU, TensorRT absent.
@@ -79,20 +145,50 @@ async fn trains_from_an_ingested_manifest() {
         let mut a = vec!["--weights", weights, "--output", "s3://platform/x/model", "--work-dir", &work];
         a.extend(args);
         let (code, lines) = run(&s3, "export", &a);
-        assert_eq!((code, lines.last().map(|l| l["reason"].clone())), (2, Some(serde_json::json!(reason))), "{lines:?}");
+        assert_eq!(
+            (code, lines.last().map(|l| l["reason"].clone())),
+            (2, Some(serde_json::json!(reason))),
+            "{lines:?}"
+        );
     }
     // A tampered sidecar hash is refused.
     let mut bad = info.clone();
     bad["sha256"] = serde_json::json!("00");
-    store.put("team/trainingjobs/t1/weights/last.json", serde_json::to_vec(&bad).expect("json").into(), "application/json").await.expect("put");
-    let (code, lines) = run(&s3, "export", &["--weights", weights, "--format", "onnx", "--output", "s3://platform/x/m.onnx", "--work-dir", &work]);
+    store
+        .put(
+            "team/trainingjobs/t1/weights/last.json",
+            serde_json::to_vec(&bad).expect("json").into(),
+            "application/json",
+        )
+        .await
+        .expect("put");
+    let (code, lines) = run(
+        &s3,
+        "export",
+        &["--weights", weights, "--format", "onnx", "--output", "s3://platform/x/m.onnx", "--work-dir", &work],
+    );
     assert_eq!((code, lines.last().map(|l| l["reason"].clone())), (2, Some(serde_json::json!("ChecksumMismatch"))));
 
     // Bad input: exit 2 with a reason, nothing trained.
-    let (code, lines) = trainer(&s3, &["--manifest", "s3://platform/nope/manifest.ndjson", "--output-prefix", "x", "--work-dir", &work]);
+    let (code, lines) = trainer(
+        &s3,
+        &["--manifest", "s3://platform/nope/manifest.ndjson", "--output-prefix", "x", "--work-dir", &work],
+    );
     assert_eq!(code, 2);
     assert_eq!(lines.last().expect("error")["reason"], "ManifestNotFound");
-    let (code, lines) = trainer(&s3, &["--manifest", "s3://platform/team/datasets/shapes/manifest.ndjson", "--output-prefix", "x", "--architecture", "yolov8n-seg", "--work-dir", &work]);
+    let (code, lines) = trainer(
+        &s3,
+        &[
+            "--manifest",
+            "s3://platform/team/datasets/shapes/manifest.ndjson",
+            "--output-prefix",
+            "x",
+            "--architecture",
+            "yolov8n-seg",
+            "--work-dir",
+            &work,
+        ],
+    );
     assert_eq!(code, 2);
     assert!(lines.last().expect("error")["message"].as_str().is_some_and(|m| m.contains("not supported yet")));
     let _ = std::fs::remove_dir_all(dir);
@@ -110,8 +206,26 @@ async fn ingest_shapes(s3: &S3Server, prefix: &str, dir: &std::path::Path) -> St
 
 fn train_args<'a>(output: &'a str, work: &'a str) -> Vec<&'a str> {
     vec![
-        "--manifest", "s3://platform/team/datasets/pr/manifest.ndjson", "--output-prefix", output, "--epochs", "4", "--imgsz", "96",
-        "--batch", "8", "--nbs", "8", "--warmup-epochs", "0", "--device", "cpu", "--work-dir", work, "--workers", "1",
+        "--manifest",
+        "s3://platform/team/datasets/pr/manifest.ndjson",
+        "--output-prefix",
+        output,
+        "--epochs",
+        "4",
+        "--imgsz",
+        "96",
+        "--batch",
+        "8",
+        "--nbs",
+        "8",
+        "--warmup-epochs",
+        "0",
+        "--device",
+        "cpu",
+        "--work-dir",
+        work,
+        "--workers",
+        "1",
     ]
 }
 
@@ -157,10 +271,14 @@ async fn sigterm_pauses_and_resume_finishes_like_an_uninterrupted_run() {
     args.push("--resume");
     let (code, lines) = trainer(&s3, &args);
     assert_eq!(code, 0, "{lines:?}");
-    let epochs: Vec<u64> = lines.iter().filter(|l| l["event"] == "epoch").filter_map(|l| l["metrics"]["epoch"].as_u64()).collect();
+    let epochs: Vec<u64> =
+        lines.iter().filter(|l| l["event"] == "epoch").filter_map(|l| l["metrics"]["epoch"].as_u64()).collect();
     assert!(!epochs.is_empty() && epochs[0] >= 2 && *epochs.last().expect("last") == 4, "{epochs:?}");
     let results = store.get("team/trainingjobs/paused/results.jsonl").await.expect("results");
-    let numbered: Vec<u64> = String::from_utf8_lossy(&results).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["epoch"].as_u64()).collect();
+    let numbered: Vec<u64> = String::from_utf8_lossy(&results)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["epoch"].as_u64())
+        .collect();
     assert_eq!(numbered, vec![1, 2, 3, 4]);
     let resumed = lines.last().expect("done")["metrics"].clone();
     // Model, EMA, optimiser moments, RNG and schedule are restored: the run is reproduced exactly.
@@ -186,24 +304,73 @@ async fn trains_a_classifier_from_a_classify_dataset() {
     let work = dir.join("train").display().to_string();
     let manifest = "s3://platform/team/datasets/cls/manifest.ndjson";
     // A detector on a classify dataset is refused, clearly.
-    let (code, lines) = trainer(&s3, &["--manifest", manifest, "--output-prefix", "team/trainingjobs/c0", "--architecture", "yolov8n", "--work-dir", &work]);
+    let (code, lines) = trainer(
+        &s3,
+        &[
+            "--manifest",
+            manifest,
+            "--output-prefix",
+            "team/trainingjobs/c0",
+            "--architecture",
+            "yolov8n",
+            "--work-dir",
+            &work,
+        ],
+    );
     assert_eq!(code, 2);
     assert!(lines.last().expect("error")["message"].as_str().is_some_and(|m| m.contains("yolov8n-cls")), "{lines:?}");
-    let (code, lines) = trainer(&s3, &[
-        "--manifest", manifest, "--output-prefix", "team/trainingjobs/c1", "--architecture", "yolov8n-cls", "--epochs", "2", "--imgsz", "64",
-        "--batch", "16", "--nbs", "16", "--warmup-epochs", "0", "--device", "cpu", "--work-dir", &work,
-    ]);
+    let (code, lines) = trainer(
+        &s3,
+        &[
+            "--manifest",
+            manifest,
+            "--output-prefix",
+            "team/trainingjobs/c1",
+            "--architecture",
+            "yolov8n-cls",
+            "--epochs",
+            "2",
+            "--imgsz",
+            "64",
+            "--batch",
+            "16",
+            "--nbs",
+            "16",
+            "--warmup-epochs",
+            "0",
+            "--device",
+            "cpu",
+            "--work-dir",
+            &work,
+        ],
+    );
     assert_eq!(code, 0, "{lines:?}");
     let results = store.get("team/trainingjobs/c1/results.jsonl").await.expect("results");
-    let epochs: Vec<serde_json::Value> = String::from_utf8_lossy(&results).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let epochs: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&results).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     assert_eq!(epochs.len(), 2);
-    assert!(epochs.iter().all(|e| e["top1"].as_f64().is_some_and(|t| (0.0..=1.0).contains(&t)) && e["cls_loss"].as_f64().is_some_and(f64::is_finite)));
+    assert!(epochs.iter().all(|e| e["top1"].as_f64().is_some_and(|t| (0.0..=1.0).contains(&t))
+        && e["cls_loss"].as_f64().is_some_and(f64::is_finite)));
     assert!(store.head("team/trainingjobs/c1/checkpoints/last.json").await.expect("head").is_some());
-    let info: serde_json::Value = serde_json::from_slice(&store.get("team/trainingjobs/c1/weights/last.json").await.expect("info")).expect("json");
+    let info: serde_json::Value =
+        serde_json::from_slice(&store.get("team/trainingjobs/c1/weights/last.json").await.expect("info"))
+            .expect("json");
     assert_eq!((info["task"].as_str(), info["architecture"].as_str()), (Some("classify"), Some("yolov8n-cls")));
     // And it exports.
-    let (code, lines) = run(&s3, "export", &["--weights", "s3://platform/team/trainingjobs/c1/weights/last.safetensors", "--format", "onnx",
-        "--output", "s3://platform/team/exports/c1/model.onnx", "--work-dir", &work]);
+    let (code, lines) = run(
+        &s3,
+        "export",
+        &[
+            "--weights",
+            "s3://platform/team/trainingjobs/c1/weights/last.safetensors",
+            "--format",
+            "onnx",
+            "--output",
+            "s3://platform/team/exports/c1/model.onnx",
+            "--work-dir",
+            &work,
+        ],
+    );
     assert_eq!(code, 0, "{lines:?}");
     let _ = std::fs::remove_dir_all(dir);
 }

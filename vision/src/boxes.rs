@@ -52,7 +52,12 @@ impl BBox {
 
     /// Clipped to `0..w` x `0..h`.
     pub fn clip(&self, w: f32, h: f32) -> BBox {
-        BBox { x1: self.x1.clamp(0.0, w), y1: self.y1.clamp(0.0, h), x2: self.x2.clamp(0.0, w), y2: self.y2.clamp(0.0, h) }
+        BBox {
+            x1: self.x1.clamp(0.0, w),
+            y1: self.y1.clamp(0.0, h),
+            x2: self.x2.clamp(0.0, w),
+            y2: self.y2.clamp(0.0, h),
+        }
     }
 }
 

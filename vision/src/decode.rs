@@ -49,7 +49,13 @@ pub fn decode(data: &[f32], classes: usize, anchors: usize, t: Thresholds) -> Ve
 }
 
 /// [`decode`], then boxes mapped back from the letterboxed input to the original image.
-pub fn decode_to_original(data: &[f32], classes: usize, anchors: usize, t: Thresholds, lb: &Letterbox) -> Vec<Detection> {
+pub fn decode_to_original(
+    data: &[f32],
+    classes: usize,
+    anchors: usize,
+    t: Thresholds,
+    lb: &Letterbox,
+) -> Vec<Detection> {
     decode(data, classes, anchors, t).into_iter().map(|d| Detection { bbox: lb.unmap(&d.bbox), ..d }).collect()
 }
 

@@ -38,27 +38,50 @@ impl Letterbox {
         let new_h = ((h as f32 * scale).round() as u32).clamp(1, size);
         let dw = (size - new_w) as f32 / 2.0;
         let dh = (size - new_h) as f32 / 2.0;
-        Letterbox { scale, pad_left: (dw - 0.1).round().max(0.0) as u32, pad_top: (dh - 0.1).round().max(0.0) as u32, new_w, new_h, size, orig_w: w, orig_h: h }
+        Letterbox {
+            scale,
+            pad_left: (dw - 0.1).round().max(0.0) as u32,
+            pad_top: (dh - 0.1).round().max(0.0) as u32,
+            new_w,
+            new_h,
+            size,
+            orig_w: w,
+            orig_h: h,
+        }
     }
 
     /// Maps a box from letterboxed to original pixel coordinates, clipped to the image.
     pub fn unmap(&self, b: &BBox) -> BBox {
         let f = |v: f32, pad: u32| (v - pad as f32) / self.scale;
-        BBox { x1: f(b.x1, self.pad_left), y1: f(b.y1, self.pad_top), x2: f(b.x2, self.pad_left), y2: f(b.y2, self.pad_top) }
-            .clip(self.orig_w as f32, self.orig_h as f32)
+        BBox {
+            x1: f(b.x1, self.pad_left),
+            y1: f(b.y1, self.pad_top),
+            x2: f(b.x2, self.pad_left),
+            y2: f(b.y2, self.pad_top),
+        }
+        .clip(self.orig_w as f32, self.orig_h as f32)
     }
 
     /// Maps a box from original to letterboxed coordinates.
     pub fn map(&self, b: &BBox) -> BBox {
         let f = |v: f32, pad: u32| v * self.scale + pad as f32;
-        BBox { x1: f(b.x1, self.pad_left), y1: f(b.y1, self.pad_top), x2: f(b.x2, self.pad_left), y2: f(b.y2, self.pad_top) }
+        BBox {
+            x1: f(b.x1, self.pad_left),
+            y1: f(b.y1, self.pad_top),
+            x2: f(b.x2, self.pad_left),
+            y2: f(b.y2, self.pad_top),
+        }
     }
 }
 
 /// Letterboxes `img` into a `size` square; returns the padded image and its geometry.
 pub fn letterbox(img: &RgbImage, size: u32) -> (RgbImage, Letterbox) {
     let lb = Letterbox::new(img.width(), img.height(), size);
-    let resized = if (lb.new_w, lb.new_h) == img.dimensions() { img.clone() } else { image::imageops::resize(img, lb.new_w, lb.new_h, FilterType::Triangle) };
+    let resized = if (lb.new_w, lb.new_h) == img.dimensions() {
+        img.clone()
+    } else {
+        image::imageops::resize(img, lb.new_w, lb.new_h, FilterType::Triangle)
+    };
     let mut out = RgbImage::from_pixel(size, size, image::Rgb([PAD, PAD, PAD]));
     image::imageops::replace(&mut out, &resized, i64::from(lb.pad_left), i64::from(lb.pad_top));
     (out, lb)

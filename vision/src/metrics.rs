@@ -162,7 +162,9 @@ pub fn evaluate(images: &[ImageResult], classes: usize, max_det: usize) -> Evalu
     let matches: Vec<ClassMatches> = (0..classes).map(|c| match_class(images, c, max_det)).collect();
     let aps: Vec<Option<[f64; 10]>> = matches.iter().map(average_precision).collect();
     let present: Vec<&[f64; 10]> = aps.iter().flatten().collect();
-    let mean = |f: &dyn Fn(&[f64; 10]) -> f64| if present.is_empty() { 0.0 } else { present.iter().map(|a| f(a)).sum::<f64>() / present.len() as f64 };
+    let mean = |f: &dyn Fn(&[f64; 10]) -> f64| {
+        if present.is_empty() { 0.0 } else { present.iter().map(|a| f(a)).sum::<f64>() / present.len() as f64 }
+    };
     let map50 = mean(&|a| a[0]);
     let map50_95 = mean(&|a| a.iter().sum::<f64>() / 10.0);
 
@@ -197,7 +199,10 @@ mod tests {
     fn perfect_detections_score_one() {
         let img = ImageResult {
             gts: vec![GroundTruth { bbox: b(0.0, 0.0), class: 0 }, GroundTruth { bbox: b(20.0, 0.0), class: 1 }],
-            dets: vec![Detection { bbox: b(0.0, 0.0), score: 0.9, class: 0 }, Detection { bbox: b(20.0, 0.0), score: 0.8, class: 1 }],
+            dets: vec![
+                Detection { bbox: b(0.0, 0.0), score: 0.9, class: 0 },
+                Detection { bbox: b(20.0, 0.0), score: 0.8, class: 1 },
+            ],
         };
         let e = evaluate(&[img], 3, 100);
         assert!((e.map50 - 1.0).abs() < 1e-9 && (e.map50_95 - 1.0).abs() < 1e-9, "{e:?}");
@@ -210,13 +215,19 @@ mod tests {
         // One GT found exactly, one missed, one false positive with a higher score.
         let img = ImageResult {
             gts: vec![GroundTruth { bbox: b(0.0, 0.0), class: 0 }, GroundTruth { bbox: b(50.0, 50.0), class: 0 }],
-            dets: vec![Detection { bbox: b(100.0, 100.0), score: 0.95, class: 0 }, Detection { bbox: b(0.0, 0.0), score: 0.9, class: 0 }],
+            dets: vec![
+                Detection { bbox: b(100.0, 100.0), score: 0.95, class: 0 },
+                Detection { bbox: b(0.0, 0.0), score: 0.9, class: 0 },
+            ],
         };
         let e = evaluate(&[img], 1, 100);
         // Recall reaches 0.5 at precision 0.5: 51 of 101 recall points have precision 0.5.
         assert!((e.map50 - 51.0 * 0.5 / 101.0).abs() < 1e-9, "{e:?}");
         // A box shifted by 3 px (IoU 7/13 = 0.54) counts at 0.50 only.
-        let img = ImageResult { gts: vec![GroundTruth { bbox: b(0.0, 0.0), class: 0 }], dets: vec![Detection { bbox: b(3.0, 0.0), score: 0.9, class: 0 }] };
+        let img = ImageResult {
+            gts: vec![GroundTruth { bbox: b(0.0, 0.0), class: 0 }],
+            dets: vec![Detection { bbox: b(3.0, 0.0), score: 0.9, class: 0 }],
+        };
         let e = evaluate(&[img], 1, 100);
         assert!((e.map50 - 1.0).abs() < 1e-9);
         assert!((e.map50_95 - 0.1).abs() < 1e-9, "{e:?}");

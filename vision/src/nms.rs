@@ -30,7 +30,8 @@ mod tests {
 
     #[test]
     fn suppresses_overlaps_within_a_class_only() {
-        let out = nms(vec![d(0.0, 0.9, 0), d(1.0, 0.8, 0), d(1.0, 0.7, 1), d(50.0, 0.6, 0), d(0.0, f32::NAN, 0)], 0.5, 300);
+        let out =
+            nms(vec![d(0.0, 0.9, 0), d(1.0, 0.8, 0), d(1.0, 0.7, 1), d(50.0, 0.6, 0), d(0.0, f32::NAN, 0)], 0.5, 300);
         assert_eq!(out, vec![d(0.0, 0.9, 0), d(1.0, 0.7, 1), d(50.0, 0.6, 0)]);
         assert_eq!(nms(vec![d(0.0, 0.9, 0), d(50.0, 0.8, 0)], 0.5, 1).len(), 1);
     }

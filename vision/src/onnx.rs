@@ -123,7 +123,10 @@ pub struct Graph {
 
 impl std::fmt::Debug for Graph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Graph").field("nodes", &self.nodes.len()).field("initializers", &self.initializers.len()).finish()
+        f.debug_struct("Graph")
+            .field("nodes", &self.nodes.len())
+            .field("initializers", &self.initializers.len())
+            .finish()
     }
 }
 
@@ -266,7 +269,13 @@ impl Graph {
     }
 
     /// Serialises a `ModelProto`.
-    pub fn into_model(self, input: (&str, &[Dim]), output: (&str, &[Dim]), opset: i64, metadata: &[(String, String)]) -> Vec<u8> {
+    pub fn into_model(
+        self,
+        input: (&str, &[Dim]),
+        output: (&str, &[Dim]),
+        opset: i64,
+        metadata: &[(String, String)],
+    ) -> Vec<u8> {
         let elem = if self.half { DataType::Float16 } else { DataType::Float } as i64;
         let value_info = |name: &str, dims: &[Dim]| {
             let mut shape = Pb::default();
@@ -301,7 +310,16 @@ impl Graph {
 
         let mut m = Pb::default();
         // IR version 8 goes with opsets up to 18; 9 and 10 with the newer ones.
-        m.int(1, if opset <= 18 { 8 } else if opset <= 20 { 9 } else { 10 });
+        m.int(
+            1,
+            if opset <= 18 {
+                8
+            } else if opset <= 20 {
+                9
+            } else {
+                10
+            },
+        );
         m.str(2, "ocellus");
         m.str(3, env!("CARGO_PKG_VERSION"));
         m.msg(7, &g);
@@ -337,7 +355,15 @@ mod tests {
         let mut p = Pb::default();
         p.int(1, -1);
         assert_eq!(p.0.len(), 11, "negative int64 is a 10-byte varint");
-        for (x, bits) in [(0.0f32, 0u16), (1.0, 0x3c00), (-2.0, 0xc000), (65504.0, 0x7bff), (1e-8, 0), (6.0e-5, 0x03ef), (f32::INFINITY, 0x7c00)] {
+        for (x, bits) in [
+            (0.0f32, 0u16),
+            (1.0, 0x3c00),
+            (-2.0, 0xc000),
+            (65504.0, 0x7bff),
+            (1e-8, 0),
+            (6.0e-5, 0x03ef),
+            (f32::INFINITY, 0x7c00),
+        ] {
             assert_eq!(f32_to_f16_bits(x), bits, "{x}");
         }
     }

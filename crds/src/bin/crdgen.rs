@@ -36,7 +36,9 @@ fn main() -> ExitCode {
     if stale.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("crdgen: generated CRDs differ from the committed files (run `cargo run -p ocellus-crds --bin crdgen`):");
+        eprintln!(
+            "crdgen: generated CRDs differ from the committed files (run `cargo run -p ocellus-crds --bin crdgen`):"
+        );
         for s in stale {
             eprintln!("  {s}");
         }

@@ -64,7 +64,10 @@ fn check_auth(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn health(State(s): State<AppState>) -> impl IntoResponse {
     if s.health.is_ready() {
-        (StatusCode::OK, Json(json!({"status": "UP", "model_class": "OcellusYOLO", "model_version": model_version(&s)})))
+        (
+            StatusCode::OK,
+            Json(json!({"status": "UP", "model_class": "OcellusYOLO", "model_version": model_version(&s)})),
+        )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "DOWN", "model_class": "OcellusYOLO"})))
     }
@@ -93,8 +96,16 @@ pub fn parse_label_config(xml: &str, names: &[String], detect: bool) -> Result<T
     let images: Vec<roxmltree::Node> = doc.descendants().filter(|n| n.has_tag_name("Image")).collect();
     let ctl = doc
         .descendants()
-        .find(|n| n.has_tag_name(control) && n.attribute("toName").is_some_and(|t| images.iter().any(|i| i.attribute("name") == Some(t))))
-        .ok_or_else(|| format!("the label config has no <{control}> whose toName is an <Image>: this {} model cannot fill it", if detect { "detection" } else { "classification" }))?;
+        .find(|n| {
+            n.has_tag_name(control)
+                && n.attribute("toName").is_some_and(|t| images.iter().any(|i| i.attribute("name") == Some(t)))
+        })
+        .ok_or_else(|| {
+            format!(
+                "the label config has no <{control}> whose toName is an <Image>: this {} model cannot fill it",
+                if detect { "detection" } else { "classification" }
+            )
+        })?;
     let to_name = ctl.attribute("toName").unwrap_or_default().to_string();
     let image = images.iter().find(|i| i.attribute("name") == Some(to_name.as_str())).ok_or("no image")?;
     let data_key = image.attribute("value").unwrap_or("$image").trim_start_matches('$').to_string();
@@ -112,9 +123,18 @@ pub fn parse_label_config(xml: &str, names: &[String], detect: bool) -> Result<T
         }
     }
     if labels.iter().all(Option::is_none) {
-        return Err(format!("none of the model's classes {names:?} matches a <{child}> of <{control} name={:?}> (match by value or predicted_values)", ctl.attribute("name").unwrap_or("")));
+        return Err(format!(
+            "none of the model's classes {names:?} matches a <{child}> of <{control} name={:?}> (match by value or predicted_values)",
+            ctl.attribute("name").unwrap_or("")
+        ));
     }
-    Ok(Target { from_name: ctl.attribute("name").unwrap_or_default().to_string(), to_name, data_key, kind: if detect { "rectanglelabels" } else { "choices" }, labels })
+    Ok(Target {
+        from_name: ctl.attribute("name").unwrap_or_default().to_string(),
+        to_name,
+        data_key,
+        kind: if detect { "rectanglelabels" } else { "choices" },
+        labels,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,15 +160,22 @@ fn project_key(v: &Value) -> String {
     s.split('.').next().unwrap_or_default().to_string()
 }
 
-async fn setup(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+async fn setup(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     check_auth(&s, &headers)?;
-    let req: SetupRequest = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid setup request: {e}")))?;
-    let schema = req.schema.ok_or_else(|| ApiError::BadRequest("setup needs `schema` (the project's label config)".into()))?;
+    let req: SetupRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid setup request: {e}")))?;
+    let schema =
+        req.schema.ok_or_else(|| ApiError::BadRequest("setup needs `schema` (the project's label config)".into()))?;
     parse_label_config(&schema, &s.model.info.names, s.model.info.is_detect()).map_err(ApiError::BadRequest)?;
     if let (Some(p), Some(host)) = (req.project.as_ref(), req.hostname.filter(|h| !h.is_empty()))
-        && let Ok(mut m) = s.ls_projects.lock() {
-            m.insert(project_key(p), (host.trim_end_matches('/').to_string(), req.access_token.unwrap_or_default()));
-        }
+        && let Ok(mut m) = s.ls_projects.lock()
+    {
+        m.insert(project_key(p), (host.trim_end_matches('/').to_string(), req.access_token.unwrap_or_default()));
+    }
     Ok(Json(json!({"model_version": model_version(&s)})))
 }
 
@@ -169,10 +196,16 @@ pub struct PredictRequest {
 }
 
 /// `POST /predict` from Label Studio: exactly one result entry per task, in order.
-pub async fn predict(State(s): State<AppState>, headers: HeaderMap, Json(req): Json<PredictRequest>) -> Result<Json<Value>, ApiError> {
+pub async fn predict(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<PredictRequest>,
+) -> Result<Json<Value>, ApiError> {
     check_auth(&s, &headers)?;
-    let config = req.label_config.as_deref().ok_or_else(|| ApiError::BadRequest("predict needs `label_config`".into()))?;
-    let target = parse_label_config(config, &s.model.info.names, s.model.info.is_detect()).map_err(ApiError::BadRequest)?;
+    let config =
+        req.label_config.as_deref().ok_or_else(|| ApiError::BadRequest("predict needs `label_config`".into()))?;
+    let target =
+        parse_label_config(config, &s.model.info.names, s.model.info.is_detect()).map_err(ApiError::BadRequest)?;
     let project = req.project.as_ref().map(project_key).unwrap_or_default();
     let version = model_version(&s);
     let futs = req.tasks.iter().map(|t| predict_task(&s, t, &target, &project));
@@ -192,8 +225,17 @@ pub async fn predict(State(s): State<AppState>, headers: HeaderMap, Json(req): J
     Ok(Json(json!({"results": entries})))
 }
 
-async fn predict_task(s: &AppState, task: &Value, target: &Target, project: &str) -> Result<(Vec<Value>, f32), ApiError> {
-    let url = task.get("data").and_then(|d| d.get(&target.data_key)).and_then(Value::as_str).ok_or_else(|| ApiError::BadRequest(format!("task has no data.{}", target.data_key)))?;
+async fn predict_task(
+    s: &AppState,
+    task: &Value,
+    target: &Target,
+    project: &str,
+) -> Result<(Vec<Value>, f32), ApiError> {
+    let url = task
+        .get("data")
+        .and_then(|d| d.get(&target.data_key))
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest(format!("task has no data.{}", target.data_key)))?;
     let bytes = fetch_image(s, url, project).await?;
     let (preds, (h, w), _) = predict_image(s, bytes, s.settings.defaults).await?;
     Ok(to_results(&preds, target, w, h))
@@ -230,8 +272,23 @@ pub fn to_results(preds: &[Prediction], target: &Target, width: u32, height: u32
 
 fn is_private(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v) => v.is_private() || v.is_loopback() || v.is_link_local() || v.is_unspecified() || v.is_broadcast() || v.is_multicast() || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64,
-        IpAddr::V6(v) => v.is_loopback() || v.is_unspecified() || v.is_multicast() || (v.segments()[0] & 0xfe00) == 0xfc00 || (v.segments()[0] & 0xffc0) == 0xfe80 || v.to_ipv4_mapped().is_some_and(|m| is_private(IpAddr::V4(m))),
+        IpAddr::V4(v) => {
+            v.is_private()
+                || v.is_loopback()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || v.is_multicast()
+                || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64
+        }
+        IpAddr::V6(v) => {
+            v.is_loopback()
+                || v.is_unspecified()
+                || v.is_multicast()
+                || (v.segments()[0] & 0xfe00) == 0xfc00
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+                || v.to_ipv4_mapped().is_some_and(|m| is_private(IpAddr::V4(m)))
+        }
     }
 }
 
@@ -240,8 +297,12 @@ fn is_private(ip: IpAddr) -> bool {
 async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::Bytes, ApiError> {
     let max = s.settings.limits.max_bytes;
     if let Some(rest) = url.strip_prefix("data:") {
-        let (_, b64) = rest.split_once(";base64,").ok_or_else(|| ApiError::BadRequest("only base64 data: URIs are supported".into()))?;
-        let b = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| ApiError::BadRequest(format!("data: URI: {e}")))?;
+        let (_, b64) = rest
+            .split_once(";base64,")
+            .ok_or_else(|| ApiError::BadRequest("only base64 data: URIs are supported".into()))?;
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| ApiError::BadRequest(format!("data: URI: {e}")))?;
         return Ok(b.into());
     }
     let cfg = &s.settings.label_studio;
@@ -251,25 +312,39 @@ async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::By
         None => (cfg.url.clone().map(|u| u.trim_end_matches('/').to_string()), cfg.api_key.clone()),
     };
     let full = if url.starts_with('/') {
-        let host = ls_host.clone().ok_or_else(|| ApiError::BadRequest(format!("{url:?} is relative to Label Studio, whose URL is unknown (run setup, or set LABEL_STUDIO_URL)")))?;
+        let host = ls_host.clone().ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{url:?} is relative to Label Studio, whose URL is unknown (run setup, or set LABEL_STUDIO_URL)"
+            ))
+        })?;
         format!("{host}{url}")
     } else {
         url.to_string()
     };
     let parsed = reqwest::Url::parse(&full).map_err(|e| ApiError::BadRequest(format!("image URL {full:?}: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ApiError::BadRequest(format!("image URL scheme {:?} is not supported (http, https, data)", parsed.scheme())));
+        return Err(ApiError::BadRequest(format!(
+            "image URL scheme {:?} is not supported (http, https, data)",
+            parsed.scheme()
+        )));
     }
     let host = parsed.host_str().unwrap_or_default().to_string();
     let port = parsed.port_or_known_default().unwrap_or(80);
     let ls_parsed = ls_host.as_deref().and_then(|h| reqwest::Url::parse(h).ok());
-    let is_ls = ls_parsed.as_ref().is_some_and(|l| l.host_str() == Some(host.as_str()) && l.port_or_known_default() == Some(port));
+    let is_ls = ls_parsed
+        .as_ref()
+        .is_some_and(|l| l.host_str() == Some(host.as_str()) && l.port_or_known_default() == Some(port));
     let trusted = is_ls || cfg.allowed_hosts.iter().any(|h| h == &host) || cfg.allow_private;
     // Resolve once, check, and pin the connection to what was checked (no DNS rebinding).
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| ApiError::Upstream(format!("cannot resolve {host}: {e}")))?.collect();
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| ApiError::Upstream(format!("cannot resolve {host}: {e}")))?
+        .collect();
     let addr = *addrs.first().ok_or_else(|| ApiError::Upstream(format!("{host} has no address")))?;
     if !trusted && addrs.iter().any(|a| is_private(a.ip())) {
-        return Err(ApiError::BadRequest(format!("refusing to fetch {host}: it resolves to a private address (allow it with --allow-fetch-host)")));
+        return Err(ApiError::BadRequest(format!(
+            "refusing to fetch {host}: it resolves to a private address (allow it with --allow-fetch-host)"
+        )));
     }
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -278,10 +353,9 @@ async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::By
         .build()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut req = client.get(parsed);
-    if is_ls
-        && let Some(t) = ls_token.filter(|t| !t.is_empty()) {
-            req = req.header(header::AUTHORIZATION, format!("Token {t}"));
-        }
+    if is_ls && let Some(t) = ls_token.filter(|t| !t.is_empty()) {
+        req = req.header(header::AUTHORIZATION, format!("Token {t}"));
+    }
     let mut resp = req.send().await.map_err(|e| ApiError::Upstream(format!("fetching the task image: {e}")))?;
     if !resp.status().is_success() {
         return Err(ApiError::Upstream(format!("fetching the task image: HTTP {}", resp.status())));
@@ -301,15 +375,26 @@ async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::By
 
 /// `POST /webhook` and `POST /train`: Label Studio's training events. Training runs as a
 /// TrainingJob on the platform, not in this server, so events are acknowledged with no job.
-async fn webhook(State(s): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
+async fn webhook(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     check_auth(&s, &headers)?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid webhook body: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid webhook body: {e}")))?;
     let action = v.get("action").and_then(Value::as_str).unwrap_or("");
-    const TRAIN_EVENTS: [&str; 4] = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING"];
+    const TRAIN_EVENTS: [&str; 4] =
+        ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING"];
     if !TRAIN_EVENTS.contains(&action) && !action.is_empty() {
         return Ok((StatusCode::OK, Json(json!({"status": "Unknown event"}))));
     }
-    Ok((StatusCode::CREATED, Json(json!({"job": Value::Null, "status": "training runs as an Ocellus TrainingJob; this predictor does not train"}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"job": Value::Null, "status": "training runs as an Ocellus TrainingJob; this predictor does not train"}),
+        ),
+    ))
 }
 
 async fn versions(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -340,20 +425,36 @@ mod tests {
         let t = parse_label_config(CONFIG, &names(), true).expect("ok");
         assert_eq!((t.from_name.as_str(), t.to_name.as_str(), t.data_key.as_str()), ("tag", "img", "photo"));
         assert_eq!(t.labels, vec![Some("Circle".into()), Some("Box".into()), None]);
-        assert!(parse_label_config("<View><Image name='i' value='$image'/></View>", &names(), true).expect_err("no control").contains("RectangleLabels"));
+        assert!(
+            parse_label_config("<View><Image name='i' value='$image'/></View>", &names(), true)
+                .expect_err("no control")
+                .contains("RectangleLabels")
+        );
         assert!(parse_label_config("<View", &names(), true).expect_err("xml").contains("not valid XML"));
-        assert!(parse_label_config(CONFIG, &["dog".into()], true).expect_err("no match").contains("none of the model's classes"));
+        assert!(
+            parse_label_config(CONFIG, &["dog".into()], true)
+                .expect_err("no match")
+                .contains("none of the model's classes")
+        );
         assert!(parse_label_config(CONFIG, &names(), false).is_err(), "a classifier needs <Choices>");
     }
 
     #[test]
     fn results_are_percentages_of_the_original() {
         let t = parse_label_config(CONFIG, &names(), true).expect("ok");
-        let p = |class, conf| Prediction { class, name: String::new(), confidence: conf, bbox: Some(BoxXyxy { x1: 20.0, y1: 10.0, x2: 60.0, y2: 50.0 }) };
+        let p = |class, conf| Prediction {
+            class,
+            name: String::new(),
+            confidence: conf,
+            bbox: Some(BoxXyxy { x1: 20.0, y1: 10.0, x2: 60.0, y2: 50.0 }),
+        };
         let (items, score) = to_results(&[p(0, 0.9), p(2, 0.8), p(1, 0.5)], &t, 200, 100);
         assert_eq!(items.len(), 2, "triangle has no label");
         let v = &items[0]["value"];
-        assert_eq!((v["x"].as_f64(), v["y"].as_f64(), v["width"].as_f64(), v["height"].as_f64()), (Some(10.0), Some(10.0), Some(20.0), Some(40.0)));
+        assert_eq!(
+            (v["x"].as_f64(), v["y"].as_f64(), v["width"].as_f64(), v["height"].as_f64()),
+            (Some(10.0), Some(10.0), Some(20.0), Some(40.0))
+        );
         assert_eq!(items[1]["value"]["rectanglelabels"][0], "Box");
         assert_eq!((items[0]["original_width"].as_u64(), items[0]["from_name"].as_str()), (Some(200), Some("tag")));
         assert!((score - 0.7).abs() < 1e-6);
@@ -361,7 +462,17 @@ mod tests {
 
     #[test]
     fn private_addresses() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.5", "169.254.169.254", "100.64.0.1", "::1", "fd00::1", "::ffff:10.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
             assert!(is_private(ip.parse().expect("ip")), "{ip}");
         }
         assert!(!is_private("8.8.8.8".parse().expect("ip")));

@@ -164,9 +164,10 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status();
         let mut resp = (status, Json(json!({"error": self.to_string(), "code": code}))).into_response();
         if let ApiError::Overloaded { retry_after } = self
-            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+            && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ocellus\""));
         }
@@ -207,7 +208,11 @@ pub struct Speed {
 
 /// One image through the pipeline: decode, letterbox, model (batched), post-process.
 /// Returns the predictions, the original `(height, width)` and the timings.
-pub async fn predict_image(state: &AppState, bytes: bytes::Bytes, th: Thresholds) -> Result<(Vec<Prediction>, (u32, u32), Speed), ApiError> {
+pub async fn predict_image(
+    state: &AppState,
+    bytes: bytes::Bytes,
+    th: Thresholds,
+) -> Result<(Vec<Prediction>, (u32, u32), Speed), ApiError> {
     // Refused only while the model loads: during a drain (readiness already false) requests that
     // still arrive are served.
     if !state.model.is_loaded() {
@@ -238,7 +243,11 @@ pub fn thresholds(defaults: Thresholds, conf: Option<f64>, iou: Option<f64>) -> 
         Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Ok(v as f32),
         Some(v) => Err(ApiError::BadRequest(format!("{name} must be a number between 0 and 1, got {v}"))),
     };
-    Ok(Thresholds { conf: check("conf", conf, defaults.conf)?, iou: check("iou", iou, defaults.iou)?, max_det: defaults.max_det })
+    Ok(Thresholds {
+        conf: check("conf", conf, defaults.conf)?,
+        iou: check("iou", iou, defaults.iou)?,
+        max_det: defaults.max_det,
+    })
 }
 
 /// `POST /predict`: Ultralytics (multipart) or Label Studio (JSON) by content type.
@@ -251,7 +260,9 @@ async fn predict(State(state): State<AppState>, req: Request) -> Response {
         let headers = req.headers().clone();
         return match Json::<label_studio::PredictRequest>::from_request(req, &state).await {
             Ok(Json(body)) => label_studio::predict(State(state), headers, Json(body)).await.into_response(),
-            Err(e) => ApiError::BadRequest(format!("invalid Label Studio predict request: {}", e.body_text())).into_response(),
+            Err(e) => {
+                ApiError::BadRequest(format!("invalid Label Studio predict request: {}", e.body_text())).into_response()
+            }
         };
     }
     ApiError::UnsupportedMediaType(format!(

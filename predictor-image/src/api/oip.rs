@@ -40,7 +40,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn server_metadata() -> Json<Value> {
-    Json(json!({"name": "ocellus-predictor", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}))
+    Json(
+        json!({"name": "ocellus-predictor", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
+    )
 }
 
 /// 200 or 503 with `{"ready": bool}` (plus `extra` fields).
@@ -58,12 +60,19 @@ async fn server_ready(State(s): State<AppState>) -> impl IntoResponse {
 fn check_model(s: &AppState, p: &HashMap<String, String>) -> Result<String, ApiError> {
     let model = p.get("model").map(String::as_str).unwrap_or_default();
     if model != s.model.name {
-        return Err(ApiError::NotFound(format!("model {model:?} is not served here (this server serves {:?})", s.model.name)));
+        return Err(ApiError::NotFound(format!(
+            "model {model:?} is not served here (this server serves {:?})",
+            s.model.name
+        )));
     }
     if let Some(v) = p.get("version")
-        && *v != s.model.version {
-            return Err(ApiError::NotFound(format!("version {v:?} of {model:?} is not served here (version {:?} is)", s.model.version)));
-        }
+        && *v != s.model.version
+    {
+        return Err(ApiError::NotFound(format!(
+            "version {v:?} of {model:?} is not served here (version {:?} is)",
+            s.model.version
+        )));
+    }
     Ok(model.to_string())
 }
 
@@ -71,7 +80,8 @@ fn metadata(s: &AppState) -> Value {
     let info = &s.model.info;
     let nc = info.names.len() as i64;
     let side = i64::from(info.imgsz);
-    let out_shape = if info.is_detect() { json!([-1, 4 + nc, crate::backend::anchors(info.imgsz)]) } else { json!([-1, nc]) };
+    let out_shape =
+        if info.is_detect() { json!([-1, 4 + nc, crate::backend::anchors(info.imgsz)]) } else { json!([-1, nc]) };
     let platform = match s.model.backend.get().copied() {
         Some("libtorch") => "pytorch_libtorch",
         Some("tensorrt") => "tensorrt_plan",
@@ -88,12 +98,18 @@ fn metadata(s: &AppState) -> Value {
     })
 }
 
-async fn model_metadata(State(s): State<AppState>, Path(p): Path<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+async fn model_metadata(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     check_model(&s, &p)?;
     Ok(Json(metadata(&s)))
 }
 
-async fn model_ready(State(s): State<AppState>, Path(p): Path<HashMap<String, String>>) -> Result<impl IntoResponse, ApiError> {
+async fn model_ready(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
     let name = check_model(&s, &p)?;
     Ok(readiness(&s, json!({"name": name})))
 }
@@ -118,7 +134,12 @@ struct InferInput {
     data: Option<Value>,
 }
 
-async fn infer(State(s): State<AppState>, Path(p): Path<HashMap<String, String>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn infer(
+    State(s): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     check_model(&s, &p)?;
     run_infer(s, headers, body).await
 }
@@ -138,7 +159,9 @@ fn flatten_strings(v: &Value, out: &mut Vec<Vec<u8>>) -> Result<(), ApiError> {
     match v {
         Value::Array(items) => items.iter().try_for_each(|i| flatten_strings(i, out)),
         Value::String(s) => {
-            let b = base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| ApiError::BadRequest(format!("BYTES data must be base64-encoded images: {e}")))?;
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|e| ApiError::BadRequest(format!("BYTES data must be base64-encoded images: {e}")))?;
             out.push(b);
             Ok(())
         }
@@ -167,7 +190,11 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
     // Triton's binary extension: a JSON header of the given length, then the binary tensors.
     let (json_part, mut binary) = match headers.get("inference-header-content-length") {
         Some(v) => {
-            let n: usize = v.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::BadRequest("Inference-Header-Content-Length must be a number".into()))?;
+            let n: usize = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| ApiError::BadRequest("Inference-Header-Content-Length must be a number".into()))?;
             if n > body.len() {
                 return Err(ApiError::BadRequest("Inference-Header-Content-Length exceeds the body".into()));
             }
@@ -175,17 +202,23 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
         }
         None => (body.clone(), Bytes::new()),
     };
-    let req: InferRequest = serde_json::from_slice(&json_part).map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
+    let req: InferRequest = serde_json::from_slice(&json_part)
+        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
     if req.inputs.len() != 1 {
-        return Err(ApiError::BadRequest(format!("expected one input ({INPUT_NAME:?} FP32 or a BYTES image input), got {}", req.inputs.len())));
+        return Err(ApiError::BadRequest(format!(
+            "expected one input ({INPUT_NAME:?} FP32 or a BYTES image input), got {}",
+            req.inputs.len()
+        )));
     }
     let p = req.parameters.clone().unwrap_or_default();
-    let th = thresholds(s.settings.defaults, p.get("conf").and_then(Value::as_f64), p.get("iou").and_then(Value::as_f64))?;
+    let th =
+        thresholds(s.settings.defaults, p.get("conf").and_then(Value::as_f64), p.get("iou").and_then(Value::as_f64))?;
     let input = &req.inputs[0];
     if input.shape.iter().any(|d| *d < 0) {
         return Err(ApiError::BadRequest("input shape must not have negative dimensions".into()));
     }
-    let binary_size = input.parameters.as_ref().and_then(|p| p.get("binary_data_size")).and_then(Value::as_u64).map(|n| n as usize);
+    let binary_size =
+        input.parameters.as_ref().and_then(|p| p.get("binary_data_size")).and_then(Value::as_u64).map(|n| n as usize);
     let raw = match binary_size {
         Some(n) if n <= binary.len() => Some(binary.split_to(n)),
         Some(_) => return Err(ApiError::BadRequest("binary_data_size exceeds the binary data".into())),
@@ -197,7 +230,10 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
             let info = &s.model.info;
             let side = i64::from(info.imgsz);
             if input.shape.len() != 4 || input.shape[1..] != [3, side, side] {
-                return Err(ApiError::BadRequest(format!("{:?} must have shape [N, 3, {side}, {side}], got {:?}", input.name, input.shape)));
+                return Err(ApiError::BadRequest(format!(
+                    "{:?} must have shape [N, 3, {side}, {side}], got {:?}",
+                    input.name, input.shape
+                )));
             }
             let mut data = Vec::new();
             match (&raw, &input.data) {
@@ -213,7 +249,12 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
             let n = input.shape[0] as usize;
             let per = 3 * (side as usize).pow(2);
             if data.len() != n * per {
-                return Err(ApiError::BadRequest(format!("shape {:?} needs {} values, got {}", input.shape, n * per, data.len())));
+                return Err(ApiError::BadRequest(format!(
+                    "shape {:?} needs {} values, got {}",
+                    input.shape,
+                    n * per,
+                    data.len()
+                )));
             }
             if !s.model.is_loaded() {
                 return Err(ApiError::NotReady);
@@ -226,7 +267,11 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
                 per_out = o.len();
                 flat.extend(o);
             }
-            let shape = if info.is_detect() { json!([n, 4 + info.names.len(), crate::backend::anchors(info.imgsz)]) } else { json!([n, per_out]) };
+            let shape = if info.is_detect() {
+                json!([n, 4 + info.names.len(), crate::backend::anchors(info.imgsz)])
+            } else {
+                json!([n, per_out])
+            };
             outputs.push(json!({"name": OUTPUT_NAME, "datatype": "FP32", "shape": shape, "data": flat}));
         }
         "BYTES" => {
@@ -241,7 +286,11 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
             };
             let want: i64 = input.shape.iter().product();
             if images.len() as i64 != want || images.is_empty() {
-                return Err(ApiError::BadRequest(format!("shape {:?} needs {want} images, got {}", input.shape, images.len())));
+                return Err(ApiError::BadRequest(format!(
+                    "shape {:?} needs {want} images, got {}",
+                    input.shape,
+                    images.len()
+                )));
             }
             let n = images.len();
             let results = futures::future::join_all(images.into_iter().map(|b| predict_image(&s, b.into(), th))).await;
@@ -276,7 +325,11 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
                 outputs.push(json!({"name": "classes", "datatype": "INT64", "shape": [n, k], "data": classes}));
             }
         }
-        other => return Err(ApiError::BadRequest(format!("unsupported datatype {other:?}: use FP32 ({INPUT_NAME:?}) or BYTES (encoded images)"))),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unsupported datatype {other:?}: use FP32 ({INPUT_NAME:?}) or BYTES (encoded images)"
+            )));
+        }
     }
     let mut resp = json!({"model_name": s.model.name, "model_version": s.model.version, "outputs": outputs});
     if let Some(id) = req.id {

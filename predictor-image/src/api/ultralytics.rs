@@ -29,25 +29,43 @@ fn number(field: &str, text: &str) -> Result<f64, ApiError> {
 
 /// Handles one Ultralytics predict request.
 pub async fn predict_request(state: AppState, req: Request) -> Result<Json<serde_json::Value>, ApiError> {
-    let ct = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ct =
+        req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     if !ct.to_ascii_lowercase().starts_with("multipart/form-data") {
-        return Err(ApiError::UnsupportedMediaType(format!("send multipart/form-data with a `file` field, not {ct:?}")));
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "send multipart/form-data with a `file` field, not {ct:?}"
+        )));
     }
-    let mut form = Multipart::from_request(req, &state).await.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {}", e.body_text())))?;
+    let mut form = Multipart::from_request(req, &state)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {}", e.body_text())))?;
     let (mut files, mut conf, mut iou, mut imgsz) = (Vec::new(), None, None, None);
-    while let Some(field) = form.next_field().await.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {}", e.body_text())))? {
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {}", e.body_text())))?
+    {
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
             "file" => {
                 if let Some(ct) = field.content_type() {
                     let ct = ct.to_ascii_lowercase();
                     if !(ct.starts_with("image/") || ct == "application/octet-stream") {
-                        return Err(ApiError::UnsupportedMediaType(format!("`file` has content type {ct:?}; send a JPEG, PNG or WebP image")));
+                        return Err(ApiError::UnsupportedMediaType(format!(
+                            "`file` has content type {ct:?}; send a JPEG, PNG or WebP image"
+                        )));
                     }
                 }
-                let bytes = field.bytes().await.map_err(|e| ApiError::BadRequest(format!("reading `file`: {}", e.body_text())))?;
+                let bytes = field
+                    .bytes()
+                    .await
+                    .map_err(|e| ApiError::BadRequest(format!("reading `file`: {}", e.body_text())))?;
                 if bytes.len() > state.settings.limits.max_bytes {
-                    return Err(ApiError::TooLarge(format!("the image is {} bytes; the limit is {}", bytes.len(), state.settings.limits.max_bytes)));
+                    return Err(ApiError::TooLarge(format!(
+                        "the image is {} bytes; the limit is {}",
+                        bytes.len(),
+                        state.settings.limits.max_bytes
+                    )));
                 }
                 files.push(bytes);
             }
@@ -68,9 +86,10 @@ pub async fn predict_request(state: AppState, req: Request) -> Result<Json<serde
         return Err(ApiError::BadRequest("no image: send it in a multipart field named `file`".into()));
     }
     if let Some(s) = imgsz
-        && !(s.fract() == 0.0 && (32.0..=4096.0).contains(&s)) {
-            return Err(ApiError::BadRequest(format!("imgsz must be an integer between 32 and 4096, got {s}")));
-        }
+        && !(s.fract() == 0.0 && (32.0..=4096.0).contains(&s))
+    {
+        return Err(ApiError::BadRequest(format!("imgsz must be an integer between 32 and 4096, got {s}")));
+    }
     let th = thresholds(state.settings.defaults, conf, iou)?;
     let n = files.len();
     // Concurrently, so that one request's images batch together; order is kept.

@@ -49,7 +49,9 @@ impl Kind {
                 Some("onnx") => Ok(Kind::Onnx),
                 Some("torchscript" | "pt") => Ok(Kind::Torch),
                 Some("engine" | "plan") => Ok(Kind::TensorRt),
-                other => Err(format!("cannot tell the backend from the extension {other:?}; set --backend onnx, torch or tensorrt")),
+                other => Err(format!(
+                    "cannot tell the backend from the extension {other:?}; set --backend onnx, torch or tensorrt"
+                )),
             },
             other => Err(format!("unknown backend {other:?}: auto, onnx, torch or tensorrt")),
         }
@@ -71,7 +73,11 @@ impl Device {
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
-            other => other.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda).ok_or_else(|| format!("unknown device {other:?}: cpu, cuda or cuda:N")),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device {other:?}: cpu, cuda or cuda:N")),
         }
     }
 }
@@ -128,14 +134,20 @@ pub fn load(spec: &ModelSpec) -> Result<Box<dyn Backend>, BackendError> {
         #[cfg(feature = "torch")]
         Kind::Torch => Ok(Box::new(torch::TorchBackend::load(spec)?)),
         #[cfg(not(feature = "torch"))]
-        Kind::Torch => Err(BackendError::Unavailable("this predictor was built without libtorch (the `torch` feature); serve an ONNX export instead".into())),
+        Kind::Torch => Err(BackendError::Unavailable(
+            "this predictor was built without libtorch (the `torch` feature); serve an ONNX export instead".into(),
+        )),
     }
 }
 
 /// Checks an output's length.
 pub(crate) fn check_len(out: Vec<f32>, n: usize, per_image: usize) -> Result<Vec<f32>, BackendError> {
     if out.len() != n * per_image {
-        return Err(BackendError::Run(format!("the model returned {} values for {n} images; expected {} per image (does the sidecar match the artifact?)", out.len(), per_image)));
+        return Err(BackendError::Run(format!(
+            "the model returned {} values for {n} images; expected {} per image (does the sidecar match the artifact?)",
+            out.len(),
+            per_image
+        )));
     }
     Ok(out)
 }

@@ -4,8 +4,8 @@
 
 use std::sync::OnceLock;
 
-use ort::ep::{self, ExecutionProvider};
 use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, TensorRef};
@@ -18,7 +18,8 @@ static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
 pub fn environment() -> Result<Environment, BackendError> {
     ENV.get_or_init(|| {
         let path = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| "libonnxruntime.so".into());
-        let builder = ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {path:?} (set ORT_DYLIB_PATH): {e}"))?;
+        let builder = ort::init_from(&path)
+            .map_err(|e| format!("cannot load ONNX Runtime from {path:?} (set ORT_DYLIB_PATH): {e}"))?;
         builder.with_name("ocellus-predictor").build().map_err(|e| e.to_string())
     })
     .clone()
@@ -41,7 +42,10 @@ impl OnnxBackend {
     pub fn load(spec: &ModelSpec, tensorrt: bool) -> Result<OnnxBackend, BackendError> {
         let env = environment()?;
         let load = |e: ort::Error| BackendError::Load(e.to_string());
-        let mut builder = Session::builder(&env).map_err(load)?.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| load(e.into()))?;
+        let mut builder = Session::builder(&env)
+            .map_err(load)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load(e.into()))?;
         if spec.threads > 0 {
             builder = builder.with_intra_threads(spec.threads).map_err(|e| load(e.into()))?;
         }
@@ -58,19 +62,46 @@ impl OnnxBackend {
                 ));
             }
             let cache = std::env::temp_dir().join("ocellus-trt-cache");
-            let trt = ep::TensorRT::default().with_device_id(id).with_fp16(spec.info.half).with_engine_cache(true).with_engine_cache_path(cache.display());
-            trt.register(&mut builder).map_err(|e| BackendError::Unavailable(format!("TensorRT execution provider: {e}")))?;
+            let trt = ep::TensorRT::default()
+                .with_device_id(id)
+                .with_fp16(spec.info.half)
+                .with_engine_cache(true)
+                .with_engine_cache_path(cache.display());
+            trt.register(&mut builder)
+                .map_err(|e| BackendError::Unavailable(format!("TensorRT execution provider: {e}")))?;
         }
         if let Device::Cuda(id) = spec.device {
             if !ep::CUDA::is_available().unwrap_or(false) {
-                return Err(BackendError::Unavailable("this ONNX Runtime has no CUDA execution provider (install onnxruntime-gpu) ; use --device cpu".into()));
+                return Err(BackendError::Unavailable(
+                    "this ONNX Runtime has no CUDA execution provider (install onnxruntime-gpu) ; use --device cpu"
+                        .into(),
+                ));
             }
-            ep::CUDA::default().with_device_id(id).register(&mut builder).map_err(|e| BackendError::Unavailable(format!("CUDA execution provider: {e}")))?;
+            ep::CUDA::default()
+                .with_device_id(id)
+                .register(&mut builder)
+                .map_err(|e| BackendError::Unavailable(format!("CUDA execution provider: {e}")))?;
         }
         let session = builder.commit_from_file(&spec.path).map_err(load)?;
-        let input = session.inputs().first().map(|o| o.name().to_string()).ok_or_else(|| BackendError::Load("the model has no input".into()))?;
-        let output = session.outputs().first().map(|o| o.name().to_string()).ok_or_else(|| BackendError::Load("the model has no output".into()))?;
-        Ok(OnnxBackend { session, input, output, per_image: spec.output_len(), side: i64::from(spec.info.imgsz), half: spec.info.half, name: if tensorrt { "tensorrt" } else { "onnxruntime" } })
+        let input = session
+            .inputs()
+            .first()
+            .map(|o| o.name().to_string())
+            .ok_or_else(|| BackendError::Load("the model has no input".into()))?;
+        let output = session
+            .outputs()
+            .first()
+            .map(|o| o.name().to_string())
+            .ok_or_else(|| BackendError::Load("the model has no output".into()))?;
+        Ok(OnnxBackend {
+            session,
+            input,
+            output,
+            per_image: spec.output_len(),
+            side: i64::from(spec.info.imgsz),
+            half: spec.info.half,
+            name: if tensorrt { "tensorrt" } else { "onnxruntime" },
+        })
     }
 }
 

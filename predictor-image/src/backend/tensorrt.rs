@@ -19,7 +19,8 @@ pub fn load(spec: &ModelSpec) -> Result<Box<dyn Backend>, BackendError> {
         return Ok(Box::new(OnnxBackend::load(spec, true)?));
     }
     let wrapper = spec.path.with_extension("ctx.onnx");
-    std::fs::write(&wrapper, ep_context_model(&spec.path, &spec.info)).map_err(|e| BackendError::Load(e.to_string()))?;
+    std::fs::write(&wrapper, ep_context_model(&spec.path, &spec.info))
+        .map_err(|e| BackendError::Load(e.to_string()))?;
     let spec = ModelSpec { path: wrapper, ..spec.clone() };
     Ok(Box::new(OnnxBackend::load(&spec, true)?))
 }
@@ -31,15 +32,25 @@ pub fn ep_context_model(engine: &Path, info: &ModelInfo) -> Vec<u8> {
     g.half = info.half;
     g.domains = vec![("com.microsoft".into(), 1)];
     let file = engine.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    g.custom_node("EPContext", "com.microsoft", &[INPUT_NAME], &[OUTPUT_NAME], &[
-        Attr::Int("main_context", 1),
-        Attr::Int("embed_mode", 0),
-        Attr::Text("ep_cache_context", file),
-        Attr::Str("source", "TensorrtExecutionProvider"),
-    ]);
+    g.custom_node(
+        "EPContext",
+        "com.microsoft",
+        &[INPUT_NAME],
+        &[OUTPUT_NAME],
+        &[
+            Attr::Int("main_context", 1),
+            Attr::Int("embed_mode", 0),
+            Attr::Text("ep_cache_context", file),
+            Attr::Str("source", "TensorrtExecutionProvider"),
+        ],
+    );
     let s = i64::from(info.imgsz);
     let batch = if info.dynamic { Dim::Param("batch") } else { Dim::Fixed(i64::from(info.batch.max(1))) };
     let nc = info.names.len() as i64;
-    let out = if info.is_detect() { vec![batch.clone(), Dim::Fixed(4 + nc), Dim::Fixed(anchors(info.imgsz) as i64)] } else { vec![batch.clone(), Dim::Fixed(nc)] };
+    let out = if info.is_detect() {
+        vec![batch.clone(), Dim::Fixed(4 + nc), Dim::Fixed(anchors(info.imgsz) as i64)]
+    } else {
+        vec![batch.clone(), Dim::Fixed(nc)]
+    };
     g.into_model((INPUT_NAME, &[batch, Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]), (OUTPUT_NAME, &out), 17, &[])
 }

@@ -21,7 +21,9 @@ impl TorchBackend {
             Device::Cpu => tch::Device::Cpu,
             Device::Cuda(i) => {
                 if !tch::Cuda::is_available() {
-                    return Err(BackendError::Unavailable("CUDA is not available to libtorch here; use --device cpu".into()));
+                    return Err(BackendError::Unavailable(
+                        "CUDA is not available to libtorch here; use --device cpu".into(),
+                    ));
                 }
                 tch::Device::Cuda(i as usize)
             }
@@ -31,7 +33,13 @@ impl TorchBackend {
         }
         let mut module = CModule::load_on_device(&spec.path, device).map_err(|e| BackendError::Load(e.to_string()))?;
         module.set_eval();
-        Ok(TorchBackend { module, device, half: spec.info.half, per_image: spec.output_len(), side: i64::from(spec.info.imgsz) })
+        Ok(TorchBackend {
+            module,
+            device,
+            half: spec.info.half,
+            per_image: spec.output_len(),
+            side: i64::from(spec.info.imgsz),
+        })
     }
 }
 

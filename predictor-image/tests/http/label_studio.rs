@@ -5,10 +5,10 @@
 
 use super::common;
 
+use super::common::{Predictor, fixture};
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use super::common::{Predictor, fixture};
 use serde_json::{Value, json};
 
 const CONFIG: &str = r#"<View>
@@ -75,7 +75,12 @@ async fn label_studio_calls_are_answered_as_it_expects() {
     let client = reqwest::Client::new();
 
     // Health, as the connection check calls it (1 s timeout).
-    let r = client.get(format!("{}/health", p.url)).timeout(std::time::Duration::from_secs(1)).send().await.expect("health");
+    let r = client
+        .get(format!("{}/health", p.url))
+        .timeout(std::time::Duration::from_secs(1))
+        .send()
+        .await
+        .expect("health");
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.expect("json")["status"], "UP");
 
@@ -109,7 +114,10 @@ async fn label_studio_calls_are_answered_as_it_expects() {
         let items = r["result"].as_array().expect("result");
         assert!(!items.is_empty(), "the fixture model finds shapes: {r}\n{}", p.log());
         for it in items {
-            assert_eq!((it["from_name"].as_str(), it["to_name"].as_str(), it["type"].as_str()), (Some("label"), Some("image"), Some("rectanglelabels")));
+            assert_eq!(
+                (it["from_name"].as_str(), it["to_name"].as_str(), it["type"].as_str()),
+                (Some("label"), Some("image"), Some("rectanglelabels"))
+            );
             assert_eq!((it["original_width"].as_u64(), it["original_height"].as_u64()), (Some(128), Some(128)));
             let v = &it["value"];
             for k in ["x", "y", "width", "height"] {
@@ -123,8 +131,21 @@ async fn label_studio_calls_are_answered_as_it_expects() {
     assert_eq!(results[3]["result"], json!([]), "a non-Label-Studio private host is refused (SSRF)");
 
     // The same image through the Ultralytics route gives the same boxes (percent × size).
-    let u: Value = client.post(format!("{}/predict", p.url)).multipart(common::form(&f.images[a].1, &[("conf", "0.05")])).send().await.expect("post").json().await.expect("json");
-    let mapped = u["images"][0]["results"].as_array().expect("results").iter().filter(|d| ["circle", "square", "triangle"].contains(&d["name"].as_str().unwrap_or(""))).count();
+    let u: Value = client
+        .post(format!("{}/predict", p.url))
+        .multipart(common::form(&f.images[a].1, &[("conf", "0.05")]))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let mapped = u["images"][0]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|d| ["circle", "square", "triangle"].contains(&d["name"].as_str().unwrap_or("")))
+        .count();
     assert_eq!(results[0]["result"].as_array().map(Vec::len), Some(mapped));
     let first = &u["images"][0]["results"][0]["box"];
     let v = &results[0]["result"][0]["value"];
@@ -133,7 +154,13 @@ async fn label_studio_calls_are_answered_as_it_expects() {
     // Missing label config, bad JSON: 400 with {error}.
     let r = client.post(format!("{}/predict", p.url)).json(&json!({"tasks": []})).send().await.expect("predict");
     assert_eq!(r.status(), 400);
-    let r = client.post(format!("{}/predict", p.url)).header("content-type", "application/json").body("{").send().await.expect("predict");
+    let r = client
+        .post(format!("{}/predict", p.url))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("predict");
     assert_eq!(r.status(), 400);
     assert!(r.json::<Value>().await.expect("json")["error"].is_string());
 
@@ -144,9 +171,18 @@ async fn label_studio_calls_are_answered_as_it_expects() {
     assert!(r.json::<Value>().await.expect("json").as_object().is_some_and(|o| o.contains_key("job")));
     let r = client.post(format!("{}/train", p.url)).json(&hook).send().await.expect("train");
     assert_eq!(r.status(), 201);
-    let r = client.post(format!("{}/webhook", p.url)).json(&json!({"action": "PROJECT_UPDATED", "project": {"id": 1}})).send().await.expect("webhook");
-    assert_eq!((r.status().as_u16(), r.json::<Value>().await.expect("json")["status"].clone()), (200, json!("Unknown event")));
-    let r: Value = client.get(format!("{}/versions", p.url)).send().await.expect("versions").json().await.expect("json");
+    let r = client
+        .post(format!("{}/webhook", p.url))
+        .json(&json!({"action": "PROJECT_UPDATED", "project": {"id": 1}}))
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(
+        (r.status().as_u16(), r.json::<Value>().await.expect("json")["status"].clone()),
+        (200, json!("Unknown event"))
+    );
+    let r: Value =
+        client.get(format!("{}/versions", p.url)).send().await.expect("versions").json().await.expect("json");
     assert_eq!(r["versions"], json!([version]));
 }
 
@@ -154,7 +190,12 @@ async fn label_studio_calls_are_answered_as_it_expects() {
 async fn basic_auth_and_configured_label_studio_url() {
     let f = fixture();
     let ls = image_server().await;
-    let env = [("BASIC_AUTH_USER", "ml"), ("BASIC_AUTH_PASS", "s3cret"), ("LABEL_STUDIO_URL", ls.as_str()), ("LABEL_STUDIO_API_KEY", TOKEN)];
+    let env = [
+        ("BASIC_AUTH_USER", "ml"),
+        ("BASIC_AUTH_PASS", "s3cret"),
+        ("LABEL_STUDIO_URL", ls.as_str()),
+        ("LABEL_STUDIO_API_KEY", TOKEN),
+    ];
     let p = Predictor::start_with(&f.onnx.display().to_string(), &["--conf", "0.05"], &env);
     let client = reqwest::Client::new();
     // Health needs no credentials (Label Studio's connection check).
@@ -168,11 +209,22 @@ async fn basic_auth_and_configured_label_studio_url() {
         assert_eq!(r.status(), 401);
         assert!(r.headers().contains_key("www-authenticate"));
     }
-    let r = client.post(format!("{}/predict", p.url)).json(&predict_body(vec![task(1, "/data/upload/1/0.jpg")])).send().await.expect("predict");
+    let r = client
+        .post(format!("{}/predict", p.url))
+        .json(&predict_body(vec![task(1, "/data/upload/1/0.jpg")]))
+        .send()
+        .await
+        .expect("predict");
     assert_eq!(r.status(), 401);
     // With credentials, no /setup: the configured LABEL_STUDIO_URL and key resolve the upload.
     let upload = format!("/data/upload/1/{}.jpg", f.with_detections()[0]);
-    let r = client.post(format!("{}/predict", p.url)).basic_auth("ml", Some("s3cret")).json(&predict_body(vec![task(1, &upload)])).send().await.expect("predict");
+    let r = client
+        .post(format!("{}/predict", p.url))
+        .basic_auth("ml", Some("s3cret"))
+        .json(&predict_body(vec![task(1, &upload)]))
+        .send()
+        .await
+        .expect("predict");
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("json");
     assert!(body["results"][0]["result"].as_array().is_some_and(|r| !r.is_empty()), "{body}");

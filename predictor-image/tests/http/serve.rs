@@ -14,7 +14,12 @@ async fn assert_matches_validation(p: &Predictor, path: &str) {
     let mut compared = 0;
     for (file, bytes) in &f.images {
         let want = f.val_predictions.iter().find(|v| v["file"] == file.as_str()).expect("val prediction for image");
-        let resp = client.post(format!("{}{path}", p.url)).multipart(form(bytes, &[("conf", CONF), ("iou", "0.7")])).send().await.expect("post");
+        let resp = client
+            .post(format!("{}{path}", p.url))
+            .multipart(form(bytes, &[("conf", CONF), ("iou", "0.7")]))
+            .send()
+            .await
+            .expect("post");
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.expect("json");
         let img = &body["images"][0];
@@ -25,7 +30,8 @@ async fn assert_matches_validation(p: &Predictor, path: &str) {
         for (g, w) in got.iter().zip(want) {
             assert_eq!(g["class"], w["class"]);
             assert_eq!(g["name"], w["name"]);
-            let close = |a: &Value, b: &Value, tol: f64| (a.as_f64().expect("num") - b.as_f64().expect("num")).abs() <= tol;
+            let close =
+                |a: &Value, b: &Value, tol: f64| (a.as_f64().expect("num") - b.as_f64().expect("num")).abs() <= tol;
             assert!(close(&g["confidence"], &w["confidence"], 1e-3), "{g} vs {w}");
             for k in ["x1", "y1", "x2", "y2"] {
                 assert!(close(&g["box"][k], &w["box"][k], 0.1), "{file} {k}: {g} vs {w}");
@@ -43,14 +49,20 @@ async fn onnx_predictions_match_the_trainers_validation() {
     assert_matches_validation(&p, "/api/models/shapes/predict").await;
     // Requests one at a time ran on the copy that has every core (the elastic CPU default).
     let metrics = reqwest::get(format!("{}/metrics", p.url)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.lines().any(|l| l.starts_with("ocellus_predictor_model_runs_total{lane=\"latency\"}") && !l.ends_with(" 0")), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ocellus_predictor_model_runs_total{lane=\"latency\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn torchscript_predictions_match_the_trainers_validation() {
     let p = Predictor::start(&fixture().torchscript, &["--max-batch", "1"]);
     assert_matches_validation(&p, "/api/deployments/d1/predict").await;
-    let meta: Value = reqwest::get(format!("{}/v2/models/yolov8n", p.url)).await.expect("get").json().await.expect("json");
+    let meta: Value =
+        reqwest::get(format!("{}/v2/models/yolov8n", p.url)).await.expect("get").json().await.expect("json");
     assert_eq!(meta["platform"], "pytorch_libtorch");
 }
 
@@ -79,7 +91,8 @@ async fn bad_input_gets_clear_client_errors() {
     check(415, "unsupported image format")(send(client.post(&url).multipart(form(b"this is not an image", &[]))).await);
     // Wrong content types.
     check(415, "multipart/form-data")(send(client.post(&url).header("content-type", "text/plain").body("hi")).await);
-    let text_part = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(image.clone()).mime_str("text/plain").expect("mime"));
+    let text_part = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(image.clone()).mime_str("text/plain").expect("mime"));
     check(415, "content type")(send(client.post(&url).multipart(text_part)).await);
     // A huge image (over the pixel limit), refused before decoding.
     let big = fixtures_png(400, 300);
@@ -89,14 +102,41 @@ async fn bad_input_gets_clear_client_errors() {
     check(400, "conf must be a number")(send(client.post(&url).multipart(form(image, &[("conf", "high")]))).await);
     check(400, "iou must be")(send(client.post(&url).multipart(form(image, &[("iou", "-0.1")]))).await);
     check(400, "imgsz must be")(send(client.post(&url).multipart(form(image, &[("imgsz", "12.5")]))).await);
-    check(400, "no image")(send(client.post(&url).multipart(reqwest::multipart::Form::new().text("conf", "0.5"))).await);
+    check(400, "no image")(
+        send(client.post(&url).multipart(reqwest::multipart::Form::new().text("conf", "0.5"))).await,
+    );
     // OIP: unknown model, wrong shape, wrong datatype, bad base64.
     let infer = format!("{}/v2/models/yolov8n/infer", p.url);
-    check(404, "not served")(send(client.post(format!("{}/v2/models/other/infer", p.url)).json(&json!({"inputs": []}))).await);
-    check(400, "must have shape")(send(client.post(&infer).json(&json!({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0]}]}))).await);
-    check(400, "unsupported datatype")(send(client.post(&infer).json(&json!({"inputs": [{"name": "images", "datatype": "INT8", "shape": [1], "data": [1]}]}))).await);
-    check(400, "base64")(send(client.post(&infer).json(&json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}))).await);
-    check(400, "invalid inference request")(send(client.post(&infer).body("{not json").header("content-type", "application/json")).await);
+    check(404, "not served")(
+        send(client.post(format!("{}/v2/models/other/infer", p.url)).json(&json!({"inputs": []}))).await,
+    );
+    check(400, "must have shape")(
+        send(
+            client.post(&infer).json(
+                &json!({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0]}]}),
+            ),
+        )
+        .await,
+    );
+    check(400, "unsupported datatype")(
+        send(
+            client
+                .post(&infer)
+                .json(&json!({"inputs": [{"name": "images", "datatype": "INT8", "shape": [1], "data": [1]}]})),
+        )
+        .await,
+    );
+    check(400, "base64")(
+        send(
+            client
+                .post(&infer)
+                .json(&json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]})),
+        )
+        .await,
+    );
+    check(400, "invalid inference request")(
+        send(client.post(&infer).body("{not json").header("content-type", "application/json")).await,
+    );
     // Still serving after all that.
     let ok = client.post(&url).multipart(form(image, &[])).send().await.expect("post");
     assert_eq!(ok.status(), 200);
@@ -110,14 +150,18 @@ fn fixtures_png(w: u32, h: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_is_answered_with_429_and_retry_after() {
     let f = fixture();
-    let p = Predictor::start(&f.onnx, &["--queue-capacity", "2", "--max-batch", "1", "--max-delay-ms", "0", "--threads", "1"]);
+    let p = Predictor::start(
+        &f.onnx,
+        &["--queue-capacity", "2", "--max-batch", "1", "--max-delay-ms", "0", "--threads", "1"],
+    );
     let client = reqwest::Client::new();
     let image = f.images[0].1.clone();
     let reqs = (0..48).map(|_| {
         let (client, url, image) = (client.clone(), format!("{}/predict", p.url), image.clone());
         async move {
             let r = client.post(url).multipart(form(&image, &[])).send().await.expect("send");
-            let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            let retry =
+                r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             let status = r.status().as_u16();
             let body: Value = r.json().await.expect("json");
             (status, retry, body)
@@ -128,15 +172,26 @@ async fn overload_is_answered_with_429_and_retry_after() {
     let served = results.iter().filter(|r| r.0 == 200).count();
     assert!(!rejected.is_empty(), "48 concurrent requests into a queue of 2 should overflow");
     assert!(served >= 2, "some requests are served");
-    assert_eq!(served + rejected.len(), results.len(), "only 200 or 429: {:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!(
+        served + rejected.len(),
+        results.len(),
+        "only 200 or 429: {:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     for (_, retry, body) in rejected {
         assert!(retry.is_some_and(|s| s >= 1), "429 carries Retry-After");
         assert_eq!(body["code"], "RATE_LIMITED");
     }
     // Nothing crashed: the next request is served, metrics count the rejections.
-    assert_eq!(client.post(format!("{}/predict", p.url)).multipart(form(&image, &[])).send().await.expect("send").status(), 200);
+    assert_eq!(
+        client.post(format!("{}/predict", p.url)).multipart(form(&image, &[])).send().await.expect("send").status(),
+        200
+    );
     let metrics = reqwest::get(format!("{}/metrics", p.url)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.lines().any(|l| l.starts_with("ocellus_predictor_rejected_total") && !l.ends_with(" 0")), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("ocellus_predictor_rejected_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -159,8 +214,17 @@ async fn open_inference_protocol_v2() {
 
     // Raw tensor in, raw output out: two images of zeros.
     let zeros = vec![0.0f32; 2 * 3 * 96 * 96];
-    let body = json!({"id": "r1", "inputs": [{"name": "images", "datatype": "FP32", "shape": [2, 3, 96, 96], "data": zeros}]});
-    let r: Value = client.post(format!("{}/v2/models/yolov8n/infer", p.url)).json(&body).send().await.expect("infer").json().await.expect("json");
+    let body =
+        json!({"id": "r1", "inputs": [{"name": "images", "datatype": "FP32", "shape": [2, 3, 96, 96], "data": zeros}]});
+    let r: Value = client
+        .post(format!("{}/v2/models/yolov8n/infer", p.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("infer")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(r["id"], "r1");
     assert_eq!(r["outputs"][0]["shape"], json!([2, 7, 189]));
     assert_eq!(r["outputs"][0]["data"].as_array().map(Vec::len), Some(2 * 7 * 189));
@@ -170,11 +234,32 @@ async fn open_inference_protocol_v2() {
     let imgs: Vec<&Vec<u8>> = f.images.iter().take(3).map(|(_, b)| b).collect();
     let b64: Vec<String> = imgs.iter().map(|b| base64::engine::general_purpose::STANDARD.encode(b)).collect();
     let body = json!({"parameters": {"conf": 0.05}, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "data": b64}]});
-    let r: Value = client.post(format!("{}/v2/models/yolov8n/infer", p.url)).json(&body).send().await.expect("infer").json().await.expect("json");
-    let outs: std::collections::HashMap<String, Value> = r["outputs"].as_array().expect("outputs").iter().map(|o| (o["name"].as_str().unwrap_or("").to_string(), o.clone())).collect();
+    let r: Value = client
+        .post(format!("{}/v2/models/yolov8n/infer", p.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("infer")
+        .json()
+        .await
+        .expect("json");
+    let outs: std::collections::HashMap<String, Value> = r["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| (o["name"].as_str().unwrap_or("").to_string(), o.clone()))
+        .collect();
     let index = outs["batch_index"]["data"].as_array().expect("index").clone();
     for (i, img) in imgs.iter().enumerate() {
-        let u: Value = client.post(format!("{}/predict", p.url)).multipart(form(img, &[("conf", "0.05")])).send().await.expect("post").json().await.expect("json");
+        let u: Value = client
+            .post(format!("{}/predict", p.url))
+            .multipart(form(img, &[("conf", "0.05")]))
+            .send()
+            .await
+            .expect("post")
+            .json()
+            .await
+            .expect("json");
         let n = index.iter().filter(|v| v.as_u64() == Some(i as u64)).count();
         assert_eq!(n, u["images"][0]["results"].as_array().map_or(0, Vec::len), "image {i}");
     }
@@ -185,7 +270,13 @@ async fn open_inference_protocol_v2() {
     let mut raw = header.clone();
     raw.extend((imgs[0].len() as u32).to_le_bytes());
     raw.extend(imgs[0].iter());
-    let r = client.post(format!("{}/v2/models/yolov8n/infer", p.url)).header("Inference-Header-Content-Length", header.len().to_string()).body(raw).send().await.expect("infer");
+    let r = client
+        .post(format!("{}/v2/models/yolov8n/infer", p.url))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .body(raw)
+        .send()
+        .await
+        .expect("infer");
     assert_eq!(r.status(), 200);
     let r: Value = r.json().await.expect("json");
     assert_eq!(r["outputs"].as_array().map(Vec::len), Some(4));
@@ -196,9 +287,24 @@ async fn open_inference_protocol_v2() {
         assert_eq!(r.expect("infer").status(), 200);
     }
     let metrics = reqwest::get(format!("{}/metrics", p.url)).await.expect("metrics").text().await.expect("text");
-    let value = |name: &str| metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    assert!(value("ocellus_predictor_batch_size_sum") > value("ocellus_predictor_batch_size_count"), "no batch above one image:\n{metrics}");
-    for name in ["ocellus_predictor_inflight_requests", "ocellus_predictor_queue_depth", "ocellus_predictor_request_duration_seconds_bucket", "ocellus_predictor_inference_duration_seconds_bucket"] {
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("ocellus_predictor_batch_size_sum") > value("ocellus_predictor_batch_size_count"),
+        "no batch above one image:\n{metrics}"
+    );
+    for name in [
+        "ocellus_predictor_inflight_requests",
+        "ocellus_predictor_queue_depth",
+        "ocellus_predictor_request_duration_seconds_bucket",
+        "ocellus_predictor_inference_duration_seconds_bucket",
+    ] {
         assert!(metrics.contains(name), "{name} missing");
     }
     assert!(metrics.contains("protocol=\"oip\"") && metrics.contains("protocol=\"ultralytics\""));
@@ -210,7 +316,12 @@ async fn loads_from_s3_and_checks_the_sha256() {
     let s3env = f.s3.env();
     let env: Vec<(&str, &str)> = s3env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let p = Predictor::start_with("s3://platform/team/exports/p/model.onnx", &["--model-name", "shapes"], &env);
-    let r = reqwest::Client::new().post(format!("{}/api/models/shapes/predict", p.url)).multipart(form(&f.images[0].1, &[])).send().await.expect("post");
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/models/shapes/predict", p.url))
+        .multipart(form(&f.images[0].1, &[]))
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["metadata"]["model"], "shapes");
@@ -235,7 +346,8 @@ async fn loads_from_s3_and_checks_the_sha256() {
 
     // A corrupt model file: a clear load error, exit 2, no panic.
     std::fs::write(dir.join("model.onnx"), b"not a model").expect("write");
-    let mut info: Value = serde_json::from_slice(&std::fs::read(dir.join("model.onnx.json")).expect("info")).expect("json");
+    let mut info: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model.onnx.json")).expect("info")).expect("json");
     info.as_object_mut().expect("obj").remove("sha256");
     std::fs::write(dir.join("model.onnx.json"), serde_json::to_vec(&info).expect("json")).expect("write");
     let mut p = Predictor::spawn(&dir.join("model.onnx").display().to_string(), &[], &[]);
@@ -256,7 +368,9 @@ async fn sigterm_drains_in_flight_requests() {
     let reqs: Vec<_> = (0..12)
         .map(|_| {
             let (client, url, image) = (client.clone(), format!("{}/predict", p.url), f.images[0].1.clone());
-            tokio::spawn(async move { client.post(url).multipart(form(&image, &[])).send().await.map(|r| r.status().as_u16()) })
+            tokio::spawn(async move {
+                client.post(url).multipart(form(&image, &[])).send().await.map(|r| r.status().as_u16())
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(30)).await;

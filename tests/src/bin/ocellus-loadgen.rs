@@ -32,23 +32,44 @@ fn main() -> Result<(), String> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "jpeg"))
-        .map(|p| (p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::fs::read(&p).unwrap_or_default()))
+        .map(|p| {
+            (
+                p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                std::fs::read(&p).unwrap_or_default(),
+            )
+        })
         .collect();
     files.sort();
     if files.is_empty() {
         return Err(format!("no .jpg images in {}", a.images.display()));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(a.concurrency).timeout(Duration::from_secs(120)).build().map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(a.concurrency)
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| e.to_string())?;
         let send = |i: usize| {
             let (name, bytes) = files[i % files.len()].clone();
             let client = client.clone();
             let url = a.url.clone();
             async move {
-                let part = reqwest::multipart::Part::bytes(bytes).file_name(name).mime_str("image/jpeg").map_err(|e| e.to_string())?;
+                let part = reqwest::multipart::Part::bytes(bytes)
+                    .file_name(name)
+                    .mime_str("image/jpeg")
+                    .map_err(|e| e.to_string())?;
                 let t = Instant::now();
-                let r = client.post(url).multipart(reqwest::multipart::Form::new().part("file", part)).send().await.map_err(|e| e.to_string())?;
+                let r = client
+                    .post(url)
+                    .multipart(reqwest::multipart::Form::new().part("file", part))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let ok = r.status().is_success();
                 let _ = r.bytes().await;
                 Ok::<_, String>((t.elapsed(), ok))
@@ -57,9 +78,15 @@ fn main() -> Result<(), String> {
         use futures::StreamExt;
         let _: Vec<_> = futures::stream::iter(0..a.warmup).map(send).buffer_unordered(a.concurrency).collect().await;
         let start = Instant::now();
-        let results: Vec<Result<(Duration, bool), String>> = futures::stream::iter(0..a.requests).map(send).buffer_unordered(a.concurrency).collect().await;
+        let results: Vec<Result<(Duration, bool), String>> =
+            futures::stream::iter(0..a.requests).map(send).buffer_unordered(a.concurrency).collect().await;
         let wall = start.elapsed().as_secs_f64();
-        let mut lat: Vec<f64> = results.iter().filter_map(|r| r.as_ref().ok()).filter(|(_, ok)| *ok).map(|(d, _)| d.as_secs_f64() * 1e3).collect();
+        let mut lat: Vec<f64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|(_, ok)| *ok)
+            .map(|(d, _)| d.as_secs_f64() * 1e3)
+            .collect();
         let errors = results.len() - lat.len();
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| if lat.is_empty() { f64::NAN } else { lat[((lat.len() - 1) as f64 * p).round() as usize] };

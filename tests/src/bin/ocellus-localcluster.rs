@@ -26,12 +26,20 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let images = match &args.image_map {
         Some(p) => ImageMap::from_file(p)?,
         None => ImageMap::default(),
     };
-    let cluster = LocalCluster::start(ClusterOptions { gpus: args.gpus, gpu_product: args.gpu_product, images, keep_dir: false })?;
+    let cluster = LocalCluster::start(ClusterOptions {
+        gpus: args.gpus,
+        gpu_product: args.gpu_product,
+        images,
+        keep_dir: false,
+    })?;
     let tmp = args.kubeconfig.with_extension("tmp");
     std::fs::copy(cluster.kubeconfig(), &tmp)?;
     std::fs::rename(&tmp, &args.kubeconfig)?;

@@ -23,18 +23,16 @@ async fn main() -> std::io::Result<()> {
     let name = std::env::var("HOSTNAME").unwrap_or_default();
     println!("{} on {} as {name}", args.greeting, args.listen);
     let addr = args.listen;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/",
-            get(move || {
-                let name = name.clone();
-                async move {
-                    println!("request served by {name}");
-                    axum::Json(serde_json::json!({"pod": name, "addr": addr.to_string()}))
-                }
-            }),
-        );
+    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/",
+        get(move || {
+            let name = name.clone();
+            async move {
+                println!("request served by {name}");
+                axum::Json(serde_json::json!({"pod": name, "addr": addr.to_string()}))
+            }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -91,12 +91,19 @@ async fn container_logs(
     Query(q): Query<LogQuery>,
 ) -> Response {
     let Some(entry) = ctx.logs.get(&ns, &pod, &container) else {
-        return (StatusCode::NOT_FOUND, format!("container {container:?} in pod {ns}/{pod} has no logs on this node")).into_response();
+        return (StatusCode::NOT_FOUND, format!("container {container:?} in pod {ns}/{pod} has no logs on this node"))
+            .into_response();
     };
     let path = if q.previous == Some(true) {
         match entry.previous {
             Some(p) => p,
-            None => return (StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {pod:?} not found")).into_response(),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("previous terminated container {container:?} in pod {pod:?} not found"),
+                )
+                    .into_response();
+            }
         }
     } else {
         entry.current.clone()
@@ -127,9 +134,10 @@ async fn container_logs(
             loop {
                 let mut buf = Vec::new();
                 if let Ok(mut f) = tokio::fs::File::open(&path).await
-                    && f.seek(std::io::SeekFrom::Start(off)).await.is_ok() {
-                        let _ = f.read_to_end(&mut buf).await;
-                    }
+                    && f.seek(std::io::SeekFrom::Start(off)).await.is_ok()
+                {
+                    let _ = f.read_to_end(&mut buf).await;
+                }
                 if !buf.is_empty() {
                     let n = buf.len() as u64;
                     return Some((Ok(buf), (None, off + n, path, 0)));

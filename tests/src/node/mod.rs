@@ -64,7 +64,8 @@ pub fn local_gpu_count() -> u32 {
 
 /// Product name of the first local GPU, as the NVIDIA GPU feature discovery labels it.
 pub fn local_gpu_product() -> Option<String> {
-    let o = std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
+    let o =
+        std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
     let name = String::from_utf8_lossy(&o.stdout).lines().next()?.trim().replace(' ', "-");
     (o.status.success() && !name.is_empty()).then_some(name)
 }
@@ -113,7 +114,13 @@ impl LocalNode {
     pub async fn start(client: Client, cfg: NodeConfig) -> Result<LocalNode> {
         std::fs::create_dir_all(cfg.root.join("pods"))?;
         let ip_prefix = 100 + cfg.marker.bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b))) % 150;
-        let ctx = Arc::new(Ctx { client: client.clone(), cfg, logs: logs::LogRegistry::default(), ips: Mutex::new(BTreeSet::new()), ip_prefix });
+        let ctx = Arc::new(Ctx {
+            client: client.clone(),
+            cfg,
+            logs: logs::LogRegistry::default(),
+            ips: Mutex::new(BTreeSet::new()),
+            ip_prefix,
+        });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (log_port, log_task) = logs::serve(ctx.clone(), shutdown_rx.clone()).await?;
         register(&ctx, log_port).await.context("registering the Node")?;
@@ -134,7 +141,9 @@ impl LocalNode {
 fn meminfo_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(8 * 1024 * 1024)
 }
 

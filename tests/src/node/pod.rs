@@ -49,7 +49,12 @@ fn exit_code(st: std::process::ExitStatus) -> i32 {
 }
 
 /// Runs one pod until it is deleted or the node shuts down.
-pub(crate) async fn run(ctx: Arc<Ctx>, mut pod: Pod, mut updates: watch::Receiver<Option<Pod>>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    mut pod: Pod,
+    mut updates: watch::Receiver<Option<Pod>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let ns = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let uid = pod.uid().unwrap_or_default();
@@ -64,7 +69,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut pod: Pod, mut updates: watch::Receive
         .iter()
         .map(|c| Ctr {
             spec: c.clone(),
-            state: State::Waiting { reason: "ContainerCreating".into(), message: String::new(), retry_at: Instant::now() },
+            state: State::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+                retry_at: Instant::now(),
+            },
             restarts: 0,
             last: None,
             ready: false,
@@ -113,10 +122,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut pod: Pod, mut updates: watch::Receive
         if terminal.is_none() {
             // activeDeadlineSeconds counts from the pod's start on this node.
             if let Some(deadline) = spec.active_deadline_seconds
-                && started.elapsed() >= Duration::from_secs(deadline.max(0) as u64) {
-                    stop_all(&mut ctrs, Duration::from_secs(0)).await;
-                    terminal = Some(("Failed", Some(("DeadlineExceeded", "Pod was active on the node longer than the specified deadline".into()))));
-                }
+                && started.elapsed() >= Duration::from_secs(deadline.max(0) as u64)
+            {
+                stop_all(&mut ctrs, Duration::from_secs(0)).await;
+                terminal = Some((
+                    "Failed",
+                    Some(("DeadlineExceeded", "Pod was active on the node longer than the specified deadline".into())),
+                ));
+            }
         }
         if terminal.is_none() {
             for c in ctrs.iter_mut() {
@@ -144,9 +157,20 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut pod: Pod, mut updates: watch::Receive
             Some((p, _)) => p,
             None => spec::pod_phase(ctrs.iter().any(|c| c.started_at.is_some()), &[ContainerOutcome::Active]),
         };
-        let status = pod_status(&ctrs, phase, terminal.as_ref().and_then(|t| t.1.clone()), &ip, &start_time, all_ready, &ready_since);
+        let status = pod_status(
+            &ctrs,
+            phase,
+            terminal.as_ref().and_then(|t| t.1.clone()),
+            &ip,
+            &start_time,
+            all_ready,
+            &ready_since,
+        );
         if last_sent.as_ref() != Some(&status) {
-            match api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(json!({"status": status.clone()}))).await {
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(json!({"status": status.clone()})))
+                .await
+            {
                 Ok(_) => last_sent = Some(status),
                 Err(kube::Error::Api(e)) if e.code == 404 => {
                     stop_all(&mut ctrs, Duration::from_secs(0)).await;
@@ -172,7 +196,10 @@ async fn stop_all(ctrs: &mut [Ctr], grace: Duration) {
     let mut handles = vec![];
     for c in ctrs.iter_mut() {
         if let State::Running { .. } = c.state {
-            let old = std::mem::replace(&mut c.state, State::Waiting { reason: "Terminating".into(), message: String::new(), retry_at: Instant::now() });
+            let old = std::mem::replace(
+                &mut c.state,
+                State::Waiting { reason: "Terminating".into(), message: String::new(), retry_at: Instant::now() },
+            );
             if let State::Running { mut child, started } = old {
                 handles.push((c, tokio::task::spawn_blocking(move || (proc::stop(&mut child, grace), started))));
             }
@@ -181,7 +208,13 @@ async fn stop_all(ctrs: &mut [Ctr], grace: Duration) {
     for (c, h) in handles {
         if let Ok((st, started)) = h.await {
             let code = st.map(exit_code).unwrap_or(137);
-            c.state = State::Terminated { code, reason: if code == 0 { "Completed" } else { "Error" }.into(), started, finished: now(), restart_at: None };
+            c.state = State::Terminated {
+                code,
+                reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                started,
+                finished: now(),
+                restart_at: None,
+            };
         }
         c.ready = false;
     }
@@ -203,11 +236,21 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
                     c.ready = c.spec.readiness_probe.is_none();
                 }
                 Err(e) => {
-                    c.state = State::Waiting { reason: e.reason.into(), message: e.message, retry_at: Instant::now() + Duration::from_secs(2) };
+                    c.state = State::Waiting {
+                        reason: e.reason.into(),
+                        message: e.message,
+                        retry_at: Instant::now() + Duration::from_secs(2),
+                    };
                     c.started_at.get_or_insert(Instant::now());
                     // An image that cannot be mapped will never start: fail pods that do not restart.
                     if e.reason != "CreateContainerConfigError" && policy == "Never" {
-                        c.state = State::Terminated { code: 128, reason: "StartError".into(), started: now(), finished: now(), restart_at: None };
+                        c.state = State::Terminated {
+                            code: 128,
+                            reason: "StartError".into(),
+                            started: now(),
+                            finished: now(),
+                            restart_at: None,
+                        };
                     }
                 }
             }
@@ -223,32 +266,37 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
                     reason: if code == 0 { "Completed" } else { "Error" }.into(),
                     started: started.clone(),
                     finished: now(),
-                    restart_at: restart.then(|| Instant::now() + spec::backoff(c.restarts.max(1)) / if code == 0 { 10 } else { 1 }),
+                    restart_at: restart
+                        .then(|| Instant::now() + spec::backoff(c.restarts.max(1)) / if code == 0 { 10 } else { 1 }),
                 };
                 c.ready = false;
                 ctx.logs.finish(&ns, &pod_name, &c.spec.name);
             } else if let Some(probe) = c.spec.readiness_probe.clone()
-                && Instant::now() >= c.next_probe {
-                    c.next_probe = Instant::now() + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
-                    let ok = run_probe(&probe, ip, &c.spec).await;
-                    if ok {
-                        c.probe_ok += 1;
-                        c.probe_fail = 0;
-                        if c.probe_ok >= probe.success_threshold.unwrap_or(1) {
-                            c.ready = true;
-                        }
-                    } else {
-                        c.probe_fail += 1;
-                        c.probe_ok = 0;
-                        if c.probe_fail >= probe.failure_threshold.unwrap_or(3) {
-                            c.ready = false;
-                        }
+                && Instant::now() >= c.next_probe
+            {
+                c.next_probe = Instant::now() + Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+                let ok = run_probe(&probe, ip, &c.spec).await;
+                if ok {
+                    c.probe_ok += 1;
+                    c.probe_fail = 0;
+                    if c.probe_ok >= probe.success_threshold.unwrap_or(1) {
+                        c.ready = true;
+                    }
+                } else {
+                    c.probe_fail += 1;
+                    c.probe_ok = 0;
+                    if c.probe_fail >= probe.failure_threshold.unwrap_or(3) {
+                        c.ready = false;
                     }
                 }
+            }
         }
         State::Terminated { restart_at: Some(at), code, reason, started, finished } if Instant::now() >= *at => {
-            c.last = Some(json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}}));
-            c.state = State::Waiting { reason: "ContainerCreating".into(), message: String::new(), retry_at: Instant::now() };
+            c.last = Some(
+                json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}}),
+            );
+            c.state =
+                State::Waiting { reason: "ContainerCreating".into(), message: String::new(), retry_at: Instant::now() };
         }
         _ => {}
     }
@@ -260,19 +308,25 @@ async fn run_probe(probe: &Probe, ip: &str, c: &Container) -> bool {
         use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
         match p {
             IntOrString::Int(n) => Some(*n),
-            IntOrString::String(name) => c.ports.iter().flatten().find(|cp| cp.name.as_deref() == Some(name)).map(|cp| cp.container_port),
+            IntOrString::String(name) => {
+                c.ports.iter().flatten().find(|cp| cp.name.as_deref() == Some(name)).map(|cp| cp.container_port)
+            }
         }
     };
     if let Some(h) = &probe.http_get {
         let Some(port) = port_of(&h.port) else { return false };
         let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_lowercase();
         let url = format!("{scheme}://{ip}:{port}{}", h.path.as_deref().unwrap_or("/"));
-        let Ok(client) = reqwest::Client::builder().timeout(timeout).danger_accept_invalid_certs(true).build() else { return false };
+        let Ok(client) = reqwest::Client::builder().timeout(timeout).danger_accept_invalid_certs(true).build() else {
+            return false;
+        };
         return client.get(url).send().await.is_ok_and(|r| r.status().as_u16() >= 200 && r.status().as_u16() < 400);
     }
     if let Some(t) = &probe.tcp_socket {
         let Some(port) = port_of(&t.port) else { return false };
-        return tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port as u16))).await.is_ok_and(|r| r.is_ok());
+        return tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port as u16)))
+            .await
+            .is_ok_and(|r| r.is_ok());
     }
     if let Some(e) = &probe.exec {
         let cmd = e.command.clone().unwrap_or_default();
@@ -301,7 +355,9 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
             match get_config_map(ctx, &ns, &r.name).await {
-                Some(cm) => vars.extend(cm.data.unwrap_or_default().into_iter().map(|(k, v)| (format!("{prefix}{k}"), v))),
+                Some(cm) => {
+                    vars.extend(cm.data.unwrap_or_default().into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)))
+                }
                 None if r.optional == Some(true) => {}
                 None => return Err(config_err(format!("configmap {:?} not found", r.name))),
             }
@@ -309,7 +365,10 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
         if let Some(r) = &from.secret_ref {
             match get_secret(ctx, &ns, &r.name).await {
                 Some(s) => vars.extend(
-                    s.data.unwrap_or_default().into_iter().map(|(k, v)| (format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned())),
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned())),
                 ),
                 None if r.optional == Some(true) => {}
                 None => return Err(config_err(format!("secret {:?} not found", r.name))),
@@ -321,20 +380,29 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
             Some(spec::expand(v, &vars))
         } else if let Some(src) = &e.value_from {
             if let Some(f) = &src.field_ref {
-                Some(field_value(pod, &f.field_path, ip).ok_or_else(|| config_err(format!("unsupported fieldRef {:?}", f.field_path)))?)
+                Some(
+                    field_value(pod, &f.field_path, ip)
+                        .ok_or_else(|| config_err(format!("unsupported fieldRef {:?}", f.field_path)))?,
+                )
             } else if let Some(r) = &src.secret_key_ref {
-                let v = get_secret(ctx, &ns, &r.name).await.and_then(|s| s.data.unwrap_or_default().get(&r.key).map(|b| String::from_utf8_lossy(&b.0).into_owned()));
+                let v = get_secret(ctx, &ns, &r.name).await.and_then(|s| {
+                    s.data.unwrap_or_default().get(&r.key).map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                });
                 match v {
                     Some(v) => Some(v),
                     None if r.optional == Some(true) => None,
                     None => return Err(config_err(format!("couldn't find key {} in Secret {}/{}", r.key, ns, r.name))),
                 }
             } else if let Some(r) = &src.config_map_key_ref {
-                let v = get_config_map(ctx, &ns, &r.name).await.and_then(|cm| cm.data.unwrap_or_default().get(&r.key).cloned());
+                let v = get_config_map(ctx, &ns, &r.name)
+                    .await
+                    .and_then(|cm| cm.data.unwrap_or_default().get(&r.key).cloned());
                 match v {
                     Some(v) => Some(v),
                     None if r.optional == Some(true) => None,
-                    None => return Err(config_err(format!("couldn't find key {} in ConfigMap {}/{}", r.key, ns, r.name))),
+                    None => {
+                        return Err(config_err(format!("couldn't find key {} in ConfigMap {}/{}", r.key, ns, r.name)));
+                    }
                 }
             } else if let Some(r) = &src.resource_field_ref {
                 let res = spec.resources.clone().unwrap_or_default();
@@ -355,23 +423,37 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
     if spec.volume_mounts.iter().flatten().any(|m| m.mount_path == SA_MOUNT) {
         let sa_volume = spec.volume_mounts.iter().flatten().find(|m| m.mount_path == SA_MOUNT).map(|m| m.name.clone());
         let secret_name = pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).and_then(|vols| {
-            vols.iter().find(|v| Some(&v.name) == sa_volume.as_ref()).and_then(|v| v.secret.as_ref()?.secret_name.clone())
+            vols.iter()
+                .find(|v| Some(&v.name) == sa_volume.as_ref())
+                .and_then(|v| v.secret.as_ref()?.secret_name.clone())
         });
         if let Some(secret_name) = secret_name {
-            let token = get_secret(ctx, &ns, &secret_name).await.and_then(|s| s.data?.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()));
-            let Some(token) = token else { return Err(config_err(format!("service account token secret {secret_name:?} not found"))) };
+            let token = get_secret(ctx, &ns, &secret_name)
+                .await
+                .and_then(|s| s.data?.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()));
+            let Some(token) = token else {
+                return Err(config_err(format!("service account token secret {secret_name:?} not found")));
+            };
             let kc = dir.join("kubeconfig");
             let text = format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: {ns}}}\ncurrent-context: c\n",
                 ctx.cfg.api_server,
                 dir.join("ca.crt").display()
             );
-            std::fs::write(dir.join("ca.crt"), &ctx.cfg.ca_pem).and_then(|_| std::fs::write(&kc, text)).map_err(|e| config_err(e.to_string()))?;
+            std::fs::write(dir.join("ca.crt"), &ctx.cfg.ca_pem)
+                .and_then(|_| std::fs::write(&kc, text))
+                .map_err(|e| config_err(e.to_string()))?;
             vars.insert("KUBECONFIG".into(), kc.display().to_string());
         }
     }
 
-    let argv = spec::argv(&ctx.cfg.images, spec.image.as_deref().unwrap_or(""), spec.command.as_deref().unwrap_or(&[]), spec.args.as_deref().unwrap_or(&[]), &vars)?;
+    let argv = spec::argv(
+        &ctx.cfg.images,
+        spec.image.as_deref().unwrap_or(""),
+        spec.command.as_deref().unwrap_or(&[]),
+        spec.args.as_deref().unwrap_or(&[]),
+        &vars,
+    )?;
     let cwd = spec
         .working_dir
         .as_ref()
@@ -380,9 +462,18 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
         .unwrap_or_else(|| dir.join(&spec.name));
     let _ = std::fs::create_dir_all(&cwd);
     let log = ctx.logs.new_log(&ns, &pod.name_any(), &spec.name, dir, c.restarts);
-    let (program, args) = argv.split_first().ok_or_else(|| StartError { reason: "CreateContainerError", message: "empty command".into() })?;
-    proc::spawn(Spec { program: program.into(), args: args.to_vec(), env: vars, clear_env: true, cwd: Some(cwd), log: Some(log) })
-        .map_err(|e| StartError { reason: "RunContainerError", message: format!("starting {program:?}: {e}") })
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| StartError { reason: "CreateContainerError", message: "empty command".into() })?;
+    proc::spawn(Spec {
+        program: program.into(),
+        args: args.to_vec(),
+        env: vars,
+        clear_env: true,
+        cwd: Some(cwd),
+        log: Some(log),
+    })
+    .map_err(|e| StartError { reason: "RunContainerError", message: format!("starting {program:?}: {e}") })
 }
 
 fn field_value(pod: &Pod, path: &str, ip: &str) -> Option<String> {
@@ -396,7 +487,9 @@ fn field_value(pod: &Pod, path: &str, ip: &str) -> Option<String> {
         "spec.serviceAccountName" => s?.service_account_name.clone().unwrap_or_else(|| "default".into()),
         "status.podIP" => ip.to_string(),
         "status.hostIP" => "127.0.0.1".into(),
-        p if p.starts_with("metadata.labels['") => m.labels.as_ref()?.get(p.strip_prefix("metadata.labels['")?.strip_suffix("']")?).cloned()?,
+        p if p.starts_with("metadata.labels['") => {
+            m.labels.as_ref()?.get(p.strip_prefix("metadata.labels['")?.strip_suffix("']")?).cloned()?
+        }
         p if p.starts_with("metadata.annotations['") => {
             m.annotations.as_ref()?.get(p.strip_prefix("metadata.annotations['")?.strip_suffix("']")?).cloned()?
         }
@@ -412,7 +505,15 @@ async fn get_config_map(ctx: &Ctx, ns: &str, name: &str) -> Option<ConfigMap> {
     Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get_opt(name).await.ok().flatten()
 }
 
-fn pod_status(ctrs: &[Ctr], phase: &str, reason: Option<(&str, String)>, ip: &str, start_time: &str, ready: bool, ready_since: &str) -> Value {
+fn pod_status(
+    ctrs: &[Ctr],
+    phase: &str,
+    reason: Option<(&str, String)>,
+    ip: &str,
+    start_time: &str,
+    ready: bool,
+    ready_since: &str,
+) -> Value {
     let statuses: Vec<Value> = ctrs
         .iter()
         .map(|c| {

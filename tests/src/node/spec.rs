@@ -62,14 +62,15 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> String {
                 continue;
             }
             if bytes[i + 1] == b'('
-                && let Some(end) = input[i + 2..].find(')') {
-                    let name = &input[i + 2..i + 2 + end];
-                    if let Some(v) = vars.get(name) {
-                        out.push_str(v);
-                        i += 2 + end + 1;
-                        continue;
-                    }
+                && let Some(end) = input[i + 2..].find(')')
+            {
+                let name = &input[i + 2..i + 2 + end];
+                if let Some(v) = vars.get(name) {
+                    out.push_str(v);
+                    i += 2 + end + 1;
+                    continue;
                 }
+            }
         }
         let ch = input[i..].chars().next().unwrap_or('\u{fffd}');
         out.push(ch);

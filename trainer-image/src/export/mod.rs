@@ -110,7 +110,8 @@ mod model_export {
         let s = i64::from(opts.imgsz);
         let example = Tensor::zeros([i64::from(opts.batch.max(1)), 3, s, s], (kind, device));
         let mut f = |inputs: &[Tensor]| vec![model.forward(&inputs[0])];
-        let module = tch::CModule::create_by_tracing("Model", "forward", &[example], &mut f).map_err(|e| format!("tracing: {e}"))?;
+        let module = tch::CModule::create_by_tracing("Model", "forward", &[example], &mut f)
+            .map_err(|e| format!("tracing: {e}"))?;
         module.save(path).map_err(|e| format!("saving TorchScript: {e}"))
     }
 
@@ -129,7 +130,15 @@ mod model_export {
             ("batch".into(), opts.batch.to_string()),
             ("imgsz".into(), format!("[{0}, {0}]", opts.imgsz)),
             ("names".into(), format!("{{{}}}", names.join(", "))),
-            ("args".into(), format!("{{'batch': {}, 'half': {}, 'dynamic': {}}}", opts.batch, py_bool(opts.half), py_bool(opts.dynamic))),
+            (
+                "args".into(),
+                format!(
+                    "{{'batch': {}, 'half': {}, 'dynamic': {}}}",
+                    opts.batch,
+                    py_bool(opts.half),
+                    py_bool(opts.dynamic)
+                ),
+            ),
             ("channels".into(), "3".into()),
             ("ocellus".into(), serde_json::to_string(info).unwrap_or_default()),
         ]
@@ -138,7 +147,12 @@ mod model_export {
     /// Writes the model as ONNX.
     pub fn onnx(model: &Loaded, info: &ModelInfo, opts: &Options) -> Result<Vec<u8>, String> {
         if !OPSETS.contains(&opts.opset) {
-            return Err(format!("ONNX opset {} is not supported: use {} to {}", opts.opset, OPSETS.start(), OPSETS.end()));
+            return Err(format!(
+                "ONNX opset {} is not supported: use {} to {}",
+                opts.opset,
+                OPSETS.start(),
+                OPSETS.end()
+            ));
         }
         let mut g = Graph::default();
         g.half = opts.half;
@@ -149,7 +163,9 @@ mod model_export {
                 let anchors: i64 = [8, 16, 32].iter().map(|st| (s / st) * (s / st)).sum();
                 (m.onnx(&mut g, INPUT_NAME, s), vec![batch.clone(), Dim::Fixed(4 + m.nc), Dim::Fixed(anchors)])
             }
-            Loaded::Classify(_, m) => (m.onnx(&mut g, INPUT_NAME), vec![batch.clone(), Dim::Fixed(info.names.len() as i64)]),
+            Loaded::Classify(_, m) => {
+                (m.onnx(&mut g, INPUT_NAME), vec![batch.clone(), Dim::Fixed(info.names.len() as i64)])
+            }
         };
         g.output_as(&out, OUTPUT_NAME);
         let input_dims = [batch, Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)];

@@ -61,13 +61,17 @@ pub fn build(req: &BuildRequest<'_>) -> Result<(), String> {
         "onnx": req.onnx, "engine": req.engine, "fp16": req.fp16, "int8": req.int8,
         "calibration": req.calibration, "imgsz": req.imgsz, "batch": req.batch, "dynamic": req.dynamic,
     });
-    let out = Command::new(python()).args(["-c", BUILD_ENGINE]).arg(args.to_string()).output().map_err(|e| e.to_string())?;
+    let out =
+        Command::new(python()).args(["-c", BUILD_ENGINE]).arg(args.to_string()).output().map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last: serde_json::Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_default();
     if out.status.success() && last["ok"] == true {
         return Ok(());
     }
-    Err(last["error"].as_str().map(str::to_string).unwrap_or_else(|| format!("TensorRT build failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    Err(last["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("TensorRT build failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use ocellus_vision::onnx::{Attr, Graph};
 
 /// A float tensor's values, row-major (export only: every variable of these models is float).
 pub(crate) fn values(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1)).expect("float tensor")
+    Vec::<f32>::try_from(t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous().view(-1))
+        .expect("float tensor")
 }
 
 /// Emits `conv` (with its bias, if any) as an ONNX `Conv`.
@@ -15,7 +16,11 @@ pub(crate) fn conv_onnx(g: &mut Graph, x: &str, w: &Tensor, b: Option<&Tensor>, 
     let dims = w.size();
     let k = dims[2];
     let wn = g.init_f32("w", &dims, &values(w));
-    let attrs = [Attr::Ints("kernel_shape", vec![k, k]), Attr::Ints("strides", vec![stride, stride]), Attr::Ints("pads", vec![k / 2; 4])];
+    let attrs = [
+        Attr::Ints("kernel_shape", vec![k, k]),
+        Attr::Ints("strides", vec![stride, stride]),
+        Attr::Ints("pads", vec![k / 2; 4]),
+    ];
     match b {
         Some(b) => {
             let bn = g.init_f32("b", &[dims[0]], &values(b));
@@ -36,8 +41,15 @@ pub struct ConvBn {
 impl ConvBn {
     /// `c1` → `c2` channels, kernel `k`, stride `s`, "same" padding.
     pub fn new(p: &nn::Path, c1: i64, c2: i64, k: i64, s: i64) -> ConvBn {
-        let conv = nn::conv2d(p / "conv", c1, c2, k, nn::ConvConfig { stride: s, padding: k / 2, bias: false, ..Default::default() });
-        let bn = nn::batch_norm2d(p / "bn", c2, nn::BatchNormConfig { eps: 1e-3, momentum: 0.03, ..Default::default() });
+        let conv = nn::conv2d(
+            p / "conv",
+            c1,
+            c2,
+            k,
+            nn::ConvConfig { stride: s, padding: k / 2, bias: false, ..Default::default() },
+        );
+        let bn =
+            nn::batch_norm2d(p / "bn", c2, nn::BatchNormConfig { eps: 1e-3, momentum: 0.03, ..Default::default() });
         ConvBn { conv, bn, stride: s }
     }
 
@@ -72,7 +84,11 @@ pub struct Bottleneck {
 impl Bottleneck {
     /// Ultralytics' `Bottleneck(c1, c2, shortcut, k=(3, 3), e=1.0)`.
     pub fn new(p: &nn::Path, c1: i64, c2: i64, shortcut: bool) -> Bottleneck {
-        Bottleneck { cv1: ConvBn::new(&(p / "cv1"), c1, c2, 3, 1), cv2: ConvBn::new(&(p / "cv2"), c2, c2, 3, 1), add: shortcut && c1 == c2 }
+        Bottleneck {
+            cv1: ConvBn::new(&(p / "cv1"), c1, c2, 3, 1),
+            cv2: ConvBn::new(&(p / "cv2"), c2, c2, 3, 1),
+            add: shortcut && c1 == c2,
+        }
     }
 }
 
@@ -170,7 +186,11 @@ impl Sppf {
     /// ONNX: three chained `MaxPool`s.
     pub(crate) fn onnx(&self, g: &mut Graph, x: &str) -> String {
         let x = self.cv1.onnx(g, x);
-        let pool = [Attr::Ints("kernel_shape", vec![5, 5]), Attr::Ints("strides", vec![1, 1]), Attr::Ints("pads", vec![2, 2, 2, 2])];
+        let pool = [
+            Attr::Ints("kernel_shape", vec![5, 5]),
+            Attr::Ints("strides", vec![1, 1]),
+            Attr::Ints("pads", vec![2, 2, 2, 2]),
+        ];
         let y1 = g.node("MaxPool", &[&x], &pool);
         let y2 = g.node("MaxPool", &[&y1], &pool);
         let y3 = g.node("MaxPool", &[&y2], &pool);

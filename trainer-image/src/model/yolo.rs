@@ -69,18 +69,23 @@ impl FromStr for Architecture {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s.strip_prefix("yolov8").ok_or_else(|| format!("unknown architecture {s:?}: expected yolov8{{n,s,m,l,x}}[-cls]"))?;
+        let rest = s
+            .strip_prefix("yolov8")
+            .ok_or_else(|| format!("unknown architecture {s:?}: expected yolov8{{n,s,m,l,x}}[-cls]"))?;
         let mut chars = rest.chars();
         let letter = chars.next().ok_or_else(|| format!("architecture {s:?} has no scale letter"))?;
         let kind = match chars.as_str() {
             "" => ModelKind::Detect,
             "-cls" => ModelKind::Classify,
             "-seg" | "-pose" | "-obb" => {
-                return Err(format!("architecture {s:?}: segment, pose and OBB training are not supported yet; use yolov8{letter} (detect) or yolov8{letter}-cls"));
+                return Err(format!(
+                    "architecture {s:?}: segment, pose and OBB training are not supported yet; use yolov8{letter} (detect) or yolov8{letter}-cls"
+                ));
             }
             other => return Err(format!("unknown architecture suffix {other:?} in {s:?}")),
         };
-        let scale = Scale::of(letter, kind).ok_or_else(|| format!("unknown scale {letter:?} in {s:?}: expected n, s, m, l or x"))?;
+        let scale = Scale::of(letter, kind)
+            .ok_or_else(|| format!("unknown scale {letter:?} in {s:?}: expected n, s, m, l or x"))?;
         Ok(Architecture { kind, letter, scale })
     }
 }
@@ -131,7 +136,8 @@ impl DetectHead {
     }
 
     fn levels(&self, feats: &[Tensor], train: bool) -> Vec<Tensor> {
-        let run = |b: &(ConvBn, ConvBn, nn::Conv2D), x: &Tensor| b.1.forward_t(&b.0.forward_t(x, train), train).apply(&b.2);
+        let run =
+            |b: &(ConvBn, ConvBn, nn::Conv2D), x: &Tensor| b.1.forward_t(&b.0.forward_t(x, train), train).apply(&b.2);
         feats.iter().enumerate().map(|(i, x)| Tensor::cat(&[run(&self.cv2[i], x), run(&self.cv3[i], x)], 1)).collect()
     }
 
@@ -144,7 +150,12 @@ impl DetectHead {
         let parts = x.split_with_sizes([REG_MAX * 4, self.nc], 1);
         let a = x.size()[2];
         // Expected distance per side: softmax over the bins, weighted by 0..16.
-        let dist = parts[0].view([-1, 4, REG_MAX, a]).softmax(2, Kind::Float).transpose(1, 2).conv2d(&self.dfl, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 1).view([-1, 4, a]);
+        let dist = parts[0]
+            .view([-1, 4, REG_MAX, a])
+            .softmax(2, Kind::Float)
+            .transpose(1, 2)
+            .conv2d(&self.dfl, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 1)
+            .view([-1, 4, a]);
         let (anchors, strides) = make_anchors(levels, x.device());
         let lt = dist.narrow(1, 0, 2);
         let rb = dist.narrow(1, 2, 2);
@@ -356,7 +367,15 @@ impl Detector {
         let p5 = self.sppf.onnx(g, &x);
         let scales = g.init_f32_exact("scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
         let up = |g: &mut Graph, t: &str| {
-            g.node("Resize", &[t, "", &scales], &[Attr::Str("mode", "nearest"), Attr::Str("coordinate_transformation_mode", "asymmetric"), Attr::Str("nearest_mode", "floor")])
+            g.node(
+                "Resize",
+                &[t, "", &scales],
+                &[
+                    Attr::Str("mode", "nearest"),
+                    Attr::Str("coordinate_transformation_mode", "asymmetric"),
+                    Attr::Str("nearest_mode", "floor"),
+                ],
+            )
         };
         let u = up(g, &p5);
         let cat = g.node("Concat", &[&u, &saved[1]], &[Attr::Int("axis", 1)]);
@@ -387,7 +406,11 @@ impl Classifier {
     pub fn new(p: &nn::Path, arch: &Architecture, nc: i64) -> Classifier {
         let (backbone, [_, _, c1024]) = backbone(p, &arch.scale);
         let head = p / 9;
-        Classifier { backbone, conv: ConvBn::new(&(&head / "conv"), c1024, 1280, 1, 1), linear: nn::linear(&head / "linear", 1280, nc, Default::default()) }
+        Classifier {
+            backbone,
+            conv: ConvBn::new(&(&head / "conv"), c1024, 1280, 1, 1),
+            linear: nn::linear(&head / "linear", 1280, nc, Default::default()),
+        }
     }
 
     /// Logits `[B, nc]`.

@@ -61,10 +61,23 @@ pub fn validate(model: &Classifier, samples: &Arc<Vec<Sample>>, cfg: &TrainConfi
 
 /// Trains a classifier (the resumable [`super::session::Session`], as detectors); returns the
 /// EMA weights and model, and one report per epoch.
-pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>, cfg: &TrainConfig, on_epoch: &mut dyn FnMut(&ClassifyReport)) -> Result<(VarStore, Classifier, Vec<ClassifyReport>), String> {
+pub fn train(
+    arch: &Architecture,
+    nc: i64,
+    train: Vec<Sample>,
+    val: Vec<Sample>,
+    cfg: &TrainConfig,
+    on_epoch: &mut dyn FnMut(&ClassifyReport),
+) -> Result<(VarStore, Classifier, Vec<ClassifyReport>), String> {
     let mut s = super::session::Session::new(arch, nc, cfg)?;
     let never = std::sync::atomic::AtomicBool::new(false);
-    let report = |r: &super::EpochReport| ClassifyReport { epoch: r.epoch, loss: r.cls_loss, top1: r.top1.unwrap_or(0.0), top5: r.top5.unwrap_or(0.0), images_per_second: r.images_per_second };
+    let report = |r: &super::EpochReport| ClassifyReport {
+        epoch: r.epoch,
+        loss: r.cls_loss,
+        top1: r.top1.unwrap_or(0.0),
+        top5: r.top5.unwrap_or(0.0),
+        images_per_second: r.images_per_second,
+    };
     s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(&report(r)))?;
     match s.into_ema() {
         (vs, super::session::Net::Classify(m), reports) => Ok((vs, m, reports.iter().map(report).collect())),

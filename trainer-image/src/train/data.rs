@@ -113,12 +113,25 @@ fn open(sample: &Sample) -> Result<RgbImage, String> {
 /// A training sample with augmentation, in Ultralytics' order: mosaic (with three random other
 /// samples) or letterbox, random affine, HSV, left-right flip. Targets are normalised to the
 /// `size` square.
-pub fn load_augmented(samples: &[Sample], i: usize, size: u32, a: &Augment, rng: &mut Rng) -> Result<(RgbImage, Vec<Target>), String> {
+pub fn load_augmented(
+    samples: &[Sample],
+    i: usize,
+    size: u32,
+    a: &Augment,
+    rng: &mut Rng,
+) -> Result<(RgbImage, Vec<Target>), String> {
     let (warped, boxes) = if a.mosaic > 0.0 && rng.unit() < a.mosaic {
         let others: Vec<usize> = (0..3).map(|_| rng.range(0, samples.len() as u32) as usize).collect();
-        let imgs = [open(&samples[i])?, open(&samples[others[0]])?, open(&samples[others[1]])?, open(&samples[others[2]])?];
-        let t = [&samples[i].targets, &samples[others[0]].targets, &samples[others[1]].targets, &samples[others[2]].targets];
-        let (canvas, boxes) = mosaic4([(&imgs[0], t[0]), (&imgs[1], t[1]), (&imgs[2], t[2]), (&imgs[3], t[3])], size, rng);
+        let imgs =
+            [open(&samples[i])?, open(&samples[others[0]])?, open(&samples[others[1]])?, open(&samples[others[2]])?];
+        let t = [
+            &samples[i].targets,
+            &samples[others[0]].targets,
+            &samples[others[1]].targets,
+            &samples[others[2]].targets,
+        ];
+        let (canvas, boxes) =
+            mosaic4([(&imgs[0], t[0]), (&imgs[1], t[1]), (&imgs[2], t[2]), (&imgs[3], t[3])], size, rng);
         random_affine(&canvas, &boxes, size, &a.affine, rng)
     } else {
         let (boxed, targets) = load(&samples[i], size, None)?;
@@ -140,7 +153,11 @@ pub fn load_augmented(samples: &[Sample], i: usize, size: u32, a: &Augment, rng:
 
 /// Loads and letterboxes one sample; with `augment`, HSV and flip only (see
 /// [`load_augmented`] for the full training pipeline).
-pub fn load(sample: &Sample, size: u32, augment: Option<(&Augment, &mut Rng)>) -> Result<(RgbImage, Vec<Target>), String> {
+pub fn load(
+    sample: &Sample,
+    size: u32,
+    augment: Option<(&Augment, &mut Rng)>,
+) -> Result<(RgbImage, Vec<Target>), String> {
     let mut img = open(sample)?;
     let mut targets = sample.targets.clone();
     if let Some((a, rng)) = augment {
@@ -157,13 +174,26 @@ pub fn load(sample: &Sample, size: u32, augment: Option<(&Augment, &mut Rng)>) -
     let s = size as f32;
     for t in targets.iter_mut() {
         let [cx, cy, bw, bh] = t.xywh;
-        t.xywh = [(cx * w * lb.scale + lb.pad_left as f32) / s, (cy * h * lb.scale + lb.pad_top as f32) / s, bw * w * lb.scale / s, bh * h * lb.scale / s];
+        t.xywh = [
+            (cx * w * lb.scale + lb.pad_left as f32) / s,
+            (cy * h * lb.scale + lb.pad_top as f32) / s,
+            bw * w * lb.scale / s,
+            bh * h * lb.scale / s,
+        ];
     }
     Ok((boxed, targets))
 }
 
 /// Streams the batches of one epoch from `workers` threads, in a deterministic order.
-pub fn epoch_batches(samples: Arc<Vec<Sample>>, order: Vec<usize>, batch: usize, size: u32, augment: Option<Augment>, seed: u64, workers: usize) -> Receiver<Result<Batch, String>> {
+pub fn epoch_batches(
+    samples: Arc<Vec<Sample>>,
+    order: Vec<usize>,
+    batch: usize,
+    size: u32,
+    augment: Option<Augment>,
+    seed: u64,
+    workers: usize,
+) -> Receiver<Result<Batch, String>> {
     let chunks: Vec<Vec<usize>> = order.chunks(batch).map(|c| c.to_vec()).collect();
     let (tx, rx) = sync_channel(workers.max(1) * 2);
     std::thread::spawn(move || {
@@ -175,7 +205,11 @@ pub fn epoch_batches(samples: Arc<Vec<Sample>>, order: Vec<usize>, batch: usize,
                     .map(|idx| {
                         let samples = &samples;
                         s.spawn(move || {
-                            let mut b = Batch { pixels: Vec::with_capacity(idx.len() * 3 * (size * size) as usize), len: idx.len(), targets: vec![] };
+                            let mut b = Batch {
+                                pixels: Vec::with_capacity(idx.len() * 3 * (size * size) as usize),
+                                len: idx.len(),
+                                targets: vec![],
+                            };
                             for &i in idx {
                                 let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
                                 let (img, t) = match &augment {

@@ -38,7 +38,15 @@ impl PixelBox {
     /// From a normalised centre/size target on a `w × h` image, offset by `(dx, dy)`.
     pub fn from_target(t: &Target, w: f32, h: f32, dx: f32, dy: f32) -> PixelBox {
         let [cx, cy, bw, bh] = t.xywh;
-        PixelBox { class: t.class, xyxy: [(cx - bw / 2.0) * w + dx, (cy - bh / 2.0) * h + dy, (cx + bw / 2.0) * w + dx, (cy + bh / 2.0) * h + dy] }
+        PixelBox {
+            class: t.class,
+            xyxy: [
+                (cx - bw / 2.0) * w + dx,
+                (cy - bh / 2.0) * h + dy,
+                (cx + bw / 2.0) * w + dx,
+                (cy + bh / 2.0) * h + dy,
+            ],
+        }
     }
 
     /// To a target normalised to an `s × s` image.
@@ -82,7 +90,12 @@ pub fn mosaic4(images: [(&RgbImage, &[Target]); 4], s: u32, rng: &mut Rng) -> (R
             let mut b = PixelBox::from_target(t, w as f32, h as f32, x0 as f32, y0 as f32);
             // Clip to the visible part of this tile and to the canvas.
             let lim = [x0.max(0) as f32, y0.max(0) as f32, (x0 + w).min(2 * s_i) as f32, (y0 + h).min(2 * s_i) as f32];
-            b.xyxy = [b.xyxy[0].clamp(lim[0], lim[2]), b.xyxy[1].clamp(lim[1], lim[3]), b.xyxy[2].clamp(lim[0], lim[2]), b.xyxy[3].clamp(lim[1], lim[3])];
+            b.xyxy = [
+                b.xyxy[0].clamp(lim[0], lim[2]),
+                b.xyxy[1].clamp(lim[1], lim[3]),
+                b.xyxy[2].clamp(lim[0], lim[2]),
+                b.xyxy[3].clamp(lim[1], lim[3]),
+            ];
             boxes.push(b);
         }
     }
@@ -93,7 +106,13 @@ pub fn mosaic4(images: [(&RgbImage, &[Target]); 4], s: u32, rng: &mut Rng) -> (R
 /// output, then scale/rotate, then translate). Boxes are transformed (their corners' bounding
 /// box), clipped and filtered: kept if at least 2 px wide and high, with at least 10% of their
 /// scaled area left and an aspect ratio under 100.
-pub fn random_affine(img: &RgbImage, boxes: &[PixelBox], out: u32, p: &AffineParams, rng: &mut Rng) -> (RgbImage, Vec<PixelBox>) {
+pub fn random_affine(
+    img: &RgbImage,
+    boxes: &[PixelBox],
+    out: u32,
+    p: &AffineParams,
+    rng: &mut Rng,
+) -> (RgbImage, Vec<PixelBox>) {
     if p.degrees == 0.0 && p.translate == 0.0 && p.scale == 0.0 && img.dimensions() == (out, out) {
         return (img.clone(), boxes.to_vec());
     }
@@ -120,7 +139,13 @@ pub fn random_affine(img: &RgbImage, boxes: &[PixelBox], out: u32, p: &AffinePar
         let (fx, fy) = (sx - 0.5, sy - 0.5);
         let (x0, y0) = (fx.floor() as i64, fy.floor() as i64);
         let (ax, ay) = (fx - x0 as f32, fy - y0 as f32);
-        let get = |xx: i64, yy: i64| if xx >= 0 && yy >= 0 && xx < w && yy < h { img.get_pixel(xx as u32, yy as u32).0.map(f32::from) } else { [f32::from(PAD); 3] };
+        let get = |xx: i64, yy: i64| {
+            if xx >= 0 && yy >= 0 && xx < w && yy < h {
+                img.get_pixel(xx as u32, yy as u32).0.map(f32::from)
+            } else {
+                [f32::from(PAD); 3]
+            }
+        };
         if x0 < -1 || y0 < -1 || x0 >= w || y0 >= h {
             continue;
         }
@@ -171,7 +196,8 @@ mod tests {
     #[test]
     fn scaling_moves_boxes_and_drops_lost_ones() {
         let img = RgbImage::from_pixel(100, 100, Rgb([0, 0, 0]));
-        let boxes = [PixelBox { class: 0, xyxy: [40.0, 40.0, 60.0, 60.0] }, PixelBox { class: 2, xyxy: [0.0, 0.0, 4.0, 4.0] }];
+        let boxes =
+            [PixelBox { class: 0, xyxy: [40.0, 40.0, 60.0, 60.0] }, PixelBox { class: 2, xyxy: [0.0, 0.0, 4.0, 4.0] }];
         for seed in 0..20 {
             let (out, kept) = random_affine(&img, &boxes, 80, &AffineParams::default(), &mut Rng::new(seed));
             assert_eq!(out.dimensions(), (80, 80));
@@ -188,7 +214,8 @@ mod tests {
     fn mosaic_places_four_tiles() {
         let imgs: Vec<RgbImage> = (0..4).map(|i| RgbImage::from_pixel(32, 16, Rgb([i * 60, 0, 0]))).collect();
         let t = vec![target(0, 0.5, 0.5, 0.5, 0.5)];
-        let (canvas, boxes) = mosaic4([(&imgs[0], &t), (&imgs[1], &t), (&imgs[2], &t), (&imgs[3], &t)], 32, &mut Rng::new(3));
+        let (canvas, boxes) =
+            mosaic4([(&imgs[0], &t), (&imgs[1], &t), (&imgs[2], &t), (&imgs[3], &t)], 32, &mut Rng::new(3));
         assert_eq!(canvas.dimensions(), (64, 64));
         assert_eq!(boxes.len(), 4);
         // Tile 0 ends at the centre; its box is centred in it.

@@ -10,9 +10,9 @@ pub mod session;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ocellus_vision::BBox;
 use ocellus_vision::decode::{Thresholds, decode};
 use ocellus_vision::metrics::{GroundTruth, ImageResult, evaluate};
-use ocellus_vision::BBox;
 use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -149,7 +149,11 @@ impl EpochReport {
 
 /// Learning-rate factor of epoch `e` (0-based) of `epochs`.
 pub fn lr_factor(e: f64, epochs: f64, lrf: f64, cos: bool) -> f64 {
-    if cos { ((1.0 - (e * std::f64::consts::PI / epochs).cos()) / 2.0) * (lrf - 1.0) + 1.0 } else { (1.0 - e / epochs).max(0.0) * (1.0 - lrf) + lrf }
+    if cos {
+        ((1.0 - (e * std::f64::consts::PI / epochs).cos()) / 2.0) * (lrf - 1.0) + 1.0
+    } else {
+        (1.0 - e / epochs).max(0.0) * (1.0 - lrf) + lrf
+    }
 }
 
 pub(crate) fn batch_tensor(b: &data::Batch, size: u32, device: Device) -> Tensor {
@@ -188,23 +192,33 @@ impl Ema {
         tch::no_grad(|| {
             for (k, e) in self.vs.variables() {
                 if let Some(s) = src.get(&k)
-                    && e.is_floating_point() {
-                        let _ = e.shallow_clone().g_mul_scalar_(d).g_add_(&(s * (1.0 - d)));
-                    }
+                    && e.is_floating_point()
+                {
+                    let _ = e.shallow_clone().g_mul_scalar_(d).g_add_(&(s * (1.0 - d)));
+                }
             }
         });
     }
 }
 
 /// Validates `model` on `samples`; boxes are compared in letterboxed pixels.
-pub fn validate(model: &Detector, samples: &Arc<Vec<Sample>>, imgsz: u32, batch: usize, device: Device, workers: usize) -> Result<ocellus_vision::metrics::Evaluation, String> {
+pub fn validate(
+    model: &Detector,
+    samples: &Arc<Vec<Sample>>,
+    imgsz: u32,
+    batch: usize,
+    device: Device,
+    workers: usize,
+) -> Result<ocellus_vision::metrics::Evaluation, String> {
     let order: Vec<usize> = (0..samples.len()).collect();
     let mut results = Vec::new();
     let s = imgsz as f32;
     let th = Thresholds { conf: 0.001, iou: 0.7, max_det: 300 };
     for b in epoch_batches(samples.clone(), order, batch, imgsz, None, 0, workers) {
         let b = b?;
-        let y = tch::no_grad(|| model.predict(&batch_tensor(&b, imgsz, device))).to_device(Device::Cpu).to_kind(Kind::Float);
+        let y = tch::no_grad(|| model.predict(&batch_tensor(&b, imgsz, device)))
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float);
         let (n, c, a) = (y.size()[0], y.size()[1], y.size()[2]);
         let flat: Vec<f32> = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
         for (i, targets) in b.targets.iter().enumerate().take(n as usize) {
@@ -212,7 +226,10 @@ pub fn validate(model: &Detector, samples: &Arc<Vec<Sample>>, imgsz: u32, batch:
             let dets = decode(one, (c - 4) as usize, a as usize, th);
             let gts = targets
                 .iter()
-                .map(|t| GroundTruth { bbox: BBox::from_cxcywh(t.xywh[0] * s, t.xywh[1] * s, t.xywh[2] * s, t.xywh[3] * s), class: t.class as usize })
+                .map(|t| GroundTruth {
+                    bbox: BBox::from_cxcywh(t.xywh[0] * s, t.xywh[1] * s, t.xywh[2] * s, t.xywh[3] * s),
+                    class: t.class as usize,
+                })
                 .collect();
             results.push(ImageResult { gts, dets });
         }
@@ -222,7 +239,14 @@ pub fn validate(model: &Detector, samples: &Arc<Vec<Sample>>, imgsz: u32, batch:
 
 /// Trains a detector from scratch to the end; returns the EMA weights and model, and one report
 /// per epoch. See [`session::Session`] for pausing and resuming.
-pub fn train(arch: &Architecture, nc: i64, train: Vec<Sample>, val: Vec<Sample>, cfg: &TrainConfig, on_epoch: &mut dyn FnMut(&EpochReport)) -> Result<(VarStore, Detector, Vec<EpochReport>), String> {
+pub fn train(
+    arch: &Architecture,
+    nc: i64,
+    train: Vec<Sample>,
+    val: Vec<Sample>,
+    cfg: &TrainConfig,
+    on_epoch: &mut dyn FnMut(&EpochReport),
+) -> Result<(VarStore, Detector, Vec<EpochReport>), String> {
     let mut s = session::Session::new(arch, nc, cfg)?;
     let never = std::sync::atomic::AtomicBool::new(false);
     s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(r))?;

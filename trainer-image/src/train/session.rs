@@ -100,7 +100,10 @@ impl Net {
     fn loss(&self, x: &Tensor, b: &super::data::Batch, nc: i64, autocast: bool) -> Tensor {
         match self {
             Net::Detect(m) => {
-                let levels: Vec<Tensor> = tch::autocast(autocast, || m.forward_levels(x, true)).into_iter().map(|l| l.to_kind(Kind::Float)).collect();
+                let levels: Vec<Tensor> = tch::autocast(autocast, || m.forward_levels(x, true))
+                    .into_iter()
+                    .map(|l| l.to_kind(Kind::Float))
+                    .collect();
                 detection_loss(&LossConfig::default(), nc, &levels, &b.targets)
             }
             Net::Classify(m) => {
@@ -111,7 +114,6 @@ impl Net {
             }
         }
     }
-
 }
 
 /// A training run.
@@ -200,10 +202,12 @@ impl Session {
         if s.arch_name != progress.architecture {
             return Err(format!("checkpoint is for {}, not {}", progress.architecture, s.arch_name));
         }
-        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(|e| e.to_string())?.into_iter().collect();
+        let tensors: HashMap<String, Tensor> =
+            Tensor::read_safetensors(path).map_err(|e| e.to_string())?.into_iter().collect();
         let restore = |vars: HashMap<String, Tensor>, prefix: &str| -> Result<(), String> {
             for (k, t) in vars {
-                let src = tensors.get(&format!("{prefix}/{k}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{k}"))?;
+                let src =
+                    tensors.get(&format!("{prefix}/{k}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{k}"))?;
                 tch::no_grad(|| t.shallow_clone().copy_(src));
             }
             Ok(())
@@ -212,7 +216,8 @@ impl Session {
         restore(s.ema.vs.variables(), "ema")?;
         for n in s.names.clone() {
             for (prefix, map) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
-                let src = tensors.get(&format!("{prefix}/{n}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{n}"))?;
+                let src =
+                    tensors.get(&format!("{prefix}/{n}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{n}"))?;
                 map.insert(n.clone(), src.to_device(cfg.device));
             }
         }
@@ -225,7 +230,8 @@ impl Session {
     /// every variable with the same name and shape is copied (model and EMA); the others keep
     /// their fresh initialisation, so a different class count re-initialises the class layers.
     pub fn init_from(&mut self, path: &Path) -> Result<FineTune, String> {
-        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(|e| format!("starting weights: {e}"))?.into_iter().collect();
+        let tensors: HashMap<String, Tensor> =
+            Tensor::read_safetensors(path).map_err(|e| format!("starting weights: {e}"))?.into_iter().collect();
         let find = |k: &str| tensors.get(&format!("ema/{k}")).or_else(|| tensors.get(k));
         let mut report = FineTune { loaded: 0, reinitialized: vec![] };
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
@@ -240,7 +246,10 @@ impl Session {
             }
         }
         if report.loaded == 0 {
-            return Err(format!("the starting weights share no variable with {}: not a checkpoint of this architecture", self.arch_name));
+            return Err(format!(
+                "the starting weights share no variable with {}: not a checkpoint of this architecture",
+                self.arch_name
+            ));
         }
         self.ema.vs.copy(&self.vs).map_err(|e| e.to_string())?;
         Ok(report)
@@ -256,7 +265,6 @@ impl Session {
         &self.ema.vs
     }
 
-
     /// Unscales (mixed precision), clips to norm 10 and applies the optimiser, then zeroes the
     /// grads. AdamW decays convolution weights decoupled; SGD (Nesterov) adds L2 decay to their
     /// gradients; batch-norm and bias parameters are not decayed. Biases use `lr_bias`. With loss
@@ -265,10 +273,14 @@ impl Session {
         let vars = self.vs.variables();
         let scale = if self.progress.loss_scale > 0.0 { self.progress.loss_scale } else { 1.0 };
         let skipped = tch::no_grad(|| {
-            let grads: Vec<(String, Tensor)> = self.names.iter().filter_map(|n| {
-                let g = vars[n].grad();
-                g.defined().then(|| (n.clone(), g))
-            }).collect();
+            let grads: Vec<(String, Tensor)> = self
+                .names
+                .iter()
+                .filter_map(|n| {
+                    let g = vars[n].grad();
+                    g.defined().then(|| (n.clone(), g))
+                })
+                .collect();
             let sq = grads.iter().map(|(_, g)| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>();
             let norm = sq.sqrt() / scale;
             if !norm.is_finite() {
@@ -329,17 +341,32 @@ impl Session {
 
     /// Trains until the last epoch or until `stop` is set (checked after every batch).
     /// `on_epoch` gets each finished epoch's report and whether it is the best so far.
-    pub fn run(&mut self, train: Arc<Vec<Sample>>, val: Arc<Vec<Sample>>, cfg: &TrainConfig, stop: &AtomicBool, on_epoch: &mut dyn FnMut(&EpochReport, bool)) -> Result<Outcome, String> {
+    pub fn run(
+        &mut self,
+        train: Arc<Vec<Sample>>,
+        val: Arc<Vec<Sample>>,
+        cfg: &TrainConfig,
+        stop: &AtomicBool,
+        on_epoch: &mut dyn FnMut(&EpochReport, bool),
+    ) -> Result<Outcome, String> {
         self.run_with(train, val, cfg, stop, &mut |r, best, _| on_epoch(r, best))
     }
 
     /// As [`Session::run`], with the session passed to `on_epoch` (to checkpoint it).
-    pub fn run_with(&mut self, train: Arc<Vec<Sample>>, val: Arc<Vec<Sample>>, cfg: &TrainConfig, stop: &AtomicBool, on_epoch: &mut dyn FnMut(&EpochReport, bool, &Session)) -> Result<Outcome, String> {
+    pub fn run_with(
+        &mut self,
+        train: Arc<Vec<Sample>>,
+        val: Arc<Vec<Sample>>,
+        cfg: &TrainConfig,
+        stop: &AtomicBool,
+        on_epoch: &mut dyn FnMut(&EpochReport, bool, &Session),
+    ) -> Result<Outcome, String> {
         let nc = self.progress.nc;
         let accumulate = (cfg.nbs as f64 / cfg.batch as f64).round().max(1.0) as usize;
         let wd = cfg.weight_decay * (cfg.batch * accumulate) as f64 / cfg.nbs as f64;
         let nb = train.len().div_ceil(cfg.batch);
-        let warmup_iters = if cfg.warmup_epochs > 0.0 { ((cfg.warmup_epochs * nb as f64).round() as usize).max(100) } else { 0 };
+        let warmup_iters =
+            if cfg.warmup_epochs > 0.0 { ((cfg.warmup_epochs * nb as f64).round() as usize).max(100) } else { 0 };
         while self.progress.epoch < cfg.epochs {
             let epoch = self.progress.epoch;
             let started = Instant::now();
@@ -355,10 +382,14 @@ impl Session {
             let classify = matches!(self.model, Net::Classify(_));
             let augment = cfg.augment.map(|a| {
                 let mosaic = if classify || epoch + cfg.close_mosaic >= cfg.epochs { 0.0 } else { a.mosaic };
-                let affine = if classify { AffineParams { degrees: 0.0, translate: 0.0, scale: 0.0 } } else { a.affine };
+                let affine =
+                    if classify { AffineParams { degrees: 0.0, translate: 0.0, scale: 0.0 } } else { a.affine };
                 Augment { mosaic, affine, ..a }
             });
-            for (j, b) in epoch_batches(train.clone(), rest, cfg.batch, cfg.imgsz, augment, seed, cfg.workers).into_iter().enumerate() {
+            for (j, b) in epoch_batches(train.clone(), rest, cfg.batch, cfg.imgsz, augment, seed, cfg.workers)
+                .into_iter()
+                .enumerate()
+            {
                 let bi = skip + j;
                 let b = b?;
                 let it = self.progress.iteration;
@@ -366,7 +397,11 @@ impl Session {
                 // (and SGD's momentum up from 0.8).
                 let (lr, lr_bias, momentum) = if it < warmup_iters {
                     let f = it as f64 / warmup_iters as f64;
-                    (target_lr * f, WARMUP_BIAS_LR + (target_lr - WARMUP_BIAS_LR) * f, WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * f)
+                    (
+                        target_lr * f,
+                        WARMUP_BIAS_LR + (target_lr - WARMUP_BIAS_LR) * f,
+                        WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * f,
+                    )
                 } else {
                     (target_lr, target_lr, cfg.momentum)
                 };
@@ -416,7 +451,8 @@ impl Session {
             match &self.ema_model {
                 Net::Detect(m) => {
                     let ev = validate(m, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
-                    (report.precision, report.recall, report.map50, report.map50_95) = (ev.precision, ev.recall, ev.map50, ev.map50_95);
+                    (report.precision, report.recall, report.map50, report.map50_95) =
+                        (ev.precision, ev.recall, ev.map50, ev.map50_95);
                     report.per_class_ap = ev.per_class_ap;
                 }
                 Net::Classify(m) => {

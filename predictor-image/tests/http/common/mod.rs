@@ -7,10 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ocellus_dataset::Task;
 use ocellus_dataset::fetch::Source;
 use ocellus_dataset::ingest::{self, Options};
 use ocellus_dataset::s3::Store;
-use ocellus_dataset::Task;
 use ocellus_tests::fixtures;
 use ocellus_tests::s3::S3Server;
 use serde_json::Value;
@@ -32,7 +32,8 @@ pub struct Fixture {
 pub const CONF: &str = "0.05";
 
 fn trainer(s3: &S3Server, args: &[&str]) -> Vec<Value> {
-    let (code, lines, stderr) = ocellus_tests::run_json_cli(&ocellus_tests::workspace_binary("ocellus-trainer"), args, s3);
+    let (code, lines, stderr) =
+        ocellus_tests::run_json_cli(&ocellus_tests::workspace_binary("ocellus-trainer"), args, s3);
     assert!(
         code == 0,
         "ocellus-trainer {args:?} failed ({code}): {lines:?} {stderr} — the predictor tests need the trainer built with libtorch (`--features ocellus-trainer/torch`, as hack/test.sh does)"
@@ -67,23 +68,106 @@ async fn build() -> Fixture {
     ingest::ingest(&store, &Source::Local(dir.join("ds")), &opts, &|_| {}).await.expect("ingest");
     let work = dir.join("work").display().to_string();
     let manifest = "s3://platform/team/datasets/shapes/manifest.ndjson";
-    let lines = trainer(&s3, &[
-        "train", "--manifest", manifest, "--output-prefix", "team/trainingjobs/p", "--epochs", "10", "--imgsz", "96", "--batch", "16",
-        "--nbs", "16", "--warmup-epochs", "1", "--device", "cpu", "--work-dir", &work,
-    ]);
+    let lines = trainer(
+        &s3,
+        &[
+            "train",
+            "--manifest",
+            manifest,
+            "--output-prefix",
+            "team/trainingjobs/p",
+            "--epochs",
+            "10",
+            "--imgsz",
+            "96",
+            "--batch",
+            "16",
+            "--nbs",
+            "16",
+            "--warmup-epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--work-dir",
+            &work,
+        ],
+    );
     eprintln!("fixture model: {}", lines.last().map(|l| l["metrics"].to_string()).unwrap_or_default());
     let weights = "s3://platform/team/trainingjobs/p/weights/last.safetensors";
     let onnx = dir.join("export/model.onnx");
     let torchscript = dir.join("export/model.torchscript");
-    trainer(&s3, &["export", "--weights", weights, "--format", "onnx", "--dynamic", "--output", &onnx.display().to_string(), "--work-dir", &work]);
-    trainer(&s3, &["export", "--weights", weights, "--format", "onnx", "--dynamic", "--output", "s3://platform/team/exports/p/model.onnx", "--work-dir", &work]);
-    trainer(&s3, &["export", "--weights", weights, "--format", "torchscript", "--device", "cpu", "--output", &torchscript.display().to_string(), "--work-dir", &work]);
+    trainer(
+        &s3,
+        &[
+            "export",
+            "--weights",
+            weights,
+            "--format",
+            "onnx",
+            "--dynamic",
+            "--output",
+            &onnx.display().to_string(),
+            "--work-dir",
+            &work,
+        ],
+    );
+    trainer(
+        &s3,
+        &[
+            "export",
+            "--weights",
+            weights,
+            "--format",
+            "onnx",
+            "--dynamic",
+            "--output",
+            "s3://platform/team/exports/p/model.onnx",
+            "--work-dir",
+            &work,
+        ],
+    );
+    trainer(
+        &s3,
+        &[
+            "export",
+            "--weights",
+            weights,
+            "--format",
+            "torchscript",
+            "--device",
+            "cpu",
+            "--output",
+            &torchscript.display().to_string(),
+            "--work-dir",
+            &work,
+        ],
+    );
     let preds = dir.join("val.json");
-    trainer(&s3, &["val", "--weights", weights, "--manifest", manifest, "--conf", CONF, "--iou", "0.7", "--device", "cpu", "--predictions", &preds.display().to_string(), "--work-dir", &work]);
+    trainer(
+        &s3,
+        &[
+            "val",
+            "--weights",
+            weights,
+            "--manifest",
+            manifest,
+            "--conf",
+            CONF,
+            "--iou",
+            "0.7",
+            "--device",
+            "cpu",
+            "--predictions",
+            &preds.display().to_string(),
+            "--work-dir",
+            &work,
+        ],
+    );
     let val_predictions: Vec<Value> = serde_json::from_slice(&std::fs::read(&preds).expect("preds")).expect("json");
 
     // The val images, byte for byte as the trainer read them.
-    let text = String::from_utf8(store.get("team/datasets/shapes/manifest.ndjson").await.expect("manifest").to_vec()).expect("utf8");
+    let text = String::from_utf8(store.get("team/datasets/shapes/manifest.ndjson").await.expect("manifest").to_vec())
+        .expect("utf8");
     let (_, records) = ocellus_dataset::manifest::from_ndjson(&text).expect("manifest");
     let mut images = Vec::new();
     for r in records.iter().filter(|r| r.split.as_str() == "val") {
@@ -99,7 +183,11 @@ impl Fixture {
         self.images
             .iter()
             .enumerate()
-            .filter(|(_, (file, _))| self.val_predictions.iter().any(|v| v["file"] == file.as_str() && v["detections"].as_array().is_some_and(|d| !d.is_empty())))
+            .filter(|(_, (file, _))| {
+                self.val_predictions
+                    .iter()
+                    .any(|v| v["file"] == file.as_str() && v["detections"].as_array().is_some_and(|d| !d.is_empty()))
+            })
             .map(|(i, _)| i)
             .collect()
     }
@@ -142,7 +230,10 @@ impl Predictor {
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
             .env("ORT_DYLIB_PATH", ocellus_tests::cache_dir().join("lib/libonnxruntime.so"))
-            .env("OCELLUS_MODEL_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-model-{port}")))
+            .env(
+                "OCELLUS_MODEL_DIR",
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-model-{port}")),
+            )
             .stdout(Stdio::from(f.try_clone().expect("log")))
             .stderr(Stdio::from(f));
         for (k, v) in env {
@@ -200,14 +291,19 @@ impl Drop for Predictor {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
         if let Some(port) = self.url.rsplit(':').next() {
-            let _ = std::fs::remove_dir_all(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-model-{port}")));
+            let _ = std::fs::remove_dir_all(
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("predictor-model-{port}")),
+            );
         }
     }
 }
 
 /// A multipart form with one image and optional fields.
 pub fn form(image: &[u8], fields: &[(&str, &str)]) -> reqwest::multipart::Form {
-    let mut f = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(image.to_vec()).file_name("image.jpg").mime_str("image/jpeg").expect("mime"));
+    let mut f = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(image.to_vec()).file_name("image.jpg").mime_str("image/jpeg").expect("mime"),
+    );
     for (k, v) in fields {
         f = f.text(k.to_string(), v.to_string());
     }
