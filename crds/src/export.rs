@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{CommonStatus, Failure, LocalRef, Scheduling, TrainingJobCheckpointRef};
+use crate::common::{CommonStatus, JobStatus, LocalRef, Scheduling, TrainingJobCheckpointRef};
+pub use ocellus_core::ExportFormat;
 
-/// A request to export trained weights.
+/// A request to export trained weights to a deployable artifact.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ocellus.dev",
@@ -31,38 +31,38 @@ use crate::common::{CommonStatus, Failure, LocalRef, Scheduling, TrainingJobChec
 #[x_kube(validation = kube::core::Rule::new("!self.half || self.format != 'torchscript' || has(self.gpuProduct)").message("half-precision TorchScript needs a GPU (set gpuProduct)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExportSpec {
-    /// The weights to export.
+    /// The weights to export: exactly one of `trainingJob` or `weightsUri`.
     pub source: ExportSource,
-    /// Target format: `torchscript`, `onnx` or `engine` (TensorRT). Other Ultralytics formats (coreml, tflite, openvino, …) are not supported.
+    /// Target format: `torchscript` (for libtorch), `onnx` (for ONNX Runtime) or `engine` (TensorRT, needs `gpuProduct`). Other Ultralytics formats (coreml, tflite, openvino, …) are not supported.
     pub format: ExportFormat,
-    /// Square input size in pixels (multiple of 32). Defaults to the training size.
+    /// Side of the square input in pixels, a multiple of 32 from 32 to 4096; the artifact expects images letterboxed to it. Unset: the training `imgsz`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 32, max = 4096))]
     pub imgsz: Option<i32>,
-    /// FP16 weights and activations.
+    /// Half precision (FP16) weights and activations: smaller and faster on GPUs. `torchscript` then needs a GPU (`gpuProduct`); `engine` builds FP16 kernels. Default false.
     #[serde(default)]
     pub half: bool,
-    /// INT8 quantisation with calibration (engine only).
+    /// INT8 quantisation, calibrated on the images of `calibration` (required); `engine` only. Default false.
     #[serde(default)]
     pub int8: bool,
-    /// Calibration images for INT8.
+    /// Images that calibrate the INT8 activation ranges; required with `int8`, unused without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
-    /// Dynamic batch dimension (ONNX, engine).
+    /// Dynamic batch dimension: an `onnx` model then takes any batch size, an `engine` any batch from 1 to `batch`. Default false: exactly `batch`. TorchScript always takes any batch.
     #[serde(default)]
     pub dynamic: bool,
-    /// Batch size (maximum batch for a dynamic engine).
+    /// Batch size the artifact is built for, 1 to 256; default 1: the fixed batch of an `onnx` model or `engine`, or the largest batch of a dynamic engine. A predictor pads each run of a fixed-batch artifact to it.
     #[serde(default = "default_batch")]
     #[schemars(range(min = 1, max = 256))]
     pub batch: i32,
-    /// ONNX opset version.
+    /// ONNX opset version of an `onnx` export (and of the ONNX an `engine` is built from). Unset: 17. The exporter writes opsets 13 to 21; others fail the export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 11, max = 23))]
     pub opset: Option<i32>,
-    /// GPU model to build on (`nvidia.com/gpu.product`); required for `engine`.
+    /// GPU model to export on, as the node label `nvidia.com/gpu.product` (e.g. `NVIDIA-H100-80GB-HBM3`). Required for `engine`, which runs only on the GPU model it was built on, and for `half` TorchScript. Unset: exports on CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_product: Option<String>,
-    /// Node placement of the export pod.
+    /// Node placement of the export pod: node selector, tolerations, priority and runtime class.
     #[serde(default)]
     pub scheduling: Scheduling,
 }
@@ -76,98 +76,50 @@ fn default_batch() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.trainingJob) != has(self.weightsUri)").message("exactly one of trainingJob or weightsUri must be set"))]
 pub struct ExportSource {
-    /// A checkpoint of a TrainingJob in the same namespace.
+    /// The `best` (default) or `last` weights of a TrainingJob in the same namespace; the export waits (phase `Pending`) until they exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_job: Option<TrainingJobCheckpointRef>,
-    /// `s3://` URI of an Ocellus checkpoint.
+    /// `s3://` URI of weights written by an Ocellus TrainingJob (`.../weights/best.safetensors`), with the `.json` metadata the trainer writes beside them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^s3://.+"))]
     pub weights_uri: Option<String>,
 }
 
-/// Supported export formats.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ExportFormat {
-    /// TorchScript, for libtorch.
-    Torchscript,
-    /// ONNX, for ONNX Runtime.
-    Onnx,
-    /// TensorRT engine.
-    Engine,
-}
-
-impl ExportFormat {
-    /// All supported formats, as named in the API.
-    pub const SUPPORTED: [&'static str; 3] = ["torchscript", "onnx", "engine"];
-
-    /// The API name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExportFormat::Torchscript => "torchscript",
-            ExportFormat::Onnx => "onnx",
-            ExportFormat::Engine => "engine",
-        }
-    }
-
-    /// Parses an Ultralytics format name; other known formats get an error naming the supported ones.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "torchscript" => Ok(ExportFormat::Torchscript),
-            "onnx" => Ok(ExportFormat::Onnx),
-            "engine" | "tensorrt" => Ok(ExportFormat::Engine),
-            other => Err(format!(
-                "export format {other:?} is not supported; supported formats are: {}",
-                Self::SUPPORTED.join(", ")
-            )),
-        }
-    }
-
-    /// File extension of the artifact.
-    pub fn extension(self) -> &'static str {
-        match self {
-            ExportFormat::Torchscript => "torchscript",
-            ExportFormat::Onnx => "onnx",
-            ExportFormat::Engine => "engine",
-        }
-    }
-}
-
-/// INT8 calibration data.
+/// Images for INT8 calibration.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Calibration {
-    /// Dataset whose `val` split calibrates INT8 ranges.
+    /// Dataset, in the same namespace, whose images calibrate the INT8 activation ranges; they should resemble what the model will see.
     pub dataset_ref: LocalRef,
-    /// Number of images to use.
+    /// Number of images to calibrate with, 1 to 100000, taken from the start of the Dataset's manifest. Unset: 500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub images: Option<i32>,
 }
 
-/// Lifecycle phase of an Export.
+/// Lifecycle phase of an Export: `Pending`, `Running`, `Succeeded` or `Failed`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum ExportPhase {
-    /// Waiting for the source weights.
+    /// `Pending`: waiting for the source weights, or for the pod to be scheduled.
     #[default]
     Pending,
-    /// The export Job is running.
+    /// `Running`: the export Job is running.
     Running,
-    /// The artifact is ready.
+    /// `Succeeded`: the artifact is in `status.artifact`.
     Succeeded,
-    /// Failed; see `failure`.
+    /// `Failed`: given up; see `failure` and the conditions.
     Failed,
 }
 
-/// The exported file.
+/// The exported file, with its metadata at `<uri>.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
-    /// `s3://` URI of the artifact.
+    /// `s3://` URI of the artifact, `.../exports/<name>/model.<torchscript|onnx|engine>`; its metadata (class names, input size, SHA-256) is at `<uri>.json`.
     pub uri: String,
-    /// Size in bytes.
+    /// Size of the artifact in bytes.
     pub size_bytes: i64,
-    /// Hex SHA-256 of the artifact.
+    /// SHA-256 of the artifact, lowercase hex; predictors verify it before loading.
     pub sha256: String,
 }
 
@@ -178,25 +130,16 @@ pub struct ExportStatus {
     /// Generation and kstatus conditions.
     #[serde(flatten)]
     pub common: CommonStatus,
-    /// Lifecycle phase.
+    /// Lifecycle phase: `Pending`, `Running`, `Succeeded` or `Failed`.
     #[serde(default)]
     pub phase: ExportPhase,
-    /// The exported artifact.
+    /// The exported artifact: URI, size and SHA-256. Set once the export has succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
-    /// Runtime versions the artifact was built with (e.g. `libtorch`, `onnx-opset`, `tensorrt`).
+    /// Runtime versions the artifact was built with, by component (e.g. `libtorch`, `onnx-opset`, `tensorrt`); an engine needs the same TensorRT version to run.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runtime_versions: BTreeMap<String, String>,
-    /// When the export started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
-    /// When the export finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
-    /// Name of the export Job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job_name: Option<String>,
+    /// The export Job, when it started and finished, and why it failed.
+    #[serde(flatten)]
+    pub job: JobStatus,
 }
