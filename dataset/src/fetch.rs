@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::archive::{self, Limits};
 use crate::error::IngestError;
-use crate::s3::{S3Config, S3Uri, Store};
+use ocellus_storage::s3::{S3Config, S3Uri, Store};
 
 /// Where a dataset comes from.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@
 //! archives safely ([`archive`]), detects the layout (YOLO, COCO, class folders: [`layout`]),
 //! validates every image ([`image_check`]) and label ([`labels`], [`coco`]), assigns splits
 //! ([`split`]), stores images content-addressed and writes the normalised NDJSON manifest
-//! ([`manifest`]) and a summary with statistics ([`stats`]) to S3 ([`s3`]).
+//! ([`manifest`]) and a summary with statistics ([`stats`]) to S3 (`ocellus-storage`).
 //! [`version::freeze`] snapshots a manifest as an immutable version.
 
 pub mod archive;
@@ -16,7 +16,6 @@ pub mod ingest;
 pub mod labels;
 pub mod layout;
 pub mod manifest;
-pub mod s3;
 pub mod split;
 pub mod stats;
 pub mod task;

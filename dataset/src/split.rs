@@ -49,7 +49,9 @@ pub struct Ratios {
 /// The split of an image with content hash `sha256_hex` under `ratios`.
 pub fn assign(sha256_hex: &str, ratios: Ratios) -> Split {
     let prefix = sha256_hex.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
-    let u = prefix as f64 / u64::MAX as f64;
+    // The top 53 bits as a fraction in [0, 1): exact in f64, so the last hash never reaches 1.0
+    // (which would land it in `test` even when the test ratio is 0).
+    let u = (prefix >> 11) as f64 / (1u64 << 53) as f64;
     let total = (ratios.train + ratios.val + ratios.test).max(f64::MIN_POSITIVE);
     if u < ratios.train / total {
         Split::Train

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use crate::error::IngestError;
 use crate::ingest::manifest_key;
 use crate::manifest;
-use crate::s3::Store;
+use ocellus_storage::s3::Store;
 
 /// A frozen version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +40,7 @@ pub async fn freeze(
     if !valid {
         return Err(IngestError::Task(format!("version name {name:?} must be v<N> (v1, v2, ...)")));
     }
-    let storage = |e: crate::s3::StoreError| IngestError::Storage(e.to_string());
+    let storage = |e: ocellus_storage::s3::StoreError| IngestError::Storage(e.to_string());
     let current = store
         .get_opt(&manifest_key(prefix))
         .await

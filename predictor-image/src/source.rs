@@ -1,11 +1,12 @@
-//! Fetching the model: an `s3://` URI (with a timeout, retries with back-off, resumed
-//! downloads) or a local path, plus its `ModelInfo` sidecar (`<artifact>.json`); the artifact's
+//! Fetching the model: an `s3://` URI (through `ocellus-storage`: a timeout per attempt, retries
+//! with back-off, resumed downloads) or a local path, plus its `ModelInfo` sidecar (`<artifact>.json`); the artifact's
 //! SHA-256 must match the sidecar's.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ocellus_dataset::s3::{S3Config, S3Uri, Store};
+use ocellus_core::ErrorKind;
+use ocellus_storage::{FetchOptions, Location, Storage, StorageError};
 use ocellus_vision::ModelInfo;
 use sha2::{Digest, Sha256};
 
@@ -23,23 +24,10 @@ pub enum SourceError {
 /// Largest artifact accepted.
 const MAX_ARTIFACT: u64 = 8 << 30;
 
-async fn get(cfg: &S3Config, uri: &str, dest: &Path, timeout: Duration, retries: u32) -> Result<(), SourceError> {
-    let u = S3Uri::parse(uri).map_err(SourceError::Permanent)?;
-    let store = Store::new(cfg, &u.bucket);
-    let mut attempt = 0;
-    loop {
-        match tokio::time::timeout(timeout, store.download(&u.key, dest, MAX_ARTIFACT)).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) if e.not_found => return Err(SourceError::Permanent(format!("{uri} does not exist"))),
-            Ok(Err(e)) if attempt >= retries => return Err(SourceError::Transient(format!("{uri}: {e}"))),
-            Err(_) if attempt >= retries => {
-                return Err(SourceError::Transient(format!("{uri}: timed out after {timeout:?}")));
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, attempt, "model download failed; retrying"),
-            Err(_) => tracing::warn!(attempt, "model download timed out; retrying"),
-        }
-        attempt += 1;
-        tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt.min(6)))).await;
+fn source_error(e: StorageError) -> SourceError {
+    match e.kind {
+        ErrorKind::Permanent => SourceError::Permanent(e.message),
+        ErrorKind::Transient => SourceError::Transient(e.message),
     }
 }
 
@@ -51,13 +39,15 @@ pub async fn fetch(
     timeout: Duration,
     retries: u32,
 ) -> Result<(PathBuf, ModelInfo), SourceError> {
-    let (artifact, sidecar) = if uri.starts_with("s3://") {
-        let cfg = S3Config::from_env().map_err(SourceError::Permanent)?;
+    let location = Location::parse(uri).map_err(source_error)?;
+    let (artifact, sidecar) = if let Location::S3(_) = &location {
         std::fs::create_dir_all(work).map_err(|e| SourceError::Transient(e.to_string()))?;
-        let name = uri.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("model");
+        let name = location.file_name().unwrap_or("model");
         let (a, s) = (work.join(name), work.join(format!("{name}.json")));
-        get(&cfg, &format!("{uri}.json"), &s, timeout, retries).await?;
-        get(&cfg, uri, &a, timeout, retries).await?;
+        let storage = Storage::from_env();
+        let opts = FetchOptions { max_bytes: MAX_ARTIFACT, attempt_timeout: Some(timeout), retries };
+        storage.fetch(&format!("{uri}.json"), &s, &opts).await.map_err(source_error)?;
+        storage.fetch(uri, &a, &opts).await.map_err(source_error)?;
         (a, s)
     } else {
         (PathBuf::from(uri), PathBuf::from(format!("{uri}.json")))

@@ -93,8 +93,36 @@ pub struct StoreError {
     pub target: String,
     /// What went wrong.
     pub message: String,
-    /// The object does not exist.
-    pub not_found: bool,
+    /// What kind of failure it was.
+    pub cause: StoreCause,
+}
+
+/// The failures callers treat differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCause {
+    /// The object (or bucket) does not exist.
+    NotFound,
+    /// The object is larger than the caller's limit.
+    TooLarge,
+    /// Anything else: network, throttling, server errors that outlasted the SDK's retries.
+    Other,
+}
+
+impl StoreError {
+    /// Whether the object does not exist.
+    pub fn not_found(&self) -> bool {
+        self.cause == StoreCause::NotFound
+    }
+}
+
+impl ocellus_core::error::Classify for StoreError {
+    /// A missing or oversized object is permanent; anything else may pass.
+    fn kind(&self) -> ocellus_core::ErrorKind {
+        match self.cause {
+            StoreCause::NotFound | StoreCause::TooLarge => ocellus_core::ErrorKind::Permanent,
+            StoreCause::Other => ocellus_core::ErrorKind::Transient,
+        }
+    }
 }
 
 fn err<E: std::error::Error + 'static>(
@@ -107,7 +135,7 @@ fn err<E: std::error::Error + 'static>(
         aws_sdk_s3::error::SdkError::ServiceError(s) => format!("{} (HTTP {})", s.err(), s.raw().status().as_u16()),
         other => format!("{}", aws_sdk_s3::error::DisplayErrorContext(other)),
     };
-    StoreError { op, target, message, not_found }
+    StoreError { op, target, message, cause: if not_found { StoreCause::NotFound } else { StoreCause::Other } }
 }
 
 /// A client bound to one bucket.
@@ -200,7 +228,7 @@ impl Store {
             op: "read",
             target: path.display().to_string(),
             message: e.to_string(),
-            not_found: false,
+            cause: StoreCause::Other,
         })?;
         self.client
             .put_object()
@@ -220,7 +248,7 @@ impl Store {
             Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
             Err(e) => {
                 let e = err("head", self.target(key), e);
-                if e.not_found { Ok(None) } else { Err(e) }
+                if e.not_found() { Ok(None) } else { Err(e) }
             }
         }
     }
@@ -239,7 +267,7 @@ impl Store {
             op: "get",
             target: self.target(key),
             message: e.to_string(),
-            not_found: false,
+            cause: StoreCause::Other,
         })?;
         Ok(data.into_bytes())
     }
@@ -248,7 +276,7 @@ impl Store {
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         match self.get(key).await {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.not_found => Ok(None),
+            Err(e) if e.not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -260,21 +288,21 @@ impl Store {
             op: "get",
             target: self.target(key),
             message: "no such object".into(),
-            not_found: true,
+            cause: StoreCause::NotFound,
         })?;
         if size > max_bytes {
             return Err(StoreError {
                 op: "get",
                 target: self.target(key),
                 message: format!("{size} bytes is over the {max_bytes} byte limit"),
-                not_found: false,
+                cause: StoreCause::TooLarge,
             });
         }
         let io = |e: std::io::Error| StoreError {
             op: "write",
             target: dest.display().to_string(),
             message: e.to_string(),
-            not_found: false,
+            cause: StoreCause::Other,
         };
         // Resuming applies to retries of this download only, never to a file left by another.
         match tokio::fs::remove_file(dest).await {
@@ -302,7 +330,7 @@ impl Store {
                     op: "get",
                     target: self.target(key),
                     message: e.to_string(),
-                    not_found: false,
+                    cause: StoreCause::Other,
                 })? {
                     f.write_all(&chunk).await.map_err(io)?;
                 }
@@ -312,7 +340,7 @@ impl Store {
             .await;
             match result {
                 Ok(()) => {}
-                Err(e) if attempt >= 4 || e.not_found => return Err(e),
+                Err(e) if attempt >= 4 || e.not_found() => return Err(e),
                 Err(e) => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "download interrupted; resuming");

@@ -33,8 +33,11 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+#[cfg(feature = "cluster")]
 pub mod cluster;
+#[cfg(feature = "cluster")]
 pub mod manifests;
+#[cfg(feature = "cluster")]
 pub mod node;
 pub mod proc;
 

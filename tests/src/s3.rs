@@ -67,8 +67,8 @@ impl S3Server {
     }
 
     /// Client settings for this server.
-    pub fn config(&self) -> ocellus_dataset::s3::S3Config {
-        ocellus_dataset::s3::S3Config {
+    pub fn config(&self) -> ocellus_storage::s3::S3Config {
+        ocellus_storage::s3::S3Config {
             endpoint: Some(self.endpoint.clone()),
             region: "us-east-1".into(),
             access_key_id: ACCESS_KEY.into(),

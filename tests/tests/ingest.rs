@@ -10,9 +10,9 @@ use ocellus_dataset::fetch::Source;
 use ocellus_dataset::ingest::{self, Options, Policy, Summary};
 use ocellus_dataset::labels::Annotation;
 use ocellus_dataset::manifest;
-use ocellus_dataset::s3::{S3Config, S3Uri, Store};
 use ocellus_dataset::split::Ratios;
 use ocellus_dataset::{IngestError, ItemErrorKind, Task, version};
+use ocellus_storage::s3::{S3Config, S3Uri, Store};
 use ocellus_tests::fixtures::{self, SHAPES};
 use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
