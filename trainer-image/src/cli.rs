@@ -1,146 +1,72 @@
-//! Helpers shared by the libtorch subcommands: error exits, devices, manifests, and files that
-//! live either in S3 (`s3://bucket/key`) or on a local path.
+//! I/O shared by the libtorch subcommands: the dataset manifest and its images, and weights
+//! with their model info.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use futures::StreamExt;
 use ocellus_dataset::manifest::{self, Header, ImageRecord};
-use ocellus_dataset::s3::{S3Config, S3Uri, Store};
-use serde_json::json;
+use ocellus_storage::location::sidecar;
+use ocellus_storage::{FetchOptions, Storage};
+use ocellus_vision::ModelInfo;
+use sha2::{Digest, Sha256};
 
-use crate::ingest_cmd::emit;
-use crate::{EXIT_INVALID, EXIT_TRANSIENT};
+use crate::report::Failure;
 
-/// Reports invalid input and returns exit code 2.
-pub fn invalid(reason: &str, message: String) -> ExitCode {
-    emit(json!({"event": "error", "reason": reason, "message": message}));
-    ExitCode::from(EXIT_INVALID)
+/// Largest image fetched for training or validation.
+const MAX_IMAGE_BYTES: u64 = 1 << 30;
+
+/// Reads and parses a manifest (`s3://.../manifest.ndjson` or a local path).
+pub async fn load_manifest(storage: &Storage, location: &str) -> Result<(Header, Vec<ImageRecord>), Failure> {
+    let bytes = storage.read(location).await.map_err(|e| Failure::from(e).or_reason("ManifestNotFound"))?;
+    manifest::from_ndjson(&String::from_utf8_lossy(&bytes)).map_err(|e| Failure::invalid("InvalidManifest", e))
 }
 
-/// Reports a transient (storage) failure and returns exit code 3.
-pub fn transient(message: String) -> ExitCode {
-    emit(json!({"event": "error", "reason": "StorageError", "message": message}));
-    ExitCode::from(EXIT_TRANSIENT)
-}
-
-/// An error with its exit code.
-pub enum Failure {
-    /// Invalid input: reason and message.
-    Invalid(&'static str, String),
-    /// Transient failure.
-    Transient(String),
-}
-
-impl Failure {
-    /// Reports it and returns the exit code.
-    pub fn exit(self) -> ExitCode {
-        match self {
-            Failure::Invalid(r, m) => invalid(r, m),
-            Failure::Transient(m) => transient(m),
-        }
-    }
-}
-
-/// Ends a subcommand: prints its `done` line and removes the scratch directory, or reports
-/// the failure; returns the exit code.
-pub fn finish(result: Result<serde_json::Value, Failure>, work_dir: &Path) -> ExitCode {
-    match result {
-        Ok(done) => {
-            emit(done);
-            let _ = std::fs::remove_dir_all(work_dir);
-            ExitCode::SUCCESS
-        }
-        Err(f) => f.exit(),
-    }
-}
-
-/// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
-pub fn device(s: &str) -> Result<tch::Device, String> {
-    match s {
-        "auto" => Ok(tch::Device::cuda_if_available()),
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(tch::Device::Cuda)
-            .ok_or_else(|| format!("unknown device {other:?} (auto, cpu, cuda, cuda:N)")),
-    }
-}
-
-/// Reads a manifest from S3.
-pub async fn load_manifest(cfg: &S3Config, uri: &str) -> Result<(Header, Vec<ImageRecord>), Failure> {
-    let uri = S3Uri::parse(uri).map_err(|e| Failure::Invalid("InvalidManifest", e))?;
-    let text = match Store::new(cfg, &uri.bucket).get(&uri.key).await {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) if e.not_found => return Err(Failure::Invalid("ManifestNotFound", e.to_string())),
-        Err(e) => return Err(Failure::Transient(e.to_string())),
-    };
-    manifest::from_ndjson(&text).map_err(|e| Failure::Invalid("InvalidManifest", e))
-}
-
-/// Downloads the records' images (content-addressed) into `dir`, 16 at a time.
-pub async fn fetch_images(cfg: &S3Config, records: &[ImageRecord], dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+/// Downloads the records' images (content-addressed, so one already there is kept) into `dir`,
+/// 16 at a time.
+pub async fn fetch_images(storage: &Storage, records: &[ImageRecord], dir: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::transient(format!("{}: {e}", dir.display())))?;
+    let opts = FetchOptions { max_bytes: MAX_IMAGE_BYTES, ..FetchOptions::default() };
     let jobs = records.iter().map(|r| {
         let dest = dir.join(&r.file);
-        let url = r.url.clone();
-        let cfg = cfg.clone();
         async move {
             if dest.exists() {
                 return Ok(());
             }
-            let u = S3Uri::parse(&url)?;
-            Store::new(&cfg, &u.bucket).download(&u.key, &dest, 1 << 30).await.map(|_| ()).map_err(|e| e.to_string())
+            // Beside, then renamed: an interrupted download never passes for a whole image.
+            let partial = dest.with_extension("partial");
+            storage.fetch(&r.url, &partial, &opts).await?;
+            tokio::fs::rename(&partial, &dest).await.map_err(|e| ocellus_storage::StorageError {
+                kind: ocellus_core::ErrorKind::Transient,
+                reason: "StorageError",
+                message: format!("{}: {e}", dest.display()),
+            })
         }
     });
-    let results: Vec<Result<(), String>> = futures::stream::iter(jobs).buffer_unordered(16).collect().await;
-    results.into_iter().collect()
+    let results: Vec<Result<(), _>> = futures::stream::iter(jobs).buffer_unordered(16).collect().await;
+    results.into_iter().collect::<Result<(), _>>().map_err(|e| Failure::from(e).or_reason("ImageNotFound"))
 }
 
-/// Copies `src` (an `s3://` URI or a local path) to `dest`.
-pub async fn fetch(cfg: Option<&S3Config>, src: &str, dest: &Path) -> Result<PathBuf, Failure> {
-    if src.starts_with("s3://") {
-        let cfg = cfg.ok_or_else(|| Failure::Transient("S3 is not configured (OCELLUS_S3_ENDPOINT)".into()))?;
-        let u = S3Uri::parse(src).map_err(|e| Failure::Invalid("InvalidUri", e))?;
-        match Store::new(cfg, &u.bucket).download(&u.key, dest, 8 << 30).await {
-            Ok(_) => Ok(dest.to_path_buf()),
-            Err(e) if e.not_found => Err(Failure::Invalid("NotFound", format!("{src}: {e}"))),
-            Err(e) => Err(Failure::Transient(e.to_string())),
+/// Fetches weights (or an artifact) and their `ModelInfo` sidecar into `work`, and checks the
+/// bytes against the sidecar's SHA-256.
+pub async fn fetch_model(storage: &Storage, location: &str, work: &Path) -> Result<(PathBuf, ModelInfo), Failure> {
+    tokio::fs::create_dir_all(work).await.map_err(|e| Failure::transient(format!("{}: {e}", work.display())))?;
+    let weights = work.join("weights.safetensors");
+    let info_location = sidecar(location);
+    let info_bytes = storage.read(&info_location).await.map_err(|e| Failure::from(e).or_reason("ModelInfoNotFound"))?;
+    let info: ModelInfo = serde_json::from_slice(&info_bytes)
+        .map_err(|e| Failure::invalid("InvalidModelInfo", format!("{info_location}: {e}")))?;
+    storage
+        .fetch(location, &weights, &FetchOptions::default())
+        .await
+        .map_err(|e| Failure::from(e).or_reason("WeightsNotFound"))?;
+    if let Some(want) = &info.sha256 {
+        let bytes = tokio::fs::read(&weights).await.map_err(|e| Failure::transient(e.to_string()))?;
+        if *want != hex::encode(Sha256::digest(&bytes)) {
+            return Err(Failure::invalid(
+                "ChecksumMismatch",
+                format!("{location} does not match the SHA-256 in its model info"),
+            ));
         }
-    } else {
-        std::fs::copy(src, dest).map_err(|e| Failure::Invalid("NotFound", format!("{src}: {e}")))?;
-        Ok(dest.to_path_buf())
     }
-}
-
-/// Writes the local file `src` to `dest` (an `s3://` URI or a local path).
-pub async fn store(cfg: Option<&S3Config>, src: &Path, dest: &str, content_type: &str) -> Result<(), Failure> {
-    if dest.starts_with("s3://") {
-        let cfg = cfg.ok_or_else(|| Failure::Transient("S3 is not configured (OCELLUS_S3_ENDPOINT)".into()))?;
-        let u = S3Uri::parse(dest).map_err(|e| Failure::Invalid("InvalidUri", e))?;
-        Store::new(cfg, &u.bucket)
-            .put_file(&u.key, src, content_type)
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))
-    } else {
-        if let Some(parent) = Path::new(dest).parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Failure::Invalid("InvalidOutput", e.to_string()))?;
-        }
-        // Write beside, then rename: readers never see a partial file.
-        let tmp = format!("{dest}.partial");
-        std::fs::copy(src, &tmp)
-            .and_then(|_| std::fs::rename(&tmp, dest))
-            .map_err(|e| Failure::Invalid("InvalidOutput", format!("{dest}: {e}")))?;
-        Ok(())
-    }
-}
-
-/// The sidecar of an artifact: `x.safetensors` → `x.json`, `x.onnx` → `x.onnx.json`.
-pub fn sidecar(uri: &str) -> String {
-    match uri.strip_suffix(".safetensors") {
-        Some(stem) => format!("{stem}.json"),
-        None => format!("{uri}.json"),
-    }
+    Ok((weights, info))
 }

@@ -1,19 +1,21 @@
 //! `export`: trained weights (with their `ModelInfo` sidecar) to a TorchScript, ONNX or TensorRT
 //! artifact, written with its own sidecar (`<artifact>.json`, SHA-256 included) last.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use ocellus_crds::export::ExportFormat;
-use ocellus_dataset::s3::S3Config;
+use ocellus_core::ExportFormat;
+use ocellus_storage::Storage;
+use ocellus_storage::location::sidecar;
 use ocellus_trainer::export::{self, Loaded, Options, tensorrt};
 use ocellus_vision::ModelInfo;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::cli::{Failure, device, fetch, sidecar, store};
-use crate::ingest_cmd::emit;
+use crate::args::{DeviceArgs, WorkDirArgs};
+use crate::cli::{fetch_images, fetch_model, load_manifest};
+use crate::report::{self, Done, Failure, emit};
 
 /// `export` flags.
 #[derive(Args, Debug)]
@@ -51,58 +53,42 @@ pub struct ExportArgs {
     /// ONNX opset.
     #[arg(long, env = "OCELLUS_OPSET", default_value_t = export::DEFAULT_OPSET)]
     pub opset: i64,
-    /// `cpu`, `cuda`, `cuda:N` or `auto`.
-    #[arg(long, env = "OCELLUS_DEVICE", default_value = "auto")]
-    pub device: String,
-    /// Scratch directory.
-    #[arg(long, env = "OCELLUS_WORK_DIR", default_value = "/tmp/ocellus-export")]
-    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub work: WorkDirArgs,
 }
 
 /// Runs `export`.
 pub async fn run(args: ExportArgs) -> ExitCode {
-    crate::cli::finish(export_to(&args).await, &args.work_dir)
+    let work = args.work.path("export");
+    report::finish(export_to(&args, &work).await.map(Done::Finished), Some(&work))
 }
 
-async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
-    let format = ExportFormat::parse(&args.format).map_err(|e| Failure::Invalid("UnsupportedFormat", e))?;
+async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, Failure> {
+    let format = ExportFormat::parse(&args.format).map_err(|e| Failure::invalid("UnsupportedFormat", e))?;
     if args.int8 && format != ExportFormat::Engine {
-        return Err(Failure::Invalid("InvalidOptions", "int8 is only supported for format engine".into()));
+        return Err(Failure::invalid("InvalidOptions", "int8 is only supported for format engine"));
     }
     if args.int8 && args.calibration.is_none() {
-        return Err(Failure::Invalid("InvalidOptions", "int8 needs calibration images (--calibration)".into()));
+        return Err(Failure::invalid("InvalidOptions", "int8 needs calibration images (--calibration)"));
     }
-    let dev = device(&args.device).map_err(|e| Failure::Invalid("InvalidDevice", e))?;
+    let dev = args.device.resolve()?;
     if args.half && format == ExportFormat::Torchscript && dev == tch::Device::Cpu {
-        return Err(Failure::Invalid("InvalidOptions", "half-precision TorchScript needs a CUDA device".into()));
+        return Err(Failure::invalid("InvalidOptions", "half-precision TorchScript needs a CUDA device"));
     }
     if args.batch == 0 || args.batch > 256 {
-        return Err(Failure::Invalid("InvalidOptions", "batch must be 1 to 256".into()));
+        return Err(Failure::invalid("InvalidOptions", "batch must be 1 to 256"));
     }
     // TensorRT is checked before any work: a missing library is a clear, permanent error.
     if format == ExportFormat::Engine {
-        tensorrt::available().map_err(|e| Failure::Invalid("TensorRTUnavailable", e))?;
+        tensorrt::available().map_err(|e| Failure::invalid("TensorRTUnavailable", e.to_string()))?;
     }
-    let s3 = S3Config::from_env().ok();
-    std::fs::create_dir_all(&args.work_dir).map_err(|e| Failure::Transient(e.to_string()))?;
-
-    let weights = fetch(s3.as_ref(), &args.weights, &args.work_dir.join("weights.safetensors")).await?;
-    let info_path = fetch(s3.as_ref(), &sidecar(&args.weights), &args.work_dir.join("weights.json")).await?;
-    let info: ModelInfo =
-        serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
-            .map_err(|e| Failure::Invalid("InvalidModelInfo", format!("{}: {e}", sidecar(&args.weights))))?;
-    let bytes = std::fs::read(&weights).map_err(|e| Failure::Transient(e.to_string()))?;
-    if let Some(want) = &info.sha256
-        && *want != hex::encode(Sha256::digest(&bytes))
-    {
-        return Err(Failure::Invalid(
-            "ChecksumMismatch",
-            "the weights do not match the SHA-256 in their model info".into(),
-        ));
-    }
+    let storage = Storage::from_env();
+    let (weights, info) = fetch_model(&storage, &args.weights, work).await?;
     let imgsz = args.imgsz.unwrap_or(info.imgsz);
     if !imgsz.is_multiple_of(32) || !(32..=4096).contains(&imgsz) {
-        return Err(Failure::Invalid(
+        return Err(Failure::invalid(
             "InvalidOptions",
             format!("imgsz {imgsz} must be a multiple of 32 between 32 and 4096"),
         ));
@@ -111,29 +97,30 @@ async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
     emit(json!({"event": "progress", "phase": "load", "architecture": info.architecture, "format": format.as_str()}));
 
     let model_dev = if format == ExportFormat::Torchscript { dev } else { tch::Device::Cpu };
-    let mut model = Loaded::load(&info, &weights, model_dev).map_err(|e| Failure::Invalid("InvalidWeights", e))?;
-    let artifact = args.work_dir.join(format!("model.{}", format.extension()));
+    let mut model =
+        Loaded::load(&info, &weights, model_dev).map_err(|e| Failure::invalid("InvalidWeights", e.to_string()))?;
+    let artifact = work.join(format!("model.{}", format.extension()));
     match format {
         ExportFormat::Torchscript => {
             if opts.half {
                 model.half();
             }
             tokio::task::block_in_place(|| export::torchscript(&model, &opts, model_dev, &artifact))
-                .map_err(|e| Failure::Invalid("ExportFailed", e))?;
+                .map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
         }
         ExportFormat::Onnx => {
-            let bytes = export::onnx(&model, &info, &opts).map_err(|e| Failure::Invalid("ExportFailed", e))?;
-            std::fs::write(&artifact, bytes).map_err(|e| Failure::Transient(e.to_string()))?;
+            let bytes =
+                export::onnx(&model, &info, &opts).map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
+            std::fs::write(&artifact, bytes).map_err(|e| Failure::transient(e.to_string()))?;
         }
         ExportFormat::Engine => {
             let onnx_opts = Options { half: false, ..opts.clone() };
-            let onnx_path = args.work_dir.join("model.onnx");
-            let bytes = export::onnx(&model, &info, &onnx_opts).map_err(|e| Failure::Invalid("ExportFailed", e))?;
-            std::fs::write(&onnx_path, bytes).map_err(|e| Failure::Transient(e.to_string()))?;
+            let onnx_path = work.join("model.onnx");
+            let bytes =
+                export::onnx(&model, &info, &onnx_opts).map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
+            std::fs::write(&onnx_path, bytes).map_err(|e| Failure::transient(e.to_string()))?;
             let calibration = match (&args.calibration, args.int8) {
-                (Some(m), true) => {
-                    Some(calibration_tensor(s3.as_ref(), m, args.calibration_images, imgsz, &args.work_dir).await?)
-                }
+                (Some(m), true) => Some(calibration_tensor(&storage, m, args.calibration_images, imgsz, work).await?),
                 _ => None,
             };
             let req = tensorrt::BuildRequest {
@@ -146,10 +133,11 @@ async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
                 batch: args.batch,
                 dynamic: args.dynamic,
             };
-            tokio::task::block_in_place(|| tensorrt::build(&req)).map_err(|e| Failure::Invalid("ExportFailed", e))?;
+            tokio::task::block_in_place(|| tensorrt::build(&req))
+                .map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
         }
     }
-    let bytes = std::fs::read(&artifact).map_err(|e| Failure::Transient(e.to_string()))?;
+    let bytes = std::fs::read(&artifact).map_err(|e| Failure::transient(e.to_string()))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let out_info = ModelInfo {
         format: format.as_str().into(),
@@ -160,39 +148,38 @@ async fn export_to(args: &ExportArgs) -> Result<serde_json::Value, Failure> {
         half: args.half,
         ..info
     };
-    let info_file = args.work_dir.join("artifact.json");
+    let info_file = work.join("artifact.json");
     std::fs::write(&info_file, serde_json::to_vec_pretty(&out_info).unwrap_or_default())
-        .map_err(|e| Failure::Transient(e.to_string()))?;
-    store(s3.as_ref(), &artifact, &args.output, "application/octet-stream").await?;
-    store(s3.as_ref(), &info_file, &sidecar(&args.output), "application/json").await?;
+        .map_err(|e| Failure::transient(e.to_string()))?;
+    storage.store(&artifact, &args.output, "application/octet-stream").await?;
+    storage.store(&info_file, &sidecar(&args.output), "application/json").await?;
     Ok(
-        json!({"event": "done", "artifactUri": args.output, "sizeBytes": bytes.len(), "sha256": sha256, "format": format.as_str(), "imgsz": imgsz}),
+        json!({"artifactUri": args.output, "sizeBytes": bytes.len(), "sha256": sha256, "format": format.as_str(), "imgsz": imgsz}),
     )
 }
 
 /// Letterboxed calibration images as one raw float32 `[N, 3, S, S]` file.
 async fn calibration_tensor(
-    s3: Option<&S3Config>,
+    storage: &Storage,
     manifest: &str,
     n: usize,
     imgsz: u32,
-    work: &std::path::Path,
+    work: &Path,
 ) -> Result<PathBuf, Failure> {
-    let cfg = s3.ok_or_else(|| Failure::Transient("S3 is not configured".into()))?;
-    let (_, records) = crate::cli::load_manifest(cfg, manifest).await?;
+    let (_, records) = load_manifest(storage, manifest).await?;
     let records: Vec<_> = records.into_iter().take(n.max(1)).collect();
     let dir = work.join("calibration");
-    crate::cli::fetch_images(cfg, &records, &dir).await.map_err(Failure::Transient)?;
+    fetch_images(storage, &records, &dir).await?;
     let mut pixels = Vec::new();
     for r in &records {
         let img = image::open(dir.join(&r.file))
-            .map_err(|e| Failure::Invalid("InvalidCalibration", format!("{}: {e}", r.source)))?
+            .map_err(|e| Failure::invalid("InvalidCalibration", format!("{}: {e}", r.source)))?
             .to_rgb8();
         let (boxed, _) = ocellus_vision::letterbox::letterbox(&img, imgsz);
         ocellus_vision::letterbox::to_chw(&boxed, &mut pixels);
     }
     let path = work.join("calibration.f32");
     std::fs::write(&path, pixels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
-        .map_err(|e| Failure::Transient(e.to_string()))?;
+        .map_err(|e| Failure::transient(e.to_string()))?;
     Ok(path)
 }

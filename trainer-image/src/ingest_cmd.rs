@@ -1,7 +1,6 @@
 //! `ingest` and `freeze`.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,12 +11,13 @@ use ocellus_dataset::fetch::Source;
 use ocellus_dataset::image_check::ImageLimits;
 use ocellus_dataset::ingest::{self, Options, Policy, Progress};
 use ocellus_dataset::layout::FormatRequest;
-use ocellus_dataset::s3::{S3Config, S3Uri, Store};
 use ocellus_dataset::split::Ratios;
 use ocellus_dataset::{IngestError, Task, version};
+use ocellus_storage::s3::{S3Config, S3Uri, Store};
 use serde_json::json;
 
-use crate::{EXIT_INVALID, EXIT_TRANSIENT};
+use crate::args::WorkDirArgs;
+use crate::report::{self, Done, Failure, emit};
 
 /// Layout of the source.
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -93,9 +93,8 @@ pub struct IngestArgs {
     /// With `exclude`, fail when more than this fraction of items is invalid.
     #[arg(long, env = "OCELLUS_MAX_INVALID_FRACTION", default_value_t = 0.05)]
     pub max_invalid_fraction: f64,
-    /// Scratch directory.
-    #[arg(long, env = "OCELLUS_WORK_DIR", default_value = "/tmp/ocellus-ingest")]
-    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub work: WorkDirArgs,
     /// Cap on uncompressed bytes.
     #[arg(long, env = "OCELLUS_MAX_TOTAL_BYTES", default_value_t = 20 << 30)]
     pub max_total_bytes: u64,
@@ -130,18 +129,6 @@ pub struct FreezeArgs {
     /// Description.
     #[arg(long, env = "OCELLUS_VERSION_DESCRIPTION")]
     pub description: Option<String>,
-}
-
-/// Prints one JSON line to stdout.
-pub fn emit(v: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
-}
-
-fn fail(e: &IngestError) -> ExitCode {
-    emit(json!({"event": "error", "reason": e.reason(), "message": e.to_string()}));
-    ExitCode::from(if e.is_transient() { EXIT_TRANSIENT } else { EXIT_INVALID })
 }
 
 fn platform() -> Result<S3Config, IngestError> {
@@ -180,30 +167,30 @@ fn source(args: &IngestArgs, platform: &S3Config) -> Result<Source, IngestError>
 
 /// Runs `ingest`.
 pub async fn ingest(args: IngestArgs) -> ExitCode {
-    let platform = match platform() {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
-    let src = match source(&args, &platform) {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
-    let ratios = match args.split.as_deref() {
+    let work = args.work.path("ingest");
+    report::finish(run_ingest(&args, &work).await.map(Done::Finished), Some(&work))
+}
+
+/// The split ratios of `--split`, checked.
+fn ratios(split: Option<&[f64]>) -> Result<Option<Ratios>, IngestError> {
+    match split {
         Some([train, val, test])
             if train + val + test > 0.999
                 && train + val + test < 1.001
                 && [train, val, test].iter().all(|r| **r >= 0.0) =>
         {
-            Some(Ratios { train: *train, val: *val, test: *test })
+            Ok(Some(Ratios { train: *train, val: *val, test: *test }))
         }
         Some(other) => {
-            return fail(&IngestError::Task(format!(
-                "split ratios {other:?} must be three non-negative numbers summing to 1"
-            )));
+            Err(IngestError::Task(format!("split ratios {other:?} must be three non-negative numbers summing to 1")))
         }
-        None => None,
-    };
-    let opts = Options {
+        None => Ok(None),
+    }
+}
+
+/// The ingest options of the flags (pure).
+fn options(args: &IngestArgs, ratios: Option<Ratios>, work: &Path) -> Options {
+    Options {
         name: args.name.clone(),
         task: args.task,
         class_names: args.class_names.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
@@ -226,9 +213,15 @@ pub async fn ingest(args: IngestArgs) -> ExitCode {
         },
         image_limits: ImageLimits { max_bytes: args.max_image_bytes, max_pixels: args.max_image_pixels },
         prefix: args.bucket.prefix.trim_end_matches('/').to_string(),
-        work_dir: args.work_dir.clone(),
+        work_dir: work.to_path_buf(),
         upload_concurrency: args.upload_concurrency,
-    };
+    }
+}
+
+async fn run_ingest(args: &IngestArgs, work: &Path) -> Result<serde_json::Value, Failure> {
+    let platform = platform()?;
+    let src = source(args, &platform)?;
+    let opts = options(args, ratios(args.split.as_deref())?, work);
     let store = Store::new(&platform, &args.bucket.bucket);
     let interval = Duration::from_secs_f64(args.progress_interval.max(0.0));
     let last = Mutex::new(None::<Instant>);
@@ -240,42 +233,29 @@ pub async fn ingest(args: IngestArgs) -> ExitCode {
             emit(json!({"event": "progress", "phase": p.phase, "done": p.done, "total": p.total}));
         }
     };
-    let result = ingest::ingest(&store, &src, &opts, &progress).await;
-    let _ = std::fs::remove_dir_all(&opts.work_dir);
-    match result {
-        Ok(summary) => {
-            emit(json!({
-                "event": "done",
-                "manifestUri": summary.manifest_uri,
-                "summaryUri": store.uri(&ingest::summary_key(&opts.prefix)),
-                "counts": summary.counts,
-                "classNames": summary.class_names,
-                "invalid": {"total": summary.invalid.total, "byReason": summary.invalid.by_reason,
-                            "samples": summary.invalid.items.iter().take(10).map(|e| e.to_string()).collect::<Vec<_>>()},
-                "imagesPerSecond": summary.images_per_second,
-                "seconds": {"total": summary.duration_seconds, "fetch": summary.fetch_seconds,
-                            "validate": summary.validate_seconds, "upload": summary.upload_seconds},
-            }));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    }
+    let summary = ingest::ingest(&store, &src, &opts, &progress).await?;
+    Ok(json!({
+        "manifestUri": summary.manifest_uri,
+        "summaryUri": store.uri(&ingest::summary_key(&opts.prefix)),
+        "counts": summary.counts,
+        "classNames": summary.class_names,
+        "invalid": {"total": summary.invalid.total, "byReason": summary.invalid.by_reason,
+                    "samples": summary.invalid.items.iter().take(10).map(|e| e.to_string()).collect::<Vec<_>>()},
+        "imagesPerSecond": summary.images_per_second,
+        "seconds": {"total": summary.duration_seconds, "fetch": summary.fetch_seconds,
+                    "validate": summary.validate_seconds, "upload": summary.upload_seconds},
+    }))
 }
 
 /// Runs `freeze`.
 pub async fn freeze(args: FreezeArgs) -> ExitCode {
-    let platform = match platform() {
-        Ok(p) => p,
-        Err(e) => return fail(&e),
-    };
-    let store = Store::new(&platform, &args.bucket.bucket);
-    match version::freeze(&store, args.bucket.prefix.trim_end_matches('/'), &args.version, args.description.as_deref())
-        .await
-    {
-        Ok(info) => {
-            emit(json!({"event": "done", "version": info}));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&e),
-    }
+    report::finish(run_freeze(&args).await.map(Done::Finished), None)
+}
+
+async fn run_freeze(args: &FreezeArgs) -> Result<serde_json::Value, Failure> {
+    let store = Store::new(&platform()?, &args.bucket.bucket);
+    let info =
+        version::freeze(&store, args.bucket.prefix.trim_end_matches('/'), &args.version, args.description.as_deref())
+            .await?;
+    Ok(json!({ "version": info }))
 }

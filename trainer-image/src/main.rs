@@ -2,14 +2,17 @@
 //!
 //! Output protocol (stdout, one JSON object per line): `{"event":"progress",...}` while working,
 //! then `{"event":"done",...}` or `{"event":"error","reason":...,"message":...}`.
-//! Exit codes: 0 success, 2 the input is invalid (retrying will not help), 3 transient failure,
-//! 4 paused (`train` received SIGTERM, saved its `last` checkpoint; run again with `--resume`).
+//! Exit codes (`ocellus_core::exit`): 0 success, 2 the input is invalid (retrying will not help),
+//! 3 transient failure, 4 paused (`train` received SIGTERM, saved its `last` checkpoint; run
+//! again with `--resume`). Every subcommand ends through `report::finish`.
 
+mod args;
 #[cfg(feature = "torch")]
 mod cli;
 #[cfg(feature = "torch")]
 mod export_cmd;
 mod ingest_cmd;
+mod report;
 #[cfg(feature = "torch")]
 mod train_cmd;
 #[cfg(feature = "torch")]
@@ -48,13 +51,6 @@ enum Command {
     Version,
 }
 
-/// Exit code for invalid input.
-pub const EXIT_INVALID: u8 = 2;
-/// Exit code for transient failures.
-pub const EXIT_TRANSIENT: u8 = 3;
-/// Exit code of a training run paused by SIGTERM.
-pub const EXIT_PAUSED: u8 = 4;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ocellus_common::init_tracing(&cli.log);
@@ -62,7 +58,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_TRANSIENT);
+            return ExitCode::from(ocellus_core::exit::TRANSIENT);
         }
     };
     match cli.command {

@@ -6,30 +6,32 @@
 //! schedule position; the JSON, written last, carries the tensors' SHA-256) and
 //! `<output>/weights/{last,best}.safetensors` (EMA weights, Ultralytics' state-dict names) with
 //! their `ModelInfo` in `{last,best}.json` (the input of `export`).
-//! SIGTERM finishes the current step, saves `last` and exits with [`crate::EXIT_PAUSED`];
+//! SIGTERM finishes the current step, saves `last` and exits paused (4);
 //! `--resume` continues from `last` with the same epoch numbering and schedule.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use ocellus_dataset::Task;
-use ocellus_dataset::manifest;
-use ocellus_dataset::s3::{S3Config, Store};
-use ocellus_vision::ModelInfo;
-use serde_json::json;
-
-use crate::EXIT_PAUSED;
-use crate::cli::{device, fetch_images, invalid, load_manifest, transient};
-use crate::ingest_cmd::emit;
+use ocellus_dataset::manifest::{self, Header, ImageRecord};
+use ocellus_storage::location::sidecar;
+use ocellus_storage::{FetchOptions, Storage, Store};
+use ocellus_trainer::error::TrainError;
 use ocellus_trainer::model::{Architecture, ModelKind};
 use ocellus_trainer::train::classify;
 use ocellus_trainer::train::data::{Augment, Sample, targets_of};
 use ocellus_trainer::train::session::{Outcome, Progress, Session};
-use ocellus_trainer::train::{Optimizer, TrainConfig};
+use ocellus_trainer::train::{EpochReport, Optimizer, TrainConfig};
+use ocellus_vision::ModelInfo;
+use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::args::{DeviceArgs, WorkDirArgs};
+use crate::cli::{fetch_images, load_manifest};
+use crate::report::{self, Done, Failure, emit};
 
 /// `train` flags.
 #[derive(Args, Debug)]
@@ -76,12 +78,10 @@ pub struct TrainArgs {
     /// Data-loading threads.
     #[arg(long, env = "OCELLUS_WORKERS", default_value_t = 2)]
     pub workers: usize,
-    /// `cpu`, `cuda` or `cuda:N` (`auto`: CUDA when available).
-    #[arg(long, env = "OCELLUS_DEVICE", default_value = "auto")]
-    pub device: String,
-    /// Scratch directory for images.
-    #[arg(long, env = "OCELLUS_WORK_DIR", default_value = "/tmp/ocellus-train")]
-    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub work: WorkDirArgs,
     /// Continue from `<output>/checkpoints/last`.
     #[arg(long, env = "OCELLUS_RESUME")]
     pub resume: bool,
@@ -107,164 +107,108 @@ pub struct TrainArgs {
     pub checkpoint_interval: usize,
 }
 
-/// The JSON half of a checkpoint.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CheckpointMeta {
-    progress: Progress,
-    sha256: String,
-}
-
-/// Saves a checkpoint as `<prefix>/checkpoints/<name>.{safetensors,json}`: tensors first, the
-/// JSON (with their hash) last, so a reader never sees a half-written checkpoint.
-async fn save_checkpoint(
-    out: &Store,
-    prefix: &str,
-    name: &str,
-    session: &Session,
-    work: &std::path::Path,
-) -> Result<(), String> {
-    let path = work.join(format!("{name}.safetensors"));
-    session.save(&path)?;
-    let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    out.put(&format!("{prefix}/checkpoints/{name}.safetensors"), bytes.into(), "application/octet-stream")
-        .await
-        .map_err(|e| e.to_string())?;
-    let meta = serde_json::to_vec(&CheckpointMeta { progress: session.progress.clone(), sha256 })
-        .map_err(|e| e.to_string())?;
-    out.put(&format!("{prefix}/checkpoints/{name}.json"), meta.into(), "application/json")
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Saves EMA weights as `<prefix>/weights/<name>.safetensors` and their [`ModelInfo`]
-/// (`<name>.json`, written last, with the SHA-256) — the input of `export`.
-async fn save_weights(
-    out: &Store,
-    prefix: &str,
-    name: &str,
-    vs: &tch::nn::VarStore,
-    info: &ModelInfo,
-    work: &std::path::Path,
-) -> Result<String, String> {
-    let path = work.join(format!("weights-{name}.safetensors"));
-    vs.save(&path).map_err(|e| e.to_string())?;
-    let bytes = tokio::fs::read(&path).await.map_err(|e| e.to_string())?;
-    let info = ModelInfo { sha256: Some(hex::encode(Sha256::digest(&bytes))), ..info.clone() };
-    let key = format!("{prefix}/weights/{name}.safetensors");
-    out.put(&key, bytes.into(), "application/octet-stream").await.map_err(|e| e.to_string())?;
-    let meta = serde_json::to_vec(&info).map_err(|e| e.to_string())?;
-    out.put(&format!("{prefix}/weights/{name}.json"), meta.into(), "application/json")
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(key)
-}
-
-async fn load_checkpoint(
-    out: &Store,
-    prefix: &str,
-    arch: &Architecture,
-    cfg: &TrainConfig,
-    work: &std::path::Path,
-) -> Result<Session, String> {
-    let meta = out
-        .get(&format!("{prefix}/checkpoints/last.json"))
-        .await
-        .map_err(|e| format!("no checkpoint to resume: {e}"))?;
-    let meta: CheckpointMeta = serde_json::from_slice(&meta).map_err(|e| format!("checkpoint metadata: {e}"))?;
-    let bytes = out.get(&format!("{prefix}/checkpoints/last.safetensors")).await.map_err(|e| e.to_string())?;
-    if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
-        return Err("checkpoint tensors do not match their recorded SHA-256".into());
-    }
-    let path = work.join("resume.safetensors");
-    tokio::fs::write(&path, &bytes).await.map_err(|e| e.to_string())?;
-    Session::load(arch, cfg, meta.progress, &path)
-}
-
 /// Runs `train`.
 pub async fn run(args: TrainArgs) -> ExitCode {
-    let arch: Architecture = match args.architecture.parse() {
-        Ok(a) => a,
-        Err(e) => return invalid("UnsupportedArchitecture", e),
+    let work = args.work.path("train");
+    report::finish(train(&args, &work).await, Some(&work))
+}
+
+/// The pipeline: check the flags, read the manifest, check the task, fetch the images, build the
+/// run, train epoch by epoch (each epoch's results and checkpoints in S3), then save the weights.
+async fn train(args: &TrainArgs, work: &Path) -> Result<Done, Failure> {
+    let arch = architecture(&args.architecture)?;
+    check_hyperparameters(args)?;
+    let device = args.device.resolve()?;
+    let storage = Storage::from_env();
+    let (header, records) = load_manifest(&storage, &args.manifest).await?;
+    check_task(header.task, &arch, &args.architecture)?;
+    let dir = work.join("images");
+    fetch_images(&storage, &records, &dir).await?;
+    let (train_set, val_set) = samples(&header, &records, &arch, &dir)?;
+    emit(json!({"event": "progress", "phase": "data", "train": train_set.len(), "val": val_set.len(),
+                "classes": header.class_names.len()}));
+
+    let cfg = train_config(args, device);
+    let info = model_info(args, &arch, &header);
+    let out = Output { store: Store::new(storage.s3_config()?, &args.bucket), prefix: prefix(&args.output_prefix) };
+    let mut session = if args.resume {
+        out.load_checkpoint(&arch, &cfg, work).await?
+    } else {
+        new_session(args, &storage, &arch, header.class_names.len() as i64, &cfg, work).await?
     };
-    if !args.imgsz.is_multiple_of(32) || args.batch == 0 || args.epochs == 0 {
-        return invalid("InvalidHyperparameters", "imgsz must be a multiple of 32, batch and epochs at least 1".into());
+    emit(
+        json!({"event": "progress", "phase": "train", "startEpoch": session.progress.epoch + 1, "epochs": cfg.epochs}),
+    );
+
+    let outcome = run_epochs(args, &out, &info, &mut session, train_set, val_set, &cfg, work)?;
+    out.save_checkpoint("last", &session, work).await?;
+    if outcome == Outcome::Paused {
+        return Ok(Done::Paused(json!({"epoch": session.progress.epoch + 1, "batch": session.progress.batch,
+                                      "checkpoint": out.uri("checkpoints/last.json")})));
     }
-    let dev = match device(&args.device) {
-        Ok(d) => d,
-        Err(e) => return invalid("InvalidDevice", e),
-    };
-    let cfg = match S3Config::from_env() {
-        Ok(c) => c,
-        Err(e) => return transient(e),
-    };
-    let (header, records) = match load_manifest(&cfg, &args.manifest).await {
-        Ok(m) => m,
-        Err(f) => return f.exit(),
-    };
-    match (header.task, arch.kind) {
-        (Task::Detect, ModelKind::Detect) | (Task::Classify, ModelKind::Classify) => {}
-        (Task::Detect, _) => {
-            return invalid(
-                "UnsupportedTask",
-                format!("a detect dataset needs a detector architecture (e.g. yolov8n), not {}", args.architecture),
-            );
-        }
+    let weights_key = out.save_weights("last", session.ema_var_store(), &info, work).await?;
+    let reports = &session.progress.reports;
+    Ok(Done::Finished(json!({"epochs": reports.len(), "resultsUri": out.uri("results.jsonl"),
+                             "weightsUri": out.store.uri(&weights_key), "metrics": reports.last()})))
+}
+
+fn architecture(name: &str) -> Result<Architecture, Failure> {
+    name.parse().map_err(|e: ocellus_trainer::error::ParseError| Failure::invalid("UnsupportedArchitecture", e.0))
+}
+
+fn check_hyperparameters(args: &TrainArgs) -> Result<(), Failure> {
+    if !args.imgsz.is_multiple_of(32) || args.batch == 0 || args.epochs == 0 {
+        return Err(Failure::invalid(
+            "InvalidHyperparameters",
+            "imgsz must be a multiple of 32, batch and epochs at least 1",
+        ));
+    }
+    Ok(())
+}
+
+/// The dataset's task must be the architecture's: detect with a detector, classify with a `-cls`.
+fn check_task(task: Task, arch: &Architecture, name: &str) -> Result<(), Failure> {
+    let message = match (task, arch.kind) {
+        (Task::Detect, ModelKind::Detect) | (Task::Classify, ModelKind::Classify) => return Ok(()),
+        (Task::Detect, _) => format!("a detect dataset needs a detector architecture (e.g. yolov8n), not {name}"),
         (Task::Classify, _) => {
-            return invalid(
-                "UnsupportedTask",
-                format!(
-                    "a classify dataset needs a classifier architecture (e.g. yolov8n-cls), not {}",
-                    args.architecture
-                ),
-            );
+            format!("a classify dataset needs a classifier architecture (e.g. yolov8n-cls), not {name}")
         }
         (other, _) => {
-            return invalid(
-                "UnsupportedTask",
-                format!(
-                    "{} datasets are not supported yet: segment, pose and OBB training will come later",
-                    other.as_str()
-                ),
-            );
+            format!("{} datasets are not supported yet: segment, pose and OBB training will come later", other.as_str())
         }
-    }
+    };
+    Err(Failure::invalid("UnsupportedTask", message))
+}
 
-    // Images, content-addressed, into the scratch directory.
-    let dir = args.work_dir.join("images");
-    if let Err(e) = fetch_images(&cfg, &records, &dir).await {
-        return transient(e);
-    }
-    let (mut tr, mut va) = (Vec::new(), Vec::new());
-    for r in &records {
+/// Training and validation samples of the manifest's records (images in `dir`).
+fn samples(
+    header: &Header,
+    records: &[ImageRecord],
+    arch: &Architecture,
+    dir: &Path,
+) -> Result<(Vec<Sample>, Vec<Sample>), Failure> {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for r in records {
         let anns = manifest::parse_annotations(header.task, r);
         let s = match arch.kind {
             ModelKind::Detect => Sample { path: dir.join(&r.file), targets: targets_of(&anns) },
             // A classification record's class is its one annotation.
             ModelKind::Classify => classify::sample(dir.join(&r.file), anns.first().map(|a| a.class()).unwrap_or(0)),
         };
-        if r.split.as_str() == "train" { tr.push(s) } else { va.push(s) }
+        if r.split.as_str() == "train" { train.push(s) } else { val.push(s) }
     }
-    if tr.is_empty() || va.is_empty() {
-        return invalid("InvalidSplits", format!("need train and val images, got {} and {}", tr.len(), va.len()));
+    if train.is_empty() || val.is_empty() {
+        return Err(Failure::invalid(
+            "InvalidSplits",
+            format!("need train and val images, got {} and {}", train.len(), val.len()),
+        ));
     }
-    emit(
-        json!({"event": "progress", "phase": "data", "train": tr.len(), "val": va.len(), "classes": header.class_names.len()}),
-    );
+    Ok((train, val))
+}
 
-    let nc = header.class_names.len() as i64;
-    let info = ModelInfo {
-        architecture: args.architecture.clone(),
-        task: if arch.kind == ModelKind::Classify { "classify" } else { "detect" }.into(),
-        names: header.names(),
-        imgsz: args.imgsz,
-        format: "safetensors".into(),
-        sha256: None,
-        batch: 1,
-        dynamic: false,
-        half: false,
-    };
-    let tcfg = TrainConfig {
+fn train_config(args: &TrainArgs, device: tch::Device) -> TrainConfig {
+    TrainConfig {
         epochs: args.epochs,
         imgsz: args.imgsz,
         batch: args.batch,
@@ -276,109 +220,254 @@ pub async fn run(args: TrainArgs) -> ExitCode {
         weight_decay: 0.0005,
         seed: args.seed,
         workers: args.workers.max(1),
-        device: dev,
+        device,
         augment: Some(Augment::default()),
         optimizer: args.optimizer,
         momentum: args.momentum,
         amp: args.amp,
         close_mosaic: args.close_mosaic,
-    };
-    let out = Store::new(&cfg, &args.bucket);
-    let prefix = args.output_prefix.trim_end_matches('/').to_string();
-    let results_key = format!("{prefix}/results.jsonl");
-    let mut session = if args.resume {
-        match load_checkpoint(&out, &prefix, &arch, &tcfg, &args.work_dir).await {
-            Ok(s) => s,
-            Err(e) => return invalid("ResumeFailed", e),
-        }
-    } else {
-        let mut s = match Session::new(&arch, nc, &tcfg) {
-            Ok(s) => s,
-            Err(e) => return invalid("TrainingFailed", e),
-        };
-        if let Some(start) = &args.start_weights {
-            let path = args.work_dir.join("start.safetensors");
-            if let Err(f) = crate::cli::fetch(Some(&cfg), start, &path).await {
-                return f.exit();
-            }
-            match s.init_from(&path) {
-                Ok(report) => emit(
-                    json!({"event": "progress", "phase": "fine-tune", "from": start, "loaded": report.loaded, "reinitialized": report.reinitialized}),
-                ),
-                Err(e) => return invalid("InvalidStartWeights", e),
-            }
-        }
-        s
-    };
-    emit(
-        json!({"event": "progress", "phase": "train", "startEpoch": session.progress.epoch + 1, "epochs": tcfg.epochs}),
-    );
+    }
+}
 
+/// What `weights/*.json` says of the trained model (the input of `export` and the predictor).
+fn model_info(args: &TrainArgs, arch: &Architecture, header: &Header) -> ModelInfo {
+    ModelInfo {
+        architecture: args.architecture.clone(),
+        task: if arch.kind == ModelKind::Classify { Task::Classify } else { Task::Detect }.as_str().into(),
+        names: header.names(),
+        imgsz: args.imgsz,
+        format: "safetensors".into(),
+        sha256: None,
+        batch: 1,
+        dynamic: false,
+        half: false,
+    }
+}
+
+fn prefix(output_prefix: &str) -> String {
+    output_prefix.trim_end_matches('/').to_string()
+}
+
+/// A fresh session, fine-tuned from `--start-weights` when given.
+async fn new_session(
+    args: &TrainArgs,
+    storage: &Storage,
+    arch: &Architecture,
+    nc: i64,
+    cfg: &TrainConfig,
+    work: &Path,
+) -> Result<Session, Failure> {
+    let mut session = Session::new(arch, nc, cfg).map_err(train_failure)?;
+    if let Some(start) = &args.start_weights {
+        let path = work.join("start.safetensors");
+        storage.fetch(start, &path, &FetchOptions::default()).await?;
+        let report = session.init_from(&path).map_err(train_failure)?;
+        emit(json!({"event": "progress", "phase": "fine-tune", "from": start, "loaded": report.loaded,
+                    "reinitialized": report.reinitialized}));
+    }
+    Ok(session)
+}
+
+/// Trains until the last epoch or SIGTERM. After each epoch: `results.jsonl` rewritten, `last`
+/// checkpointed every `--checkpoint-interval` epochs, `best` checkpoint and weights when the
+/// fitness improved.
+#[allow(clippy::too_many_arguments, reason = "the steps of one pipeline, each used once")]
+fn run_epochs(
+    args: &TrainArgs,
+    out: &Output,
+    info: &ModelInfo,
+    session: &mut Session,
+    train_set: Vec<Sample>,
+    val_set: Vec<Sample>,
+    cfg: &TrainConfig,
+    work: &Path,
+) -> Result<Outcome, Failure> {
     // SIGTERM: finish the current step, checkpoint, exit paused.
     let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
+    let on_term = stop.clone();
     tokio::spawn(async move {
         if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             term.recv().await;
-            stop2.store(true, Ordering::SeqCst);
+            on_term.store(true, Ordering::SeqCst);
         }
     });
     let handle = tokio::runtime::Handle::current();
-    let (train_set, val_set) = (Arc::new(tr), Arc::new(va));
-    let mut failure: Option<String> = None;
+    let interval = args.checkpoint_interval.max(1);
+    let mut failure: Option<Failure> = None;
     let outcome = tokio::task::block_in_place(|| {
-        let interval = args.checkpoint_interval.max(1);
-        let work = args.work_dir.clone();
-        let mut on_epoch = |r: &ocellus_trainer::train::EpochReport, best: bool, s: &Session| {
+        let mut on_epoch = |r: &EpochReport, best: bool, s: &Session| {
             emit(json!({"event": "epoch", "metrics": r, "best": best}));
-            let body: String =
-                s.progress.reports.iter().map(|r| serde_json::to_string(r).unwrap_or_default() + "\n").collect();
-            let res = handle.block_on(async {
-                // S3 has no append: results.jsonl is rewritten (it is small).
-                out.put(&results_key, body.into(), "application/x-ndjson").await.map_err(|e| e.to_string())?;
+            let saved = handle.block_on(async {
+                out.save_results(&s.progress.reports).await?;
                 if r.epoch.is_multiple_of(interval) {
-                    save_checkpoint(&out, &prefix, "last", s, &work).await?;
+                    out.save_checkpoint("last", s, work).await?;
                 }
                 if best {
-                    save_checkpoint(&out, &prefix, "best", s, &work).await?;
-                    save_weights(&out, &prefix, "best", s.ema_var_store(), &info, &work).await?;
+                    out.save_checkpoint("best", s, work).await?;
+                    out.save_weights("best", s.ema_var_store(), info, work).await?;
                 }
-                Ok::<_, String>(())
+                Ok::<_, Failure>(())
             });
-            if let Err(e) = res {
+            if let Err(e) = saved {
                 failure.get_or_insert(e);
             }
         };
-        session.run_with(train_set, val_set, &tcfg, &stop, &mut on_epoch)
+        session.run_with(Arc::new(train_set), Arc::new(val_set), cfg, &stop, &mut on_epoch)
     });
-    if let Some(e) = failure {
-        return transient(e);
+    if let Some(f) = failure {
+        return Err(f);
     }
-    match outcome {
-        Err(e) => return invalid("TrainingFailed", e),
-        Ok(Outcome::Paused) => {
-            if let Err(e) = save_checkpoint(&out, &prefix, "last", &session, &args.work_dir).await {
-                return transient(e);
-            }
-            emit(json!({"event": "paused", "epoch": session.progress.epoch + 1, "batch": session.progress.batch,
-                        "checkpoint": out.uri(&format!("{prefix}/checkpoints/last.json"))}));
-            return ExitCode::from(EXIT_PAUSED);
-        }
-        Ok(Outcome::Finished) => {}
-    }
-    if let Err(e) = save_checkpoint(&out, &prefix, "last", &session, &args.work_dir).await {
-        return transient(e);
-    }
-    let reports = session.progress.reports.clone();
-    let weights_key = match save_weights(&out, &prefix, "last", session.ema_var_store(), &info, &args.work_dir).await {
-        Ok(k) => k,
-        Err(e) => return transient(e),
+    outcome.map_err(train_failure)
+}
+
+/// A training error as a subcommand failure: the run cannot succeed as configured.
+fn train_failure(e: TrainError) -> Failure {
+    let reason = match e {
+        TrainError::Image { .. } => "CorruptImage",
+        TrainError::Checkpoint(_) => "ResumeFailed",
+        TrainError::StartWeights(_) => "InvalidStartWeights",
+        _ => "TrainingFailed",
     };
-    let _ = std::fs::remove_dir_all(&args.work_dir);
-    let last = reports.last();
-    emit(
-        json!({"event": "done", "epochs": reports.len(), "resultsUri": out.uri(&results_key), "weightsUri": out.uri(&weights_key),
-                "metrics": last}),
-    );
-    ExitCode::SUCCESS
+    Failure::invalid(reason, e.to_string())
+}
+
+/// The JSON half of a checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointMeta {
+    progress: Progress,
+    sha256: String,
+}
+
+/// Where a run writes: `<prefix>/results.jsonl`, `checkpoints/` and `weights/` in the platform bucket.
+struct Output {
+    store: Store,
+    prefix: String,
+}
+
+impl Output {
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
+    fn uri(&self, rest: &str) -> String {
+        self.store.uri(&self.key(rest))
+    }
+
+    async fn put(&self, rest: &str, body: Vec<u8>, content_type: &str) -> Result<(), Failure> {
+        self.store.put(&self.key(rest), body.into(), content_type).await.map_err(|e| Failure::transient(e.to_string()))
+    }
+
+    /// `results.jsonl`, one line per epoch (S3 has no append: it is rewritten; it is small).
+    async fn save_results(&self, reports: &[EpochReport]) -> Result<(), Failure> {
+        let mut body = Vec::new();
+        for r in reports {
+            serde_json::to_writer(&mut body, r).map_err(|e| Failure::transient(e.to_string()))?;
+            body.push(b'\n');
+        }
+        self.put("results.jsonl", body, "application/x-ndjson").await
+    }
+
+    /// Saves a checkpoint as `checkpoints/<name>.{safetensors,json}`: tensors first, the JSON
+    /// (with their hash) last, so a reader never sees a half-written checkpoint.
+    async fn save_checkpoint(&self, name: &str, session: &Session, work: &Path) -> Result<(), Failure> {
+        let path = work.join(format!("{name}.safetensors"));
+        session.save(&path).map_err(|e| Failure::transient(format!("writing {}: {e}", path.display())))?;
+        let bytes = read(&path).await?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        self.put(&format!("checkpoints/{name}.safetensors"), bytes, "application/octet-stream").await?;
+        let meta = serde_json::to_vec(&CheckpointMeta { progress: session.progress.clone(), sha256 })
+            .map_err(|e| Failure::transient(e.to_string()))?;
+        self.put(&format!("checkpoints/{name}.json"), meta, "application/json").await
+    }
+
+    /// Saves EMA weights as `weights/<name>.safetensors` and their [`ModelInfo`] (`<name>.json`,
+    /// written last, with the SHA-256): the input of `export`. Returns the weights' key.
+    async fn save_weights(
+        &self,
+        name: &str,
+        vs: &tch::nn::VarStore,
+        info: &ModelInfo,
+        work: &Path,
+    ) -> Result<String, Failure> {
+        let path = work.join(format!("weights-{name}.safetensors"));
+        vs.save(&path).map_err(|e| Failure::transient(format!("writing {}: {e}", path.display())))?;
+        let bytes = read(&path).await?;
+        let info = ModelInfo { sha256: Some(hex::encode(Sha256::digest(&bytes))), ..info.clone() };
+        let weights = format!("weights/{name}.safetensors");
+        self.put(&weights, bytes, "application/octet-stream").await?;
+        let meta = serde_json::to_vec(&info).map_err(|e| Failure::transient(e.to_string()))?;
+        self.put(&sidecar(&weights), meta, "application/json").await?;
+        Ok(self.key(&weights))
+    }
+
+    /// The `last` checkpoint, verified against its recorded SHA-256.
+    async fn load_checkpoint(&self, arch: &Architecture, cfg: &TrainConfig, work: &Path) -> Result<Session, Failure> {
+        let get = |rest: &'static str| async move {
+            self.store.get(&self.key(rest)).await.map_err(|e| {
+                if e.not_found() {
+                    Failure::invalid("ResumeFailed", format!("no checkpoint to resume: {e}"))
+                } else {
+                    Failure::transient(e.to_string())
+                }
+            })
+        };
+        let meta: CheckpointMeta = serde_json::from_slice(&get("checkpoints/last.json").await?)
+            .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint metadata: {e}")))?;
+        let bytes = get("checkpoints/last.safetensors").await?;
+        if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
+            return Err(Failure::invalid("ResumeFailed", "checkpoint tensors do not match their recorded SHA-256"));
+        }
+        tokio::fs::create_dir_all(work).await.map_err(|e| Failure::transient(e.to_string()))?;
+        let path = work.join("resume.safetensors");
+        tokio::fs::write(&path, &bytes).await.map_err(|e| Failure::transient(e.to_string()))?;
+        Session::load(arch, cfg, meta.progress, &path).map_err(train_failure)
+    }
+}
+
+async fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    tokio::fs::read(path).await.map_err(|e| Failure::transient(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_need_matching_architectures() {
+        let det: Architecture = "yolov8n".parse().expect("arch");
+        let cls: Architecture = "yolov8n-cls".parse().expect("arch");
+        assert!(check_task(Task::Detect, &det, "yolov8n").is_ok());
+        assert!(check_task(Task::Classify, &cls, "yolov8n-cls").is_ok());
+        let f = check_task(Task::Classify, &det, "yolov8n").expect_err("detector on classify");
+        assert_eq!((f.reason, f.kind), ("UnsupportedTask", ocellus_core::ErrorKind::Permanent));
+        assert!(f.message.contains("yolov8n-cls"), "{}", f.message);
+        let f = check_task(Task::Pose, &det, "yolov8n").expect_err("pose");
+        assert!(f.message.starts_with("pose datasets are not supported yet"), "{}", f.message);
+    }
+
+    #[test]
+    fn samples_split_by_record_and_need_both_splits() {
+        let header: Header = serde_json::from_value(json!({
+            "type": "dataset", "task": "detect", "name": "d", "class_names": {"0": "a", "1": "b"}, "images": 3,
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .expect("header");
+        let record = |file: &str, split: &str| -> ImageRecord {
+            serde_json::from_value(json!({
+                "type": "image", "file": file, "url": format!("s3://b/{file}"), "source": file, "split": split,
+                "width": 10, "height": 10, "sha256": "0", "annotations": {"boxes": [[1, 0.5, 0.5, 0.2, 0.2]]}
+            }))
+            .expect("record")
+        };
+        let arch: Architecture = "yolov8n".parse().expect("arch");
+        let dir = Path::new("/scratch/images");
+        let records = [record("a.jpg", "train"), record("b.jpg", "val"), record("c.jpg", "train")];
+        let (train, val) = samples(&header, &records, &arch, dir).expect("samples");
+        assert_eq!(train.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), [dir.join("a.jpg"), dir.join("c.jpg")]);
+        assert_eq!(val.len(), 1);
+        assert_eq!(train[0].targets.len(), 1);
+        assert_eq!(train[0].targets[0].class, 1);
+        let f = samples(&header, &records[..1], &arch, dir).expect_err("no val");
+        assert_eq!(f.reason, "InvalidSplits");
+    }
 }

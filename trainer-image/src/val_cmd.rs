@@ -2,21 +2,23 @@
 //! class-aware NMS, boxes mapped back: the predictor's pipeline). Prints COCO-style metrics with
 //! per-class AP and can save every prediction as JSON.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
 use ocellus_dataset::manifest;
-use ocellus_dataset::s3::S3Config;
+use ocellus_storage::Storage;
 use ocellus_trainer::export::Loaded;
+use ocellus_vision::BBox;
 use ocellus_vision::decode::{Thresholds, decode_to_original};
 use ocellus_vision::letterbox::{letterbox, to_chw};
 use ocellus_vision::metrics::{GroundTruth, ImageResult, evaluate};
-use ocellus_vision::{BBox, ModelInfo};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::cli::{Failure, device, fetch, fetch_images, load_manifest, sidecar, store};
+use crate::args::{DeviceArgs, WorkDirArgs};
+use crate::cli::{fetch_images, fetch_model, load_manifest};
+use crate::report::{self, Done, Failure};
 
 /// `val` flags.
 #[derive(Args, Debug)]
@@ -48,55 +50,49 @@ pub struct ValArgs {
     /// Write the predictions (JSON) here (`s3://...` or a local path).
     #[arg(long, env = "OCELLUS_PREDICTIONS")]
     pub predictions: Option<String>,
-    /// `cpu`, `cuda`, `cuda:N` or `auto`.
-    #[arg(long, env = "OCELLUS_DEVICE", default_value = "auto")]
-    pub device: String,
-    /// Scratch directory.
-    #[arg(long, env = "OCELLUS_WORK_DIR", default_value = "/tmp/ocellus-val")]
-    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub work: WorkDirArgs,
 }
 
 /// Runs `val`.
 pub async fn run(args: ValArgs) -> ExitCode {
-    crate::cli::finish(val(&args).await, &args.work_dir)
+    let work = args.work.path("val");
+    report::finish(val(&args, &work).await.map(Done::Finished), Some(&work))
 }
 
-async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
-    let dev = device(&args.device).map_err(|e| Failure::Invalid("InvalidDevice", e))?;
+async fn val(args: &ValArgs, work: &Path) -> Result<serde_json::Value, Failure> {
+    let dev = args.device.resolve()?;
     if !(0.0..=1.0).contains(&args.conf) || !(0.0..=1.0).contains(&args.iou) || args.batch == 0 {
-        return Err(Failure::Invalid("InvalidOptions", "conf and iou must be in [0, 1], batch at least 1".into()));
+        return Err(Failure::invalid("InvalidOptions", "conf and iou must be in [0, 1], batch at least 1"));
     }
-    let s3 = S3Config::from_env().map_err(Failure::Transient)?;
-    std::fs::create_dir_all(&args.work_dir).map_err(|e| Failure::Transient(e.to_string()))?;
-    let weights = fetch(Some(&s3), &args.weights, &args.work_dir.join("weights.safetensors")).await?;
-    let info_path = fetch(Some(&s3), &sidecar(&args.weights), &args.work_dir.join("weights.json")).await?;
-    let info: ModelInfo =
-        serde_json::from_slice(&std::fs::read(&info_path).map_err(|e| Failure::Transient(e.to_string()))?)
-            .map_err(|e| Failure::Invalid("InvalidModelInfo", e.to_string()))?;
+    let storage = Storage::from_env();
+    let (weights, info) = fetch_model(&storage, &args.weights, work).await?;
     if !info.is_detect() {
-        return Err(Failure::Invalid(
+        return Err(Failure::invalid(
             "UnsupportedTask",
             format!("val supports detectors; {} is a {} model", info.architecture, info.task),
         ));
     }
     let imgsz = args.imgsz.unwrap_or(info.imgsz);
     if !imgsz.is_multiple_of(32) {
-        return Err(Failure::Invalid("InvalidOptions", format!("imgsz {imgsz} is not a multiple of 32")));
+        return Err(Failure::invalid("InvalidOptions", format!("imgsz {imgsz} is not a multiple of 32")));
     }
-    let (header, records) = load_manifest(&s3, &args.manifest).await?;
+    let (header, records) = load_manifest(&storage, &args.manifest).await?;
     if header.names() != info.names {
-        return Err(Failure::Invalid(
+        return Err(Failure::invalid(
             "ClassMismatch",
             format!("the dataset's classes {:?} differ from the model's {:?}", header.names(), info.names),
         ));
     }
     let records: Vec<_> = records.into_iter().filter(|r| r.split.as_str() == args.split).collect();
     if records.is_empty() {
-        return Err(Failure::Invalid("InvalidSplits", format!("the dataset has no {:?} images", args.split)));
+        return Err(Failure::invalid("InvalidSplits", format!("the dataset has no {:?} images", args.split)));
     }
-    let dir = args.work_dir.join("images");
-    fetch_images(&s3, &records, &dir).await.map_err(Failure::Transient)?;
-    let model = Loaded::load(&info, &weights, dev).map_err(|e| Failure::Invalid("InvalidWeights", e))?;
+    let dir = work.join("images");
+    fetch_images(&storage, &records, &dir).await?;
+    let model = Loaded::load(&info, &weights, dev).map_err(|e| Failure::invalid("InvalidWeights", e.to_string()))?;
 
     let th = Thresholds { conf: args.conf, iou: args.iou, max_det: args.max_det };
     let nc = info.names.len();
@@ -108,7 +104,7 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
             let mut boxes = Vec::new();
             for r in chunk {
                 let img = image::open(dir.join(&r.file))
-                    .map_err(|e| Failure::Invalid("CorruptImage", format!("{}: {e}", r.source)))?
+                    .map_err(|e| Failure::invalid("CorruptImage", format!("{}: {e}", r.source)))?
                     .to_rgb8();
                 let (boxed, lb) = letterbox(&img, imgsz);
                 to_chw(&boxed, &mut pixels);
@@ -118,7 +114,7 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
             let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, s, s]).to_device(dev);
             let y = model.forward(&x).to_device(Device::Cpu).to_kind(Kind::Float);
             let (c, a) = (y.size()[1] as usize, y.size()[2] as usize);
-            let flat = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| Failure::Transient(e.to_string()))?;
+            let flat = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| Failure::transient(e.to_string()))?;
             for (i, r) in chunk.iter().enumerate() {
                 let dets = decode_to_original(&flat[i * c * a..(i + 1) * c * a], c - 4, a, th, &boxes[i]);
                 let (w, h) = (r.width as f32, r.height as f32);
@@ -149,13 +145,13 @@ async fn val(args: &ValArgs) -> Result<serde_json::Value, Failure> {
         .map(|c| json!({"class": c, "name": info.names[c], "ap50": e.per_class_ap50[c], "ap50_95": e.per_class_ap[c]}))
         .collect();
     if let Some(dest) = &args.predictions {
-        let path = args.work_dir.join("predictions.json");
+        let path = work.join("predictions.json");
         std::fs::write(&path, serde_json::to_vec(&predictions).unwrap_or_default())
-            .map_err(|e| Failure::Transient(e.to_string()))?;
-        store(Some(&s3), &path, dest, "application/json").await?;
+            .map_err(|e| Failure::transient(e.to_string()))?;
+        storage.store(&path, dest, "application/json").await?;
     }
     Ok(json!({
-        "event": "done", "images": results.len(), "imgsz": imgsz,
+        "images": results.len(), "imgsz": imgsz,
         "metrics": {"precision": e.precision, "recall": e.recall, "map50": e.map50, "map50_95": e.map50_95},
         "perClass": per_class, "predictionsUri": args.predictions,
     }))

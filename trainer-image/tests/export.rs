@@ -128,7 +128,7 @@ fn round_trip(architecture: &str, names: &[&str]) {
 
     // Refused options are clear errors.
     let bad = Options { opset: 9, ..opts };
-    assert!(export::onnx(&model, &info, &bad).expect_err("opset 9").contains("opset 9 is not supported"));
+    assert!(export::onnx(&model, &info, &bad).expect_err("opset 9").to_string().contains("opset 9 is not supported"));
 
     // Python's torch.jit.load, where a full PyTorch exists (the lean CI venv cannot import torch).
     if let Some(py) = full_torch_python() {

@@ -108,5 +108,5 @@ fn fine_tuning_reinitialises_only_the_class_layers() {
         &other,
     )
     .expect("write");
-    assert!(again.init_from(&other).expect_err("foreign").contains("share no variable"));
+    assert!(again.init_from(&other).expect_err("foreign").to_string().contains("share no variable"));
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use ocellus_dataset::Task;
 use ocellus_dataset::fetch::Source;
 use ocellus_dataset::ingest::{self, Options};
-use ocellus_dataset::s3::Store;
+use ocellus_storage::s3::Store;
 use ocellus_tests::fixtures;
 use ocellus_tests::s3::S3Server;
 

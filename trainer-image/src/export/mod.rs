@@ -25,6 +25,7 @@ mod model_export {
     use tch::{Device, Kind, Tensor};
 
     use super::onnx::{Dim, Graph};
+    use crate::error::{ExportError, ParseError};
     use crate::model::{Architecture, Classifier, Detector, ModelKind};
 
     /// ONNX opsets this exporter writes (its ops are stable from 13 on).
@@ -45,23 +46,24 @@ mod model_export {
     impl Loaded {
         /// Builds the model of `info` on `device` and loads `weights` (safetensors, Ultralytics'
         /// names, as `train` writes them).
-        pub fn load(info: &ModelInfo, weights: &Path, device: Device) -> Result<Loaded, String> {
-            let arch: Architecture = info.architecture.parse()?;
+        pub fn load(info: &ModelInfo, weights: &Path, device: Device) -> Result<Loaded, ExportError> {
+            let arch: Architecture =
+                info.architecture.parse().map_err(|e: ParseError| ExportError::InvalidModel(e.0))?;
             let nc = info.names.len() as i64;
             if nc == 0 {
-                return Err("the model has no class names".into());
+                return Err(ExportError::InvalidModel("the model has no class names".into()));
             }
             let mut vs = VarStore::new(device);
             let loaded = match arch.kind {
                 ModelKind::Detect => {
                     let m = Detector::new(&(vs.root() / "model"), &arch, nc);
-                    vs.load(weights).map_err(|e| format!("loading weights: {e}"))?;
+                    vs.load(weights).map_err(|e| ExportError::InvalidModel(format!("loading weights: {e}")))?;
                     vs.freeze();
                     Loaded::Detect(vs, m)
                 }
                 ModelKind::Classify => {
                     let m = Classifier::new(&(vs.root() / "model"), &arch, nc);
-                    vs.load(weights).map_err(|e| format!("loading weights: {e}"))?;
+                    vs.load(weights).map_err(|e| ExportError::InvalidModel(format!("loading weights: {e}")))?;
                     vs.freeze();
                     Loaded::Classify(vs, m)
                 }
@@ -105,14 +107,13 @@ mod model_export {
     }
 
     /// Traces the model and saves TorchScript to `path`.
-    pub fn torchscript(model: &Loaded, opts: &Options, device: Device, path: &Path) -> Result<(), String> {
+    pub fn torchscript(model: &Loaded, opts: &Options, device: Device, path: &Path) -> Result<(), ExportError> {
         let kind = if opts.half { Kind::Half } else { Kind::Float };
         let s = i64::from(opts.imgsz);
         let example = Tensor::zeros([i64::from(opts.batch.max(1)), 3, s, s], (kind, device));
         let mut f = |inputs: &[Tensor]| vec![model.forward(&inputs[0])];
-        let module = tch::CModule::create_by_tracing("Model", "forward", &[example], &mut f)
-            .map_err(|e| format!("tracing: {e}"))?;
-        module.save(path).map_err(|e| format!("saving TorchScript: {e}"))
+        let module = tch::CModule::create_by_tracing("Model", "forward", &[example], &mut f)?;
+        Ok(module.save(path)?)
     }
 
     /// Ultralytics' ONNX metadata (Python literals), plus ours as JSON under `ocellus`.
@@ -145,14 +146,14 @@ mod model_export {
     }
 
     /// Writes the model as ONNX.
-    pub fn onnx(model: &Loaded, info: &ModelInfo, opts: &Options) -> Result<Vec<u8>, String> {
+    pub fn onnx(model: &Loaded, info: &ModelInfo, opts: &Options) -> Result<Vec<u8>, ExportError> {
         if !OPSETS.contains(&opts.opset) {
-            return Err(format!(
+            return Err(ExportError::Unsupported(format!(
                 "ONNX opset {} is not supported: use {} to {}",
                 opts.opset,
                 OPSETS.start(),
                 OPSETS.end()
-            ));
+            )));
         }
         let mut g = Graph::default();
         g.half = opts.half;

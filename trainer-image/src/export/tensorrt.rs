@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::error::ExportError;
+
 /// The builder script (TensorRT's Python API).
 const BUILD_ENGINE: &str = include_str!("build_engine.py");
 
@@ -15,18 +17,18 @@ fn python() -> String {
 }
 
 /// `Ok(version)` when TensorRT can be used here.
-pub fn available() -> Result<String, String> {
-    let out = Command::new(python())
-        .args(["-c", "import tensorrt; print(tensorrt.__version__)"])
-        .output()
-        .map_err(|e| format!("TensorRT is not available: cannot run {}: {e}", python()))?;
+pub fn available() -> Result<String, ExportError> {
+    let out =
+        Command::new(python()).args(["-c", "import tensorrt; print(tensorrt.__version__)"]).output().map_err(|e| {
+            ExportError::TensorRtUnavailable(format!("TensorRT is not available: cannot run {}: {e}", python()))
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or("").trim();
-        return Err(format!(
+        return Err(ExportError::TensorRtUnavailable(format!(
             "TensorRT is not available in this image ({last}); engines are built on a GPU node with TensorRT installed \
              (set OCELLUS_TENSORRT_PYTHON to its Python), or export ONNX and serve it with ONNX Runtime"
-        ));
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -53,25 +55,30 @@ pub struct BuildRequest<'a> {
 }
 
 /// Builds the engine.
-pub fn build(req: &BuildRequest<'_>) -> Result<(), String> {
+pub fn build(req: &BuildRequest<'_>) -> Result<(), ExportError> {
     if req.int8 && req.calibration.is_none() {
-        return Err("INT8 needs calibration images".into());
+        return Err(ExportError::Unsupported("INT8 needs calibration images".into()));
     }
     let args = serde_json::json!({
         "onnx": req.onnx, "engine": req.engine, "fp16": req.fp16, "int8": req.int8,
         "calibration": req.calibration, "imgsz": req.imgsz, "batch": req.batch, "dynamic": req.dynamic,
     });
-    let out =
-        Command::new(python()).args(["-c", BUILD_ENGINE]).arg(args.to_string()).output().map_err(|e| e.to_string())?;
+    let out = Command::new(python())
+        .args(["-c", BUILD_ENGINE])
+        .arg(args.to_string())
+        .output()
+        .map_err(|e| ExportError::TensorRt(format!("cannot run {}: {e}", python())))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last: serde_json::Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_default();
     if out.status.success() && last["ok"] == true {
         return Ok(());
     }
-    Err(last["error"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("TensorRT build failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    Err(ExportError::TensorRt(
+        last["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().into()),
+    ))
 }
 
 #[cfg(test)]
@@ -80,6 +87,7 @@ mod tests {
     fn missing_tensorrt_is_a_clear_error() {
         // CI and this machine have no TensorRT: the check must say so, not fail obscurely.
         if let Err(e) = super::available() {
+            let e = e.to_string();
             assert!(e.contains("TensorRT is not available"), "{e}");
         }
     }

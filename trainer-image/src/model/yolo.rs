@@ -6,6 +6,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use super::blocks::{C2f, ConvBn, Sppf, conv_onnx};
+use crate::error::ParseError;
 use ocellus_vision::onnx::{Attr, Graph};
 
 /// Detector or classifier.
@@ -66,26 +67,26 @@ pub struct Architecture {
 }
 
 impl FromStr for Architecture {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         let rest = s
             .strip_prefix("yolov8")
-            .ok_or_else(|| format!("unknown architecture {s:?}: expected yolov8{{n,s,m,l,x}}[-cls]"))?;
+            .ok_or_else(|| ParseError(format!("unknown architecture {s:?}: expected yolov8{{n,s,m,l,x}}[-cls]")))?;
         let mut chars = rest.chars();
-        let letter = chars.next().ok_or_else(|| format!("architecture {s:?} has no scale letter"))?;
+        let letter = chars.next().ok_or_else(|| ParseError(format!("architecture {s:?} has no scale letter")))?;
         let kind = match chars.as_str() {
             "" => ModelKind::Detect,
             "-cls" => ModelKind::Classify,
             "-seg" | "-pose" | "-obb" => {
-                return Err(format!(
+                return Err(ParseError(format!(
                     "architecture {s:?}: segment, pose and OBB training are not supported yet; use yolov8{letter} (detect) or yolov8{letter}-cls"
-                ));
+                )));
             }
-            other => return Err(format!("unknown architecture suffix {other:?} in {s:?}")),
+            other => return Err(ParseError(format!("unknown architecture suffix {other:?} in {s:?}"))),
         };
         let scale = Scale::of(letter, kind)
-            .ok_or_else(|| format!("unknown scale {letter:?} in {s:?}: expected n, s, m, l or x"))?;
+            .ok_or_else(|| ParseError(format!("unknown scale {letter:?} in {s:?}: expected n, s, m, l or x")))?;
         Ok(Architecture { kind, letter, scale })
     }
 }

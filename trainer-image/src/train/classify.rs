@@ -9,10 +9,32 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::data::{Sample, epoch_batches};
-use super::{TrainConfig, batch_tensor};
+use super::data::{Augment, Batch, Sample, epoch_batches};
+use super::session::{Net, Session};
+use super::task::{TaskModel, photometric_only};
+use super::{EpochReport, TrainConfig, batch_tensor};
+use crate::error::TrainError;
 use crate::loss::Target;
 use crate::model::{Architecture, Classifier};
+
+impl TaskModel for Classifier {
+    fn loss(&self, x: &Tensor, b: &Batch, _nc: i64, autocast: bool) -> Tensor {
+        let logits = tch::autocast(autocast, || self.forward_t(x, true)).to_kind(Kind::Float);
+        let ce = logits.cross_entropy_for_logits(&labels(b, x.device())) * b.len as f64;
+        let zero = Tensor::zeros([1], (Kind::Float, x.device()));
+        Tensor::cat(&[zero.shallow_clone(), ce.view([1]), zero], 0)
+    }
+
+    fn validate(&self, val: &Arc<Vec<Sample>>, cfg: &TrainConfig, report: &mut EpochReport) -> Result<(), TrainError> {
+        let (top1, top5) = validate(self, val, cfg)?;
+        (report.top1, report.top5) = (Some(top1), Some(top5));
+        Ok(())
+    }
+
+    fn augment(&self, a: Augment) -> Augment {
+        photometric_only(a)
+    }
+}
 
 /// Metrics after one epoch.
 #[derive(Debug, Clone, Serialize)]
@@ -35,13 +57,13 @@ pub fn sample(path: PathBuf, class: usize) -> Sample {
 }
 
 /// Class labels of a batch (each image's one whole-image target).
-pub(crate) fn labels(b: &super::data::Batch, device: Device) -> Tensor {
+fn labels(b: &Batch, device: Device) -> Tensor {
     let l: Vec<i64> = b.targets.iter().map(|t| t.first().map(|t| t.class).unwrap_or(0)).collect();
     Tensor::from_slice(&l).to_device(device)
 }
 
 /// Top-1 and top-5 accuracy of `model` on `samples`.
-pub fn validate(model: &Classifier, samples: &Arc<Vec<Sample>>, cfg: &TrainConfig) -> Result<(f64, f64), String> {
+pub fn validate(model: &Classifier, samples: &Arc<Vec<Sample>>, cfg: &TrainConfig) -> Result<(f64, f64), TrainError> {
     let (mut top1, mut top5, mut n) = (0i64, 0i64, 0i64);
     let order: Vec<usize> = (0..samples.len()).collect();
     for b in epoch_batches(samples.clone(), order, cfg.batch, cfg.imgsz, None, 0, cfg.workers) {
@@ -59,7 +81,7 @@ pub fn validate(model: &Classifier, samples: &Arc<Vec<Sample>>, cfg: &TrainConfi
     Ok((top1 as f64 / n, top5 as f64 / n))
 }
 
-/// Trains a classifier (the resumable [`super::session::Session`], as detectors); returns the
+/// Trains a classifier (the resumable [`Session`], as detectors); returns the
 /// EMA weights and model, and one report per epoch.
 pub fn train(
     arch: &Architecture,
@@ -68,10 +90,10 @@ pub fn train(
     val: Vec<Sample>,
     cfg: &TrainConfig,
     on_epoch: &mut dyn FnMut(&ClassifyReport),
-) -> Result<(VarStore, Classifier, Vec<ClassifyReport>), String> {
-    let mut s = super::session::Session::new(arch, nc, cfg)?;
+) -> Result<(VarStore, Classifier, Vec<ClassifyReport>), TrainError> {
+    let mut s = Session::new(arch, nc, cfg)?;
     let never = std::sync::atomic::AtomicBool::new(false);
-    let report = |r: &super::EpochReport| ClassifyReport {
+    let report = |r: &EpochReport| ClassifyReport {
         epoch: r.epoch,
         loss: r.cls_loss,
         top1: r.top1.unwrap_or(0.0),
@@ -80,7 +102,7 @@ pub fn train(
     };
     s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(&report(r)))?;
     match s.into_ema() {
-        (vs, super::session::Net::Classify(m), reports) => Ok((vs, m, reports.iter().map(report).collect())),
-        _ => Err("not a classifier".into()),
+        (vs, Net::Classify(m), reports) => Ok((vs, m, reports.iter().map(report).collect())),
+        _ => Err(TrainError::Unsupported(format!("yolov8{} is not a classifier", arch.letter))),
     }
 }

@@ -8,6 +8,7 @@ use image::RgbImage;
 use ocellus_dataset::labels::Annotation;
 use ocellus_vision::letterbox::{letterbox, to_chw};
 
+use crate::error::TrainError;
 use crate::loss::Target;
 
 /// One image and its boxes (normalised to the original image).
@@ -106,8 +107,10 @@ pub struct Batch {
     pub targets: Vec<Vec<Target>>,
 }
 
-fn open(sample: &Sample) -> Result<RgbImage, String> {
-    Ok(image::open(&sample.path).map_err(|e| format!("{}: {e}", sample.path.display()))?.to_rgb8())
+fn open(sample: &Sample) -> Result<RgbImage, TrainError> {
+    Ok(image::open(&sample.path)
+        .map_err(|e| TrainError::Image { path: sample.path.clone(), message: e.to_string() })?
+        .to_rgb8())
 }
 
 /// A training sample with augmentation, in Ultralytics' order: mosaic (with three random other
@@ -119,7 +122,7 @@ pub fn load_augmented(
     size: u32,
     a: &Augment,
     rng: &mut Rng,
-) -> Result<(RgbImage, Vec<Target>), String> {
+) -> Result<(RgbImage, Vec<Target>), TrainError> {
     let (warped, boxes) = if a.mosaic > 0.0 && rng.unit() < a.mosaic {
         let others: Vec<usize> = (0..3).map(|_| rng.range(0, samples.len() as u32) as usize).collect();
         let imgs =
@@ -157,7 +160,7 @@ pub fn load(
     sample: &Sample,
     size: u32,
     augment: Option<(&Augment, &mut Rng)>,
-) -> Result<(RgbImage, Vec<Target>), String> {
+) -> Result<(RgbImage, Vec<Target>), TrainError> {
     let mut img = open(sample)?;
     let mut targets = sample.targets.clone();
     if let Some((a, rng)) = augment {
@@ -193,13 +196,13 @@ pub fn epoch_batches(
     augment: Option<Augment>,
     seed: u64,
     workers: usize,
-) -> Receiver<Result<Batch, String>> {
+) -> Receiver<Result<Batch, TrainError>> {
     let chunks: Vec<Vec<usize>> = order.chunks(batch).map(|c| c.to_vec()).collect();
     let (tx, rx) = sync_channel(workers.max(1) * 2);
     std::thread::spawn(move || {
         // Each batch is built by a scoped worker; results are sent in order.
         for group in chunks.chunks(workers.max(1)) {
-            let built: Vec<Result<Batch, String>> = std::thread::scope(|s| {
+            let built: Vec<Result<Batch, TrainError>> = std::thread::scope(|s| {
                 let handles: Vec<_> = group
                     .iter()
                     .map(|idx| {
@@ -223,7 +226,12 @@ pub fn epoch_batches(
                         })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("loader thread panicked".into()))).collect()
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| Err(TrainError::DataLoader("a loader thread panicked".into())))
+                    })
+                    .collect()
             });
             for b in built {
                 if tx.send(b).is_err() {

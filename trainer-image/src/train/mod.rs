@@ -4,21 +4,21 @@
 
 pub mod classify;
 pub mod data;
+pub mod detect;
 pub mod geometry;
 pub mod session;
+pub mod task;
+
+pub use detect::{train, validate};
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use ocellus_vision::BBox;
-use ocellus_vision::decode::{Thresholds, decode};
-use ocellus_vision::metrics::{GroundTruth, ImageResult, evaluate};
 use serde::Serialize;
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use crate::model::{Architecture, Detector};
-use data::{Augment, Sample, epoch_batches};
+use crate::error::TrainError;
+use data::Augment;
 
 /// Training settings (Ultralytics' names).
 #[derive(Debug, Clone)]
@@ -69,12 +69,12 @@ pub enum Optimizer {
 }
 
 impl std::str::FromStr for Optimizer {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::error::ParseError;
+    fn from_str(s: &str) -> Result<Self, crate::error::ParseError> {
         match s.to_ascii_lowercase().as_str() {
             "adamw" => Ok(Optimizer::AdamW),
             "sgd" => Ok(Optimizer::Sgd),
-            other => Err(format!("unknown optimizer {other:?}: AdamW or SGD")),
+            other => Err(crate::error::ParseError(format!("unknown optimizer {other:?}: AdamW or SGD"))),
         }
     }
 }
@@ -169,8 +169,8 @@ pub(crate) struct Ema {
 
 impl Ema {
     /// An EMA starting from `source`'s current weights.
-    pub(crate) fn new(mut vs: VarStore, source: &VarStore) -> Result<Ema, String> {
-        vs.copy(source).map_err(|e| e.to_string())?;
+    pub(crate) fn new(mut vs: VarStore, source: &VarStore) -> Result<Ema, TrainError> {
+        vs.copy(source)?;
         vs.freeze();
         Ok(Ema { vs, updates: 0.0 })
     }
@@ -198,60 +198,5 @@ impl Ema {
                 }
             }
         });
-    }
-}
-
-/// Validates `model` on `samples`; boxes are compared in letterboxed pixels.
-pub fn validate(
-    model: &Detector,
-    samples: &Arc<Vec<Sample>>,
-    imgsz: u32,
-    batch: usize,
-    device: Device,
-    workers: usize,
-) -> Result<ocellus_vision::metrics::Evaluation, String> {
-    let order: Vec<usize> = (0..samples.len()).collect();
-    let mut results = Vec::new();
-    let s = imgsz as f32;
-    let th = Thresholds { conf: 0.001, iou: 0.7, max_det: 300 };
-    for b in epoch_batches(samples.clone(), order, batch, imgsz, None, 0, workers) {
-        let b = b?;
-        let y = tch::no_grad(|| model.predict(&batch_tensor(&b, imgsz, device)))
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float);
-        let (n, c, a) = (y.size()[0], y.size()[1], y.size()[2]);
-        let flat: Vec<f32> = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
-        for (i, targets) in b.targets.iter().enumerate().take(n as usize) {
-            let one = &flat[i * (c * a) as usize..(i + 1) * (c * a) as usize];
-            let dets = decode(one, (c - 4) as usize, a as usize, th);
-            let gts = targets
-                .iter()
-                .map(|t| GroundTruth {
-                    bbox: BBox::from_cxcywh(t.xywh[0] * s, t.xywh[1] * s, t.xywh[2] * s, t.xywh[3] * s),
-                    class: t.class as usize,
-                })
-                .collect();
-            results.push(ImageResult { gts, dets });
-        }
-    }
-    Ok(evaluate(&results, (model.nc) as usize, 300))
-}
-
-/// Trains a detector from scratch to the end; returns the EMA weights and model, and one report
-/// per epoch. See [`session::Session`] for pausing and resuming.
-pub fn train(
-    arch: &Architecture,
-    nc: i64,
-    train: Vec<Sample>,
-    val: Vec<Sample>,
-    cfg: &TrainConfig,
-    on_epoch: &mut dyn FnMut(&EpochReport),
-) -> Result<(VarStore, Detector, Vec<EpochReport>), String> {
-    let mut s = session::Session::new(arch, nc, cfg)?;
-    let never = std::sync::atomic::AtomicBool::new(false);
-    s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(r))?;
-    match s.into_ema() {
-        (vs, session::Net::Detect(m), reports) => Ok((vs, m, reports)),
-        _ => Err(format!("{} is not a detector", arch.letter)),
     }
 }

@@ -13,9 +13,9 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 use super::data::{Augment, Rng, Sample, epoch_batches};
-use super::geometry::AffineParams;
-use super::{Ema, EpochReport, Optimizer, TrainConfig, batch_tensor, lr_factor, validate};
-use crate::loss::{LossConfig, detection_loss};
+use super::task::TaskModel;
+use super::{Ema, EpochReport, Optimizer, TrainConfig, batch_tensor, lr_factor};
+use crate::error::TrainError;
 use crate::model::{Architecture, Classifier, Detector, ModelKind};
 
 /// Where a run is in its schedule (the JSON half of a checkpoint).
@@ -95,23 +95,11 @@ impl Net {
         }
     }
 
-    /// Loss terms `[box, cls, dfl]` summed over the batch (a classifier's cross-entropy is the
-    /// `cls` term).
-    fn loss(&self, x: &Tensor, b: &super::data::Batch, nc: i64, autocast: bool) -> Tensor {
+    /// The task behind the network: loss, validation, augmentation.
+    fn task(&self) -> &dyn TaskModel {
         match self {
-            Net::Detect(m) => {
-                let levels: Vec<Tensor> = tch::autocast(autocast, || m.forward_levels(x, true))
-                    .into_iter()
-                    .map(|l| l.to_kind(Kind::Float))
-                    .collect();
-                detection_loss(&LossConfig::default(), nc, &levels, &b.targets)
-            }
-            Net::Classify(m) => {
-                let logits = tch::autocast(autocast, || m.forward_t(x, true)).to_kind(Kind::Float);
-                let ce = logits.cross_entropy_for_logits(&super::classify::labels(b, x.device())) * b.len as f64;
-                let zero = Tensor::zeros([1], (Kind::Float, x.device()));
-                Tensor::cat(&[zero.shallow_clone(), ce.view([1]), zero], 0)
-            }
+            Net::Detect(m) => m,
+            Net::Classify(m) => m,
         }
     }
 }
@@ -146,7 +134,7 @@ const WARMUP_MOMENTUM: f64 = 0.8;
 
 impl Session {
     /// A fresh run (seeded).
-    pub fn new(arch: &Architecture, nc: i64, cfg: &TrainConfig) -> Result<Session, String> {
+    pub fn new(arch: &Architecture, nc: i64, cfg: &TrainConfig) -> Result<Session, TrainError> {
         tch::manual_seed(cfg.seed as i64);
         let vs = VarStore::new(cfg.device);
         let model = Net::new(&(vs.root() / "model"), arch, nc);
@@ -180,7 +168,7 @@ impl Session {
 
     /// Writes the tensors of a checkpoint (model, EMA, moments) to `path` (safetensors); the
     /// matching [`Progress`] is `self.progress`.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         let mut list: Vec<(String, Tensor)> = Vec::new();
         for (k, t) in self.vs.variables() {
             list.push((format!("model/{k}"), t));
@@ -193,21 +181,25 @@ impl Session {
             list.push((format!("adam_v/{n}"), self.v[n].shallow_clone()));
         }
         list.sort_by(|a, b| a.0.cmp(&b.0));
-        Tensor::write_safetensors(&list, path).map_err(|e| e.to_string())
+        Ok(Tensor::write_safetensors(&list, path)?)
     }
 
     /// Restores a checkpoint written by [`Session::save`].
-    pub fn load(arch: &Architecture, cfg: &TrainConfig, progress: Progress, path: &Path) -> Result<Session, String> {
+    pub fn load(
+        arch: &Architecture,
+        cfg: &TrainConfig,
+        progress: Progress,
+        path: &Path,
+    ) -> Result<Session, TrainError> {
         let mut s = Session::new(arch, progress.nc, cfg)?;
         if s.arch_name != progress.architecture {
-            return Err(format!("checkpoint is for {}, not {}", progress.architecture, s.arch_name));
+            return Err(TrainError::Checkpoint(format!("it is for {}, not {}", progress.architecture, s.arch_name)));
         }
-        let tensors: HashMap<String, Tensor> =
-            Tensor::read_safetensors(path).map_err(|e| e.to_string())?.into_iter().collect();
-        let restore = |vars: HashMap<String, Tensor>, prefix: &str| -> Result<(), String> {
+        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+        let lacks = |name: String| TrainError::Checkpoint(format!("it lacks {name}"));
+        let restore = |vars: HashMap<String, Tensor>, prefix: &str| -> Result<(), TrainError> {
             for (k, t) in vars {
-                let src =
-                    tensors.get(&format!("{prefix}/{k}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{k}"))?;
+                let src = tensors.get(&format!("{prefix}/{k}")).ok_or_else(|| lacks(format!("{prefix}/{k}")))?;
                 tch::no_grad(|| t.shallow_clone().copy_(src));
             }
             Ok(())
@@ -216,8 +208,7 @@ impl Session {
         restore(s.ema.vs.variables(), "ema")?;
         for n in s.names.clone() {
             for (prefix, map) in [("adam_m", &mut s.m), ("adam_v", &mut s.v)] {
-                let src =
-                    tensors.get(&format!("{prefix}/{n}")).ok_or_else(|| format!("checkpoint lacks {prefix}/{n}"))?;
+                let src = tensors.get(&format!("{prefix}/{n}")).ok_or_else(|| lacks(format!("{prefix}/{n}")))?;
                 map.insert(n.clone(), src.to_device(cfg.device));
             }
         }
@@ -229,9 +220,9 @@ impl Session {
     /// Starts from trained weights (`weights/*.safetensors`, or a checkpoint's `ema/` tensors):
     /// every variable with the same name and shape is copied (model and EMA); the others keep
     /// their fresh initialisation, so a different class count re-initialises the class layers.
-    pub fn init_from(&mut self, path: &Path) -> Result<FineTune, String> {
+    pub fn init_from(&mut self, path: &Path) -> Result<FineTune, TrainError> {
         let tensors: HashMap<String, Tensor> =
-            Tensor::read_safetensors(path).map_err(|e| format!("starting weights: {e}"))?.into_iter().collect();
+            Tensor::read_safetensors(path).map_err(|e| TrainError::StartWeights(e.to_string()))?.into_iter().collect();
         let find = |k: &str| tensors.get(&format!("ema/{k}")).or_else(|| tensors.get(k));
         let mut report = FineTune { loaded: 0, reinitialized: vec![] };
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
@@ -246,12 +237,12 @@ impl Session {
             }
         }
         if report.loaded == 0 {
-            return Err(format!(
-                "the starting weights share no variable with {}: not a checkpoint of this architecture",
+            return Err(TrainError::StartWeights(format!(
+                "they share no variable with {}: not a checkpoint of this architecture",
                 self.arch_name
-            ));
+            )));
         }
-        self.ema.vs.copy(&self.vs).map_err(|e| e.to_string())?;
+        self.ema.vs.copy(&self.vs)?;
         Ok(report)
     }
 
@@ -348,7 +339,7 @@ impl Session {
         cfg: &TrainConfig,
         stop: &AtomicBool,
         on_epoch: &mut dyn FnMut(&EpochReport, bool),
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, TrainError> {
         self.run_with(train, val, cfg, stop, &mut |r, best, _| on_epoch(r, best))
     }
 
@@ -360,7 +351,7 @@ impl Session {
         cfg: &TrainConfig,
         stop: &AtomicBool,
         on_epoch: &mut dyn FnMut(&EpochReport, bool, &Session),
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, TrainError> {
         let nc = self.progress.nc;
         let accumulate = (cfg.nbs as f64 / cfg.batch as f64).round().max(1.0) as usize;
         let wd = cfg.weight_decay * (cfg.batch * accumulate) as f64 / cfg.nbs as f64;
@@ -377,14 +368,10 @@ impl Session {
             let rest: Vec<usize> = order.into_iter().skip(skip * cfg.batch).collect();
             let target_lr = cfg.lr0 * lr_factor(epoch as f64, cfg.epochs as f64, cfg.lrf, cfg.cos_lr);
             let seed = cfg.seed ^ (epoch as u64) << 32;
-            // Mosaic off for the last `close_mosaic` epochs (as Ultralytics).
-            // Classifiers get colour and flip only: mosaic and the affine warp are for boxes.
-            let classify = matches!(self.model, Net::Classify(_));
+            // The task's augmentation, with mosaic off for the last `close_mosaic` epochs (as Ultralytics).
             let augment = cfg.augment.map(|a| {
-                let mosaic = if classify || epoch + cfg.close_mosaic >= cfg.epochs { 0.0 } else { a.mosaic };
-                let affine =
-                    if classify { AffineParams { degrees: 0.0, translate: 0.0, scale: 0.0 } } else { a.affine };
-                Augment { mosaic, affine, ..a }
+                let a = self.model.task().augment(a);
+                if epoch + cfg.close_mosaic >= cfg.epochs { Augment { mosaic: 0.0, ..a } } else { a }
             });
             for (j, b) in epoch_batches(train.clone(), rest, cfg.batch, cfg.imgsz, augment, seed, cfg.workers)
                 .into_iter()
@@ -408,10 +395,10 @@ impl Session {
                 let x = batch_tensor(&b, cfg.imgsz, cfg.device);
                 // Mixed precision: the forward pass autocasts on CUDA; the loss is computed in float.
                 let autocast = cfg.amp && cfg.device.is_cuda();
-                let loss = self.model.loss(&x, &b, nc, autocast);
+                let loss = self.model.task().loss(&x, &b, nc, autocast);
                 let total = loss.sum(Kind::Float);
                 if !total.double_value(&[]).is_finite() {
-                    return Err(format!("loss became non-finite at epoch {} batch {bi}", epoch + 1));
+                    return Err(TrainError::NonFinite { epoch: epoch + 1, batch: bi });
                 }
                 if self.progress.loss_scale > 0.0 {
                     (total * self.progress.loss_scale).backward();
@@ -448,18 +435,7 @@ impl Session {
                 top5: None,
                 images_per_second: n / secs,
             };
-            match &self.ema_model {
-                Net::Detect(m) => {
-                    let ev = validate(m, &val, cfg.imgsz, cfg.batch, cfg.device, cfg.workers)?;
-                    (report.precision, report.recall, report.map50, report.map50_95) =
-                        (ev.precision, ev.recall, ev.map50, ev.map50_95);
-                    report.per_class_ap = ev.per_class_ap;
-                }
-                Net::Classify(m) => {
-                    let (top1, top5) = super::classify::validate(m, &val, cfg)?;
-                    (report.top1, report.top5) = (Some(top1), Some(top5));
-                }
-            }
+            self.ema_model.task().validate(&val, cfg, &mut report)?;
             let best = report.fitness() > self.progress.best_fitness;
             if best {
                 self.progress.best_fitness = report.fitness();
