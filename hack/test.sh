@@ -9,8 +9,19 @@ hack/setup.sh cluster
 hack/setup.sh python
 hack/setup.sh torch
 
+log "checking formatting (rustfmt.toml)"
+cargo fmt --all --check
+
 log "checking that the committed CRD YAML is up to date"
 cargo run -q --locked -p ocellus-crds --bin crdgen -- --check
+
+# Layers point one way: workloads and pure libraries never link Kubernetes (tests included).
+log "checking that workloads and libraries do not depend on Kubernetes"
+for p in ocellus-core ocellus-storage ocellus-vision ocellus-dataset ocellus-trainer ocellus-predictor; do
+  if cargo tree --locked -q -p "$p" --all-features -e normal,dev,build --prefix none | grep -Eq '^(kube|kube-client|k8s-openapi) '; then
+    die "$p depends on kube or k8s-openapi: $(cargo tree --locked -q -p "$p" --all-features -i k8s-openapi -e normal,dev,build | head -20)"
+  fi
+done
 
 log "building (default members: no libtorch needed)"
 cargo build --locked
