@@ -138,10 +138,13 @@ pub enum ApiError {
     /// 503.
     #[error("the model is not ready")]
     NotReady,
-    /// 500.
+    /// 500: the detail is logged, never sent (it may name files, devices or library internals).
     #[error("{0}")]
     Internal(String),
 }
+
+/// What a client is told of an internal error.
+const INTERNAL_MESSAGE: &str = "internal error while running the model; the server's log has the details";
 
 impl ApiError {
     fn status(&self) -> (StatusCode, &'static str) {
@@ -162,7 +165,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
-        let mut resp = (status, Json(json!({"error": self.to_string(), "code": code}))).into_response();
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed");
+                INTERNAL_MESSAGE.to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut resp = (status, Json(json!({"error": message, "code": code}))).into_response();
         if let ApiError::Overloaded { retry_after } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
@@ -321,4 +331,26 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit.max(64 << 20)))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .merge(state.health.router())
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    async fn body(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+        (status, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_detail_and_client_errors_keep_theirs() {
+        let (status, v) = body(ApiError::Internal("onnxruntime: /models/x.onnx: CUDA failure 700".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(v, json!({"error": INTERNAL_MESSAGE, "code": "INTERNAL_ERROR"}));
+        let (status, v) = body(ApiError::BadRequest("conf must be in [0, 1]".into())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"], "conf must be in [0, 1]");
+    }
 }
