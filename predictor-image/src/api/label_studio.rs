@@ -13,28 +13,27 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, AppState, predict_image};
+use super::{ApiError, AppState, Route, predict_image};
 use crate::pipeline::Prediction;
 
 /// The Label Studio routes (`POST /predict` is dispatched in [`super::app`]).
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/setup", post(setup))
-        .route("/webhook", post(webhook))
-        .route("/train", post(webhook))
-        .route("/versions", get(versions))
-        .with_state(state)
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/health", health),
+        Route::post("/setup", setup),
+        Route::post("/webhook", webhook),
+        Route::post("/train", webhook),
+        Route::get("/versions", versions),
+    ]
 }
 
 fn model_version(s: &AppState) -> String {

@@ -12,10 +12,12 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::MethodRouter;
 use axum::{Json, Router};
 use ocellus_common::Health;
 use ocellus_vision::ModelInfo;
@@ -319,15 +321,47 @@ async fn track(State(state): State<AppState>, req: Request<Body>, next: Next) ->
     resp
 }
 
-/// The whole API: one router per protocol, plus `/healthz`, `/readyz` and `/metrics`.
+/// One route of the API: a method and path, and the handler that serves them.
+pub(crate) struct Route {
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    /// `GET path`.
+    pub(crate) fn get<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Route {
+        Route { method: Method::GET, path, handler: axum::routing::get(handler) }
+    }
+
+    /// `POST path`.
+    pub(crate) fn post<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Route {
+        Route { method: Method::POST, path, handler: axum::routing::post(handler) }
+    }
+}
+
+/// The route table [`app`] is built from: `POST /predict` (both protocols), then each protocol's.
+fn table() -> Vec<Route> {
+    let mut routes = vec![Route::post("/predict", predict)];
+    routes.extend(ultralytics::routes());
+    routes.extend(oip::routes());
+    routes.extend(label_studio::routes());
+    routes
+}
+
+/// Every API route as `(method, path)`, paths in axum's syntax (`/v2/models/{model}`); [`app`]
+/// adds `/healthz`, `/readyz` and `/metrics`. Lists the routes without a model, so that a test can
+/// check the routes the docs show.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().into_iter().map(|r| (r.method, r.path)).collect()
+}
+
+/// The whole API: the route table, plus `/healthz`, `/readyz` and `/metrics`.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.limits.max_bytes * 4 + (1 << 20);
-    let predict_route = Router::new().route("/predict", post(predict)).with_state(state.clone());
+    let api = table().into_iter().fold(Router::new(), |router, r| router.route(r.path, r.handler));
     Router::new()
-        .merge(predict_route)
-        .merge(ultralytics::router(state.clone()))
-        .merge(oip::router(state.clone()))
-        .merge(label_studio::router(state.clone()))
+        .merge(api.with_state(state.clone()))
         .layer(DefaultBodyLimit::max(body_limit.max(64 << 20)))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .merge(state.health.router())

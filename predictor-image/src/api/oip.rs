@@ -11,32 +11,31 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use ocellus_vision::model_info::{INPUT_NAME, OUTPUT_NAME};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, predict_image, thresholds};
+use super::{ApiError, AppState, Route, predict_image, thresholds};
 
 /// The OIP routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
-        .route("/v2/health/ready", get(server_ready))
-        .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
-        .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
-        .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
-        .with_state(state)
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/v2", server_metadata),
+        Route::get("/v2/health/live", || async { Json(json!({"live": true})) }),
+        Route::get("/v2/health/ready", server_ready),
+        Route::get("/v2/models/{model}", model_metadata),
+        Route::get("/v2/models/{model}/versions/{version}", model_metadata),
+        Route::get("/v2/models/{model}/ready", model_ready),
+        Route::get("/v2/models/{model}/versions/{version}/ready", model_ready),
+        Route::post("/v2/models/{model}/infer", infer),
+        Route::post("/v2/models/{model}/versions/{version}/infer", infer),
+    ]
 }
 
 async fn server_metadata() -> Json<Value> {

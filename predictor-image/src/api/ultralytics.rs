@@ -3,20 +3,16 @@
 //! (JPEG, PNG, WebP; repeatable), `conf`, `iou`, `imgsz`; answers
 //! `{"images": [{"shape": [h, w], "results": [{class, name, confidence, box}], "speed"}], "metadata"}`.
 
+use axum::Json;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use serde_json::json;
 
-use super::{ApiError, AppState, predict_image, thresholds};
+use super::{ApiError, AppState, Route, predict_image, thresholds};
 
 /// The model-scoped routes (`/predict` itself is dispatched in [`super::app`]).
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/models/{id}/predict", post(scoped))
-        .route("/api/deployments/{id}/predict", post(scoped))
-        .with_state(state)
+pub(super) fn routes() -> Vec<Route> {
+    vec![Route::post("/api/models/{id}/predict", scoped), Route::post("/api/deployments/{id}/predict", scoped)]
 }
 
 async fn scoped(State(state): State<AppState>, Path(_id): Path<String>, req: Request) -> Response {
