@@ -3,13 +3,17 @@
 # ~/.cache/ocellus/bench-venv, configured to run offline.
 source "$(dirname "$0")/../hack/lib.sh"
 V="$OCELLUS_CACHE/bench-venv"
-if [ ! -f "$V/.ready" ]; then
+# Pinned: the parity fixtures in trainer-image/tests/data record these versions (parity.rs checks
+# that they match). .ready holds the pins installed, so changing them reinstalls.
+PINS="torch==2.11.0 torchvision==0.26.0 ultralytics==8.4.190"
+if [ "$(cat "$V/.ready" 2>/dev/null)" != "$PINS" ]; then
   python3 -m venv "$V" || die "cannot create $V"
   "$V/bin/pip" install -q --upgrade pip
-  log "installing ultralytics and torch==2.11.0 (about 3 GB) into $V"
-  "$V/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 ultralytics onnx onnxruntime onnxslim fastapi uvicorn python-multipart \
+  log "installing $PINS (about 3 GB) into $V"
+  # shellcheck disable=SC2086 # PINS is a list
+  "$V/bin/pip" install -q $PINS onnx onnxruntime onnxslim fastapi uvicorn python-multipart \
     || die "pip install of the benchmark peer failed"
-  touch "$V/.ready"
+  echo "$PINS" > "$V/.ready"
 fi
 # Offline Ultralytics: no settings sync, no font download, no auto-install.
 cfg="$OCELLUS_CACHE/bench-yolo-config"
