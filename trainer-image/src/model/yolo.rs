@@ -119,7 +119,8 @@ impl DetectHead {
             }
             (ConvBn::new(&(&q / 0), x, c, 3, 1), ConvBn::new(&(&q / 1), c, c, 3, 1), last)
         };
-        let cv2 = (0..3).map(|i| branch("cv2", i, ch[i], c2, 4 * REG_MAX, 1.0)).collect();
+        // Box bias 2.0, as `Detect.bias_init` of the pinned Ultralytics (8.4; 8.3 and earlier used 1.0).
+        let cv2 = (0..3).map(|i| branch("cv2", i, ch[i], c2, 4 * REG_MAX, 2.0)).collect();
         // Class bias prior: 5 objects per 640x640 image at this stride.
         let cv3 = (0..3)
             .map(|i| {
