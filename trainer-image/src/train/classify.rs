@@ -91,8 +91,6 @@ pub fn train(
     cfg: &TrainConfig,
     on_epoch: &mut dyn FnMut(&ClassifyReport),
 ) -> Result<(VarStore, Classifier, Vec<ClassifyReport>), TrainError> {
-    let mut s = Session::new(arch, nc, cfg)?;
-    let never = std::sync::atomic::AtomicBool::new(false);
     let report = |r: &EpochReport| ClassifyReport {
         epoch: r.epoch,
         loss: r.cls_loss,
@@ -100,8 +98,7 @@ pub fn train(
         top5: r.top5.unwrap_or(0.0),
         images_per_second: r.images_per_second,
     };
-    s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(&report(r)))?;
-    match s.into_ema() {
+    match Session::train_to_end(arch, nc, train, val, cfg, &mut |r| on_epoch(&report(r)))? {
         (vs, Net::Classify(m), reports) => Ok((vs, m, reports.iter().map(report).collect())),
         _ => Err(TrainError::Unsupported(format!("yolov8{} is not a classifier", arch.letter))),
     }

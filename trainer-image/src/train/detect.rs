@@ -81,10 +81,7 @@ pub fn train(
     cfg: &TrainConfig,
     on_epoch: &mut dyn FnMut(&EpochReport),
 ) -> Result<(VarStore, Detector, Vec<EpochReport>), TrainError> {
-    let mut s = Session::new(arch, nc, cfg)?;
-    let never = std::sync::atomic::AtomicBool::new(false);
-    s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(r))?;
-    match s.into_ema() {
+    match Session::train_to_end(arch, nc, train, val, cfg, on_epoch)? {
         (vs, Net::Detect(m), reports) => Ok((vs, m, reports)),
         _ => Err(TrainError::Unsupported(format!("yolov8{}-cls is not a detector", arch.letter))),
     }

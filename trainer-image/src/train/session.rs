@@ -246,6 +246,22 @@ impl Session {
         Ok(report)
     }
 
+    /// Trains a fresh session to its last epoch (no pause): the EMA weights and model, and one
+    /// report per epoch. `detect::train` and `classify::train` take their model from it.
+    pub fn train_to_end(
+        arch: &Architecture,
+        nc: i64,
+        train: Vec<Sample>,
+        val: Vec<Sample>,
+        cfg: &TrainConfig,
+        on_epoch: &mut dyn FnMut(&EpochReport),
+    ) -> Result<(VarStore, Net, Vec<EpochReport>), TrainError> {
+        let mut s = Session::new(arch, nc, cfg)?;
+        let never = AtomicBool::new(false);
+        s.run(Arc::new(train), Arc::new(val), cfg, &never, &mut |r, _| on_epoch(r))?;
+        Ok(s.into_ema())
+    }
+
     /// The EMA weights and model, and the reports (consumes the run).
     pub fn into_ema(self) -> (VarStore, Net, Vec<EpochReport>) {
         (self.ema.vs, self.ema_model, self.progress.reports)
