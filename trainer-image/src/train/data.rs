@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 
 use image::RgbImage;
 use ocellus_dataset::labels::Annotation;
-use ocellus_vision::letterbox::{letterbox, to_chw};
+use ocellus_vision::letterbox::{letterbox_dataset, to_chw};
 
 use crate::error::TrainError;
 use crate::loss::Target;
@@ -172,17 +172,13 @@ pub fn load(
             }
         }
     }
-    let (w, h) = (img.width() as f32, img.height() as f32);
-    let (boxed, lb) = letterbox(&img, size);
-    let s = size as f32;
+    // Ultralytics' dataset path (`load_image`, then `LetterBox` pads); boxes follow the resized
+    // sides, which are rounded up and so not exactly `scale` times the original ones.
+    let (boxed, lb) = letterbox_dataset(&img, size);
+    let (w, h, s) = (lb.new_w as f32, lb.new_h as f32, size as f32);
     for t in targets.iter_mut() {
         let [cx, cy, bw, bh] = t.xywh;
-        t.xywh = [
-            (cx * w * lb.scale + lb.pad_left as f32) / s,
-            (cy * h * lb.scale + lb.pad_top as f32) / s,
-            bw * w * lb.scale / s,
-            bh * h * lb.scale / s,
-        ];
+        t.xywh = [(cx * w + lb.pad_left as f32) / s, (cy * h + lb.pad_top as f32) / s, bw * w / s, bh * h / s];
     }
     Ok((boxed, targets))
 }

@@ -56,15 +56,9 @@ impl PixelBox {
     }
 }
 
-/// Resizes so the long side is `s` (Ultralytics' `load_image`); returns the image and the scale.
+/// Resizes so the long side is `s`, as Ultralytics' `load_image` (bilinear, short side rounded up).
 pub fn resize_long_side(img: &RgbImage, s: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let r = s as f32 / w.max(h).max(1) as f32;
-    if (r - 1.0).abs() < 1e-6 {
-        return img.clone();
-    }
-    let (nw, nh) = (((w as f32 * r).round() as u32).max(1), ((h as f32 * r).round() as u32).max(1));
-    image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
+    ocellus_vision::letterbox::resize_long_side(img, s)
 }
 
 /// Places four images (each resized to long side `s`) around a random centre on a `2s × 2s`
