@@ -31,6 +31,11 @@ fn source_error(e: StorageError) -> SourceError {
     }
 }
 
+/// A missing object said plainly (`<uri> does not exist`); other failures as they are.
+fn missing_or(uri: &str, e: StorageError) -> SourceError {
+    if e.reason == "NotFound" { SourceError::Permanent(format!("{uri} does not exist")) } else { source_error(e) }
+}
+
 /// Fetches the artifact and its sidecar into `work` (S3) or uses them in place (local path);
 /// verifies the SHA-256.
 pub async fn fetch(
@@ -46,8 +51,9 @@ pub async fn fetch(
         let (a, s) = (work.join(name), work.join(format!("{name}.json")));
         let storage = Storage::from_env();
         let opts = FetchOptions { max_bytes: MAX_ARTIFACT, attempt_timeout: Some(timeout), retries };
-        storage.fetch(&format!("{uri}.json"), &s, &opts).await.map_err(source_error)?;
-        storage.fetch(uri, &a, &opts).await.map_err(source_error)?;
+        let sidecar = format!("{uri}.json");
+        storage.fetch(&sidecar, &s, &opts).await.map_err(|e| missing_or(&sidecar, e))?;
+        storage.fetch(uri, &a, &opts).await.map_err(|e| missing_or(uri, e))?;
         (a, s)
     } else {
         (PathBuf::from(uri), PathBuf::from(format!("{uri}.json")))
