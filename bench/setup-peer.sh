@@ -7,7 +7,7 @@ if [ ! -f "$V/.ready" ]; then
   python3 -m venv "$V" || die "cannot create $V"
   "$V/bin/pip" install -q --upgrade pip
   log "installing ultralytics and torch==2.11.0 (about 3 GB) into $V"
-  "$V/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 ultralytics onnx onnxruntime onnxslim fastapi uvicorn python-multipart \
+  "$V/bin/pip" install -q torch==2.11.0 torchvision==0.26.0 ultralytics onnx onnxruntime==1.32.0 onnxslim fastapi uvicorn python-multipart \
     || die "pip install of the benchmark peer failed"
   touch "$V/.ready"
 fi
