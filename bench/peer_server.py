@@ -1,8 +1,9 @@
 """Benchmark peers behind FastAPI/uvicorn, answering POST /predict (multipart `file`) with
 Ultralytics-style JSON:
-  MODE=ort          onnxruntime InferenceSession + OpenCV decode/letterbox + NumPy/OpenCV NMS
+  MODE=ort          onnxruntime InferenceSession (THREADS intra-op threads, default: all cores)
+                    + OpenCV decode and letterbox (as Ultralytics' LetterBox) + OpenCV NMS
   MODE=ultralytics  Ultralytics YOLO(model.onnx).predict (one call at a time: not thread-safe)
-Usage: MODE=ort MODEL=model.onnx IMGSZ=640 uvicorn --app-dir bench peer_server:app --port P
+Usage: MODE=ort MODEL=model.onnx IMGSZ=640 THREADS=2 uvicorn --app-dir bench peer_server:app --port P [--workers N]
 """
 import json
 import os
@@ -21,7 +22,9 @@ app = FastAPI()
 if MODE == "ort":
     import onnxruntime as ort
 
-    session = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("THREADS") or os.cpu_count())
+    session = ort.InferenceSession(MODEL, options, providers=["CPUExecutionProvider"])
     names = json.loads(session.get_modelmeta().custom_metadata_map["ocellus"])["names"]
 
     def letterbox(img):
@@ -64,8 +67,11 @@ else:
 
     def predict(data):
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        # rect=False: for an ONNX model with a dynamic batch, Ultralytics assumes a dynamic input
+        # size too and letterboxes a non-square image to the smallest stride-multiple rectangle,
+        # which our exports (dynamic batch, fixed size) refuse. Square images are unaffected.
         with lock:
-            r = model.predict(img, imgsz=IMGSZ, conf=CONF, iou=IOU, verbose=False)[0]
+            r = model.predict(img, imgsz=IMGSZ, conf=CONF, iou=IOU, rect=False, verbose=False)[0]
         out = [{"class": int(c), "name": r.names[int(c)], "confidence": float(s), "box": dict(zip(("x1", "y1", "x2", "y2"), map(float, b)))}
                for b, s, c in zip(r.boxes.xyxy.tolist(), r.boxes.conf.tolist(), r.boxes.cls.tolist())]
         return out, list(r.orig_shape)

@@ -4,14 +4,15 @@
 source "$(dirname "$0")/../hack/lib.sh"
 V="$OCELLUS_CACHE/bench-venv"
 # Pinned: the parity fixtures in trainer-image/tests/data record these versions (parity.rs checks
-# that they match). .ready holds the pins installed, so changing them reinstalls.
-PINS="torch==2.11.0 torchvision==0.26.0 ultralytics==8.4.190"
+# that they match); onnxruntime is the predictor tests' version, used by all servers in
+# bench/predict.sh. .ready holds the pins installed, so changing them reinstalls.
+PINS="torch==2.11.0 torchvision==0.26.0 ultralytics==8.4.190 onnxruntime==1.32.0"
 if [ "$(cat "$V/.ready" 2>/dev/null)" != "$PINS" ]; then
   python3 -m venv "$V" || die "cannot create $V"
   "$V/bin/pip" install -q --upgrade pip
   log "installing $PINS (about 3 GB) into $V"
   # shellcheck disable=SC2086 # PINS is a list
-  "$V/bin/pip" install -q $PINS onnx onnxruntime onnxslim fastapi uvicorn python-multipart \
+  "$V/bin/pip" install -q $PINS onnx onnxslim fastapi uvicorn python-multipart \
     || die "pip install of the benchmark peer failed"
   echo "$PINS" > "$V/.ready"
 fi
