@@ -61,6 +61,16 @@ pub enum CheckpointKind {
     Last,
 }
 
+impl CheckpointKind {
+    /// The lowercase name: `best` or `last` (also the file stem of its weights).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointKind::Best => "best",
+            CheckpointKind::Last => "last",
+        }
+    }
+}
+
 /// Format of an exported model artifact: `torchscript` (run by libtorch), `onnx` (ONNX Runtime) or `engine` (TensorRT, runs only on the GPU model it was built on).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]

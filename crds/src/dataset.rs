@@ -19,7 +19,7 @@ use crate::common::{CommonStatus, JobStatus, SecretRef, Task};
     status = "DatasetStatus",
     shortname = "ds",
     category = "ocellus",
-    doc = "A Dataset: labelled images ingested from an archive or object prefix, validated, normalised and versioned.",
+    doc = "A Dataset: labelled images ingested from an archive or object prefix, validated, normalised and versioned. Deleting it deletes its Jobs but keeps its objects in the platform bucket (manifest, images, versions): TrainingJobs and Exports may still read them.",
     printcolumn = r#"{"name":"Task","type":"string","jsonPath":".spec.task"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Images","type":"integer","jsonPath":".status.counts.images"}"#,
@@ -221,6 +221,9 @@ pub struct DatasetStatus {
     /// The versions frozen so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<DatasetVersionStatus>,
+    /// Hash of the spec fields the current manifest was ingested from (`task`, `classNames`, `source`, `format`, `split`, `validation`); when the spec's hash differs, the Dataset is ingested again. Changing `versions` never re-ingests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingested_hash: Option<String>,
     /// The ingest (or freeze) Job of the current generation, when it started and finished, and
     /// why it failed.
     #[serde(flatten)]

@@ -149,9 +149,15 @@ fn source(args: &IngestArgs, platform: &S3Config) -> Result<Source, IngestError>
         }
         Ok(Source::S3 { uri, config })
     } else if s.starts_with("https://") || s.starts_with("http://") {
+        // `--header` lines, then `OCELLUS_SOURCE_HEADER_<name>` variables (the operator maps a
+        // Secret's keys to these, so header values never appear in the Job).
+        let from_env: Vec<String> = std::env::vars()
+            .filter_map(|(k, v)| Some(format!("{}: {v}", k.strip_prefix("OCELLUS_SOURCE_HEADER_")?)))
+            .collect();
         let headers = args
             .headers
             .iter()
+            .chain(from_env.iter())
             .filter(|h| !h.trim().is_empty())
             .map(|h| {
                 h.split_once(':')

@@ -23,9 +23,23 @@ use crate::proc::{self, MARKER_ENV, Spec};
 const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 enum State {
-    Waiting { reason: String, message: String, retry_at: Instant },
-    Running { child: Child, started: String },
-    Terminated { code: i32, reason: String, started: String, finished: String, restart_at: Option<Instant> },
+    Waiting {
+        reason: String,
+        message: String,
+        retry_at: Instant,
+    },
+    Running {
+        child: Child,
+        started: String,
+    },
+    Terminated {
+        code: i32,
+        reason: String,
+        message: Option<String>,
+        started: String,
+        finished: String,
+        restart_at: Option<Instant>,
+    },
 }
 
 struct Ctr {
@@ -38,6 +52,8 @@ struct Ctr {
     probe_fail: i32,
     next_probe: Instant,
     started_at: Option<Instant>,
+    /// Log file of the current (or last) start.
+    log: Option<PathBuf>,
 }
 
 fn now() -> String {
@@ -81,6 +97,7 @@ pub(crate) async fn run(
             probe_fail: 0,
             next_probe: Instant::now(),
             started_at: None,
+            log: None,
         })
         .collect();
     let start_time = now();
@@ -211,6 +228,7 @@ async fn stop_all(ctrs: &mut [Ctr], grace: Duration) {
             c.state = State::Terminated {
                 code,
                 reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                message: termination_message(&c.spec, c.log.as_deref(), code),
                 started,
                 finished: now(),
                 restart_at: None,
@@ -226,7 +244,8 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
     match &mut c.state {
         State::Waiting { retry_at, .. } if Instant::now() >= *retry_at => {
             match start(ctx, pod, dir, ip, c).await {
-                Ok(child) => {
+                Ok((child, log)) => {
+                    c.log = Some(log);
                     c.state = State::Running { child, started: now() };
                     c.started_at = Some(Instant::now());
                     c.probe_ok = 0;
@@ -247,6 +266,7 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
                         c.state = State::Terminated {
                             code: 128,
                             reason: "StartError".into(),
+                            message: None,
                             started: now(),
                             finished: now(),
                             restart_at: None,
@@ -264,6 +284,7 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
                 c.state = State::Terminated {
                     code,
                     reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                    message: termination_message(&c.spec, c.log.as_deref(), code),
                     started: started.clone(),
                     finished: now(),
                     restart_at: restart
@@ -291,10 +312,10 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
                 }
             }
         }
-        State::Terminated { restart_at: Some(at), code, reason, started, finished } if Instant::now() >= *at => {
-            c.last = Some(
-                json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}}),
-            );
+        State::Terminated { restart_at: Some(at), code, reason, message, started, finished }
+            if Instant::now() >= *at =>
+        {
+            c.last = Some(terminated_json(*code, reason, message, started, finished));
             c.state =
                 State::Waiting { reason: "ContainerCreating".into(), message: String::new(), retry_at: Instant::now() };
         }
@@ -338,7 +359,7 @@ async fn run_probe(probe: &Probe, ip: &str, c: &Container) -> bool {
 }
 
 /// Resolves env, argv and working dir, then spawns the container's process.
-async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -> Result<Child, StartError> {
+async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -> Result<(Child, PathBuf), StartError> {
     let ns = pod.namespace().unwrap_or_default();
     let spec = &c.spec;
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
@@ -471,8 +492,9 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
         env: vars,
         clear_env: true,
         cwd: Some(cwd),
-        log: Some(log),
+        log: Some(log.clone()),
     })
+    .map(|child| (child, log))
     .map_err(|e| StartError { reason: "RunContainerError", message: format!("starting {program:?}: {e}") })
 }
 
@@ -505,6 +527,26 @@ async fn get_config_map(ctx: &Ctx, ns: &str, name: &str) -> Option<ConfigMap> {
     Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get_opt(name).await.ok().flatten()
 }
 
+fn terminated_json(code: i32, reason: &str, message: &Option<String>, started: &str, finished: &str) -> Value {
+    let mut t = json!({"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished});
+    if let Some(m) = message {
+        t["message"] = json!(m);
+    }
+    json!({ "terminated": t })
+}
+
+/// The kubelet's termination message for `terminationMessagePolicy: FallbackToLogsOnError`: on a
+/// non-zero exit, the last 80 lines of the log, at most 2048 bytes. (The node has no mounts, so
+/// a `terminationMessagePath` file is never read; containers that need a message on success
+/// cannot get one here.)
+fn termination_message(spec: &Container, log: Option<&std::path::Path>, code: i32) -> Option<String> {
+    if code == 0 || spec.termination_message_policy.as_deref() != Some("FallbackToLogsOnError") {
+        return None;
+    }
+    let text = std::fs::read(log?).ok()?;
+    Some(spec::log_tail(&text, 80, 2048)).filter(|m| !m.is_empty())
+}
+
 fn pod_status(
     ctrs: &[Ctr],
     phase: &str,
@@ -521,13 +563,13 @@ fn pod_status(
                 State::Waiting { reason, message, .. } => json!({"waiting": {"reason": reason, "message": message}}),
                 State::Running { started, .. } => json!({"running": {"startedAt": started}}),
                 State::Terminated { restart_at: Some(_), .. } => json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}}),
-                State::Terminated { code, reason, started, finished, .. } => {
-                    json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}})
+                State::Terminated { code, reason, message, started, finished, .. } => {
+                    terminated_json(*code, reason, message, started, finished)
                 }
             };
             let last = match &c.state {
-                State::Terminated { restart_at: Some(_), code, reason, started, finished } => {
-                    Some(json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}}))
+                State::Terminated { restart_at: Some(_), code, reason, message, started, finished } => {
+                    Some(terminated_json(*code, reason, message, started, finished))
                 }
                 _ => c.last.clone(),
             };

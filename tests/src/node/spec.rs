@@ -152,6 +152,22 @@ pub fn backoff(restarts: i32) -> std::time::Duration {
     std::time::Duration::from_secs(secs.min(300))
 }
 
+/// The end of a log as the kubelet takes it for a termination message: the last `lines` lines,
+/// then at most the last `bytes` bytes of those (cut on a character boundary), without the
+/// trailing newline.
+pub fn log_tail(log: &[u8], lines: usize, bytes: usize) -> String {
+    let text = String::from_utf8_lossy(log);
+    let trimmed = text.trim_end_matches('\n');
+    let start =
+        trimmed.char_indices().filter(|&(_, c)| c == '\n').map(|(i, _)| i + 1).rev().nth(lines - 1).unwrap_or(0);
+    let tail = &trimmed[start..];
+    let mut cut = tail.len().saturating_sub(bytes);
+    while !tail.is_char_boundary(cut) {
+        cut += 1;
+    }
+    tail[cut..].to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +222,14 @@ mod tests {
         assert_eq!(backoff(1).as_secs(), 10);
         assert_eq!(backoff(2).as_secs(), 20);
         assert_eq!(backoff(20).as_secs(), 300);
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines_and_bytes() {
+        assert_eq!(log_tail(b"a\nb\nc\n", 2, 2048), "b\nc");
+        assert_eq!(log_tail(b"a\nb\nc", 80, 2048), "a\nb\nc");
+        assert_eq!(log_tail(b"abcdef\n", 80, 3), "def");
+        assert_eq!(log_tail("xé".as_bytes(), 80, 1), "");
+        assert_eq!(log_tail(b"", 80, 2048), "");
     }
 }

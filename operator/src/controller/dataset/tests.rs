@@ -1,0 +1,84 @@
+use super::*;
+use ocellus_crds::{DatasetSource, DatasetVersionRequest, S3Source, SecretRef, Task};
+
+fn ds() -> Dataset {
+    let mut d = Dataset::new(
+        "shapes",
+        DatasetSpec {
+            task: Task::Detect,
+            class_names: vec!["circle".into(), "square".into()],
+            source: DatasetSource {
+                s3: Some(S3Source {
+                    uri: "s3://src/shapes.zip".into(),
+                    endpoint: None,
+                    region: None,
+                    credentials: Some(SecretRef { name: "src-creds".into() }),
+                }),
+                ..Default::default()
+            },
+            format: Default::default(),
+            split: None,
+            validation: None,
+            versions: vec![],
+        },
+    );
+    d.metadata.namespace = Some("team-a".into());
+    d.metadata.uid = Some("uid".into());
+    d
+}
+
+#[test]
+fn only_source_fields_change_the_ingest_hash() {
+    let a = ds();
+    let mut b = ds();
+    b.spec.versions.push(DatasetVersionRequest { name: "v1".into(), description: None });
+    assert_eq!(ingest_hash(&a.spec), ingest_hash(&b.spec), "versions never re-ingest");
+    b.spec.class_names.push("triangle".into());
+    assert_ne!(ingest_hash(&a.spec), ingest_hash(&b.spec));
+}
+
+#[test]
+fn the_ingest_job_reads_source_credentials_by_reference() {
+    let job = build_ingest(&WorkloadConfig::for_tests("trainer:1", "platform"), &ds(), "shapes-ingest-1234abcd-1");
+    let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(
+        args,
+        [
+            "ingest",
+            "--source=s3://src/shapes.zip",
+            "--prefix=team-a/datasets/shapes",
+            "--name=shapes",
+            "--task=detect",
+            "--format=auto",
+            "--class-names=circle,square",
+            "--on-invalid=exclude",
+            "--max-invalid-fraction=0.05"
+        ]
+    );
+    let env = c.env.clone().unwrap_or_default();
+    let key = env.iter().find(|e| e.name == "OCELLUS_SOURCE_ACCESS_KEY_ID").expect("source key");
+    assert!(key.value.is_none());
+    assert_eq!(
+        key.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).map(|s| s.name.as_str()),
+        Some("src-creds")
+    );
+}
+
+#[test]
+fn summary_and_progress_reach_status() {
+    let summary = serde_json::json!({
+        "classNames": ["circle", "square"], "manifestUri": "s3://platform/m.ndjson",
+        "counts": {"images": 40, "classes": 2, "annotations": 90, "perSplit": {"train": 32, "val": 8},
+                   "perClass": [{"name": "circle", "instances": 50, "images": 30}]},
+        "invalid": {"total": 1, "byReason": {"CorruptImage": 1}, "items": [{"file": "a.jpg", "kind": "CorruptImage", "detail": "truncated"}]},
+    });
+    let mut st = DatasetStatus::default();
+    apply_summary(&mut st, &summary, "s3://platform/summary.json".into());
+    let c = st.counts.expect("counts");
+    assert_eq!((c.images, c.per_split["val"], c.per_class[0].instances), (40, 8, 50));
+    assert_eq!(st.validation.expect("validation").samples, vec!["a.jpg: truncated (CorruptImage)"]);
+    assert_eq!(st.manifest_uri.as_deref(), Some("s3://platform/m.ndjson"));
+    let log = "{\"event\":\"progress\",\"phase\":\"fetch\",\"done\":1,\"total\":9}\nnot json\n{\"event\":\"progress\",\"done\":5,\"total\":9}\n";
+    assert_eq!(last_progress(log), Some(Progress { done: 5, total: Some(9) }));
+}

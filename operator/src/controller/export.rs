@@ -1,0 +1,348 @@
+//! Export controller: one export Job per spec (its hash names the Job, so a spec change
+//! exports again), from a TrainingJob's `best`/`last` weights or a URI; the artifact's URI,
+//! size and SHA-256 from the object store in status. `engine` exports run on the GPU model
+//! they are built for. What CEL refuses on real clusters is re-checked here as a condition.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use ocellus_crds::{Artifact, Export, ExportFormat, ExportPhase, ExportSpec, ExportStatus, GpuRequest};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::training_job::output_prefix;
+use super::{Context, Error, Health, apply_status, now, owner_ref, set_health};
+use crate::config::WorkloadConfig;
+use crate::workload::{self, JobRequest, RunFailure, RunState};
+
+/// Field manager of this controller's writes.
+pub const MANAGER: &str = "ocellus-operator/export";
+/// Controller label of metrics.
+pub const CONTROLLER: &str = "export";
+/// Runs of one export before a transient failure becomes final.
+pub const MAX_ATTEMPTS: i32 = 3;
+/// ONNX opsets the exporter writes.
+pub const OPSETS: std::ops::RangeInclusive<i32> = 13..=21;
+
+/// Checks what the CRD's CEL rules (and the exporter) would refuse (pure).
+pub fn validate(spec: &ExportSpec) -> Result<(), String> {
+    if spec.source.training_job.is_some() == spec.source.weights_uri.is_some() {
+        return Err("exactly one of source.trainingJob or source.weightsUri must be set".into());
+    }
+    if spec.format == ExportFormat::Engine && spec.gpu_product.is_none() {
+        return Err(
+            "gpuProduct is required for format engine: a TensorRT engine only runs on the GPU model it was built for"
+                .into(),
+        );
+    }
+    if spec.int8 && spec.format != ExportFormat::Engine {
+        return Err("int8 is only supported for format engine".into());
+    }
+    if spec.int8 && spec.calibration.is_none() {
+        return Err("int8 needs a calibration dataset".into());
+    }
+    if spec.half && spec.format == ExportFormat::Torchscript && spec.gpu_product.is_none() {
+        return Err("half-precision TorchScript needs a GPU (set gpuProduct)".into());
+    }
+    if let Some(o) = spec.opset
+        && !OPSETS.contains(&o)
+    {
+        return Err(format!(
+            "opset {o} is not supported: the exporter writes opsets {} to {}",
+            OPSETS.start(),
+            OPSETS.end()
+        ));
+    }
+    if let Some(s) = spec.imgsz
+        && s % 32 != 0
+    {
+        return Err(format!("imgsz {s} must be a multiple of 32"));
+    }
+    Ok(())
+}
+
+/// The spec's hash (8 hex digits): a new hash is a new export.
+pub fn spec_hash(spec: &ExportSpec) -> String {
+    let v = serde_json::to_string(spec).unwrap_or_default();
+    hex::encode(&Sha256::digest(v.as_bytes())[..4])
+}
+
+/// Where the artifact goes.
+pub fn artifact_uri(cfg: &WorkloadConfig, namespace: &str, name: &str, format: ExportFormat) -> String {
+    cfg.uri(&format!("{namespace}/exports/{name}/model.{}", format.extension()))
+}
+
+/// The weights to export: a URI, or a TrainingJob's weights in the platform bucket.
+pub fn weights_uri(cfg: &WorkloadConfig, namespace: &str, spec: &ExportSpec) -> String {
+    match (&spec.source.weights_uri, &spec.source.training_job) {
+        (Some(u), _) => u.clone(),
+        (None, Some(r)) => {
+            cfg.uri(&format!("{}/weights/{}.safetensors", output_prefix(namespace, &r.name), r.checkpoint.as_str()))
+        }
+        (None, None) => String::new(),
+    }
+}
+
+/// Builds the export Job (pure).
+pub fn build_job(cfg: &WorkloadConfig, ex: &Export, job_name: &str, calibration_manifest: Option<&str>) -> Job {
+    let ns = ex.namespace().unwrap_or_default();
+    let spec = &ex.spec;
+    let gpu = spec.gpu_product.is_some() && (spec.format == ExportFormat::Engine || spec.half);
+    let mut args = vec![
+        "export".to_string(),
+        format!("--weights={}", weights_uri(cfg, &ns, spec)),
+        format!("--format={}", spec.format.as_str()),
+        format!("--output={}", artifact_uri(cfg, &ns, &ex.name_any(), spec.format)),
+        format!("--batch={}", spec.batch),
+        format!("--opset={}", spec.opset.unwrap_or(17)),
+        format!("--device={}", if gpu { "cuda" } else { "cpu" }),
+    ];
+    if let Some(s) = spec.imgsz {
+        args.push(format!("--imgsz={s}"));
+    }
+    if spec.dynamic {
+        args.push("--dynamic".into());
+    }
+    if spec.half {
+        args.push("--half".into());
+    }
+    if spec.int8 {
+        args.push("--int8".into());
+        if let Some(m) = calibration_manifest {
+            args.push(format!("--calibration={m}"));
+        }
+        let n = spec.calibration.as_ref().and_then(|c| c.images).unwrap_or(500);
+        args.push(format!("--calibration-images={n}"));
+    }
+    workload::job(
+        cfg,
+        &JobRequest {
+            name: job_name.into(),
+            namespace: ns,
+            owner: owner_ref(ex),
+            component: "export",
+            args,
+            resources: ResourceRequirements::default(),
+            gpu: gpu.then(|| GpuRequest { count: 1, product: spec.gpu_product.clone(), mig_profile: None }),
+            scheduling: spec.scheduling.clone(),
+            ..Default::default()
+        },
+    )
+}
+
+fn set(st: &mut ExportStatus, health: Health, generation: Option<i64>) {
+    set_health(&mut st.common.conditions, &health, generation, now());
+}
+
+/// Reconciles one Export.
+pub async fn reconcile(
+    ex: Arc<Export>,
+    ctx: Arc<Context>,
+    datasets: &kube::runtime::reflector::Store<ocellus_crds::Dataset>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start(CONTROLLER);
+    let ns = ex.namespace().unwrap_or_default();
+    let name = ex.name_any();
+    let generation = ex.metadata.generation;
+    let old = ex.status.clone().unwrap_or_default();
+    let mut st = old.clone();
+    st.common.observed_generation = generation;
+
+    if let Err(message) = validate(&ex.spec) {
+        st.phase = ExportPhase::Failed;
+        set(&mut st, Health::Failed { reason: "InvalidSpec".into(), message }, generation);
+        write_status(&ex, &ctx, &st, &old).await?;
+        return Ok(Action::await_change());
+    }
+    let base = workload::job_name(&name, &format!("export-{}", spec_hash(&ex.spec)));
+    let current = st.job.job_name.as_deref().and_then(|j| j.strip_prefix(&format!("{base}-"))?.parse::<i32>().ok());
+    if current.is_none() {
+        // A new spec: a new export.
+        st = ExportStatus { common: st.common.clone(), ..Default::default() };
+        st.common.observed_generation = generation;
+    }
+    let attempt = current.unwrap_or(1);
+    let job_name = format!("{base}-{attempt}");
+    if matches!(st.phase, ExportPhase::Succeeded) || (st.phase == ExportPhase::Failed && current.is_some()) {
+        write_status(&ex, &ctx, &st, &old).await?;
+        return Ok(Action::await_change());
+    }
+
+    // Dereference: the weights must exist (their sidecar is written last).
+    let weights = weights_uri(&ctx.config, &ns, &ex.spec);
+    if ctx.size(&ocellus_storage::location::sidecar(&weights)).await?.is_none() && ex.spec.source.training_job.is_some()
+    {
+        st.phase = ExportPhase::Pending;
+        let r =
+            ex.spec.source.training_job.as_ref().map(|r| (r.name.clone(), r.checkpoint.as_str())).unwrap_or_default();
+        set(
+            &mut st,
+            Health::Progressing {
+                reason: "WaitingForWeights".into(),
+                message: format!("TrainingJob {} has not saved its {} weights yet", r.0, r.1),
+            },
+            generation,
+        );
+        write_status(&ex, &ctx, &st, &old).await?;
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    }
+    let calibration = match ex.spec.calibration.as_ref().filter(|_| ex.spec.int8) {
+        Some(c) => {
+            let ds = datasets.get(&kube::runtime::reflector::ObjectRef::new(&c.dataset_ref.name).within(&ns));
+            match ds.and_then(|d| d.status.clone()?.manifest_uri) {
+                Some(m) => Some(m),
+                None => {
+                    st.phase = ExportPhase::Pending;
+                    set(
+                        &mut st,
+                        Health::Progressing {
+                            reason: "WaitingForCalibration".into(),
+                            message: format!("Dataset {} is not ready", c.dataset_ref.name),
+                        },
+                        generation,
+                    );
+                    write_status(&ex, &ctx, &st, &old).await?;
+                    return Ok(Action::requeue(Duration::from_secs(10)));
+                }
+            }
+        }
+        None => None,
+    };
+
+    st.job.job_name = Some(job_name.clone());
+    let (_, run) = ctx.run_state(&ns, &job_name);
+    let mut create = false;
+    let mut requeue = Some(Duration::from_secs(3));
+    match run {
+        RunState::Missing => {
+            let waiting = (attempt > 1 && st.job.start_time.is_none())
+                .then(|| st.job.completion_time.clone())
+                .flatten()
+                .map(|t| {
+                    (t.0 + workload::backoff(attempt - 1))
+                        .duration_since(k8s_openapi::jiff::Timestamp::now())
+                        .as_millis()
+                })
+                .filter(|w| *w > 0);
+            if let Some(w) = waiting {
+                requeue = Some(Duration::from_millis(w as u64));
+            } else {
+                st.phase = ExportPhase::Pending;
+                st.job.start_time = Some(now());
+                st.job.completion_time = None;
+                set(
+                    &mut st,
+                    Health::Progressing {
+                        reason: "Starting".into(),
+                        message: format!("export attempt {attempt} starting"),
+                    },
+                    generation,
+                );
+                create = true;
+            }
+        }
+        RunState::Pending { cause } => {
+            st.phase = ExportPhase::Pending;
+            let (reason, message) = cause
+                .map(|c| (c.reason, c.message))
+                .unwrap_or(("PodPending".into(), "waiting for the export pod to start".into()));
+            set(&mut st, Health::Progressing { reason, message }, generation);
+        }
+        RunState::Running => {
+            st.phase = ExportPhase::Running;
+            set(
+                &mut st,
+                Health::Progressing {
+                    reason: "Exporting".into(),
+                    message: format!("exporting to {}", ex.spec.format.as_str()),
+                },
+                generation,
+            );
+        }
+        RunState::Succeeded | RunState::Paused => {
+            let uri = artifact_uri(&ctx.config, &ns, &name, ex.spec.format);
+            let meta_uri = ocellus_storage::location::sidecar(&uri);
+            let meta = ctx.read(&meta_uri).await?.ok_or_else(|| Error::Output {
+                uri: meta_uri.clone(),
+                message: "missing after a successful export".into(),
+            })?;
+            let meta: Value = serde_json::from_slice(&meta)
+                .map_err(|e| Error::Output { uri: meta_uri.clone(), message: e.to_string() })?;
+            let size = ctx.size(&uri).await?.ok_or_else(|| Error::Output {
+                uri: uri.clone(),
+                message: "missing after a successful export".into(),
+            })?;
+            st.artifact = Some(Artifact {
+                uri,
+                size_bytes: size as i64,
+                sha256: meta["sha256"].as_str().unwrap_or_default().into(),
+            });
+            if ex.spec.format != ExportFormat::Torchscript {
+                st.runtime_versions.insert("onnx-opset".into(), ex.spec.opset.unwrap_or(17).to_string());
+            }
+            st.phase = ExportPhase::Succeeded;
+            st.job.completion_time = Some(now());
+            st.job.failure = None;
+            set(&mut st, Health::Ready { reason: "Exported".into(), message: format!("{} bytes", size) }, generation);
+            requeue = None;
+        }
+        RunState::Failed(RunFailure { failure, retryable }) => {
+            st.job.failure = Some(failure.clone());
+            st.job.completion_time = Some(now());
+            if retryable && attempt < MAX_ATTEMPTS {
+                st.job.job_name = Some(format!("{base}-{}", attempt + 1));
+                st.job.start_time = None;
+                requeue = Some(workload::backoff(attempt));
+                set(
+                    &mut st,
+                    Health::Progressing {
+                        reason: "BackoffRetry".into(),
+                        message: format!(
+                            "export attempt {attempt} failed: {}",
+                            failure.message.clone().unwrap_or_default()
+                        ),
+                    },
+                    generation,
+                );
+            } else {
+                st.phase = ExportPhase::Failed;
+                set(
+                    &mut st,
+                    Health::Failed {
+                        reason: failure.reason.clone().unwrap_or_else(|| "ExportFailed".into()),
+                        message: failure.message.clone().unwrap_or_default(),
+                    },
+                    generation,
+                );
+                requeue = None;
+            }
+        }
+    }
+    write_status(&ex, &ctx, &st, &old).await?;
+    if create {
+        ctx.apply_job(&build_job(&ctx.config, &ex, &job_name, calibration.as_deref()), MANAGER).await?;
+    }
+    Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+async fn write_status(ex: &Export, ctx: &Context, new: &ExportStatus, old: &ExportStatus) -> Result<(), Error> {
+    if new == old && ex.status.is_some() {
+        return Ok(());
+    }
+    apply_status(&ctx.client, ex, new, MANAGER).await?;
+    if new.phase != old.phase || ex.status.is_none() {
+        let note = match (&new.job.failure, new.phase) {
+            (Some(f), ExportPhase::Failed) => f.message.clone().unwrap_or_default(),
+            _ => new.common.conditions.iter().find(|c| c.is_true()).and_then(|c| c.message.clone()).unwrap_or_default(),
+        };
+        ctx.event(ex, new.phase == ExportPhase::Failed, &format!("{:?}", new.phase), note).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+//! The batch controllers (Dataset, TrainingJob, Export), one module each, and what they share:
+//! the context (client, caches, settings, metrics, events), the error type, status writes by
+//! server-side apply and kstatus conditions.
+
+pub mod dataset;
+pub mod export;
+pub mod training_job;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use ocellus_crds::{Condition, condition_types, set_condition};
+use ocellus_storage::s3::{S3Config, Store as S3Store};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::WorkloadConfig;
+use crate::metrics::Metrics;
+use crate::workload::{self, MANAGED_BY};
+
+/// Errors of a reconcile. Each has a metric label; none is shown to users as is (status carries
+/// what users need).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object store failed while reading a run's outputs.
+    #[error("object store: {0}")]
+    Storage(String),
+    /// A run's output in the object store could not be parsed.
+    #[error("unreadable output {uri}: {message}")]
+    Output { uri: String, message: String },
+    /// The object changed while it was reconciled: retry with the new version.
+    #[error("the object changed while it was reconciled")]
+    Conflict,
+}
+
+impl Error {
+    /// The `error` label of the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Storage(_) => "storage",
+            Error::Output { .. } => "output",
+            Error::Conflict => "conflict",
+        }
+    }
+}
+
+/// Converts a 409 from an apply with a resourceVersion into [`Error::Conflict`].
+fn conflict(e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(ref s) if s.code == 409 => Error::Conflict,
+        e => Error::Kube(e),
+    }
+}
+
+/// What every reconcile needs.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Images, bucket and GPU defaults of the Jobs.
+    pub config: WorkloadConfig,
+    /// The platform bucket, read for the runs' outputs (summaries, results, sidecars).
+    pub bucket: S3Store,
+    /// Jobs the operator created.
+    pub jobs: Store<Job>,
+    /// Pods of those Jobs.
+    pub pods: Store<Pod>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// Consecutive reconcile errors per object, for back-off.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// The Job `name` in `namespace`, from the cache.
+    pub fn job(&self, namespace: &str, name: &str) -> Option<Arc<Job>> {
+        self.jobs.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Jobs owned by the object with `uid`, from the cache.
+    pub fn jobs_of(&self, uid: &str) -> Vec<Arc<Job>> {
+        self.jobs.state().into_iter().filter(|j| owned_by(j.owner_references(), uid)).collect()
+    }
+
+    /// Pods of `job`, from the cache.
+    pub fn pods_of(&self, job: &Job) -> Vec<Arc<Pod>> {
+        let Some(uid) = job.metadata.uid.as_deref() else { return vec![] };
+        self.pods.state().into_iter().filter(|p| owned_by(p.owner_references(), uid)).collect()
+    }
+
+    /// The state of the run of Job `name`.
+    pub fn run_state(&self, namespace: &str, name: &str) -> (Option<Arc<Job>>, workload::RunState) {
+        let job = self.job(namespace, name);
+        let pods = job.as_deref().map(|j| self.pods_of(j)).unwrap_or_default();
+        let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+        let state = workload::observe(job.as_deref(), &refs);
+        (job, state)
+    }
+
+    /// Creates or updates a Job by server-side apply under `manager`.
+    pub async fn apply_job(&self, job: &Job, manager: &str) -> Result<(), Error> {
+        let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+        let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        let params = PatchParams::apply(manager).force();
+        api.patch(&job.name_any(), &params, &Patch::Apply(job)).await?;
+        Ok(())
+    }
+
+    /// Publishes an Event about `obj`.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &object_ref(obj)).await {
+            tracing::warn!(error = %e, "publishing an event failed");
+        }
+    }
+
+    /// Reads an object of the platform bucket by `s3://` URI; `None` when it does not exist.
+    pub async fn read(&self, uri: &str) -> Result<Option<bytes::Bytes>, Error> {
+        let key = self.key_of(uri)?;
+        self.bucket.get_opt(&key).await.map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// Size of an object of the platform bucket; `None` when it does not exist.
+    pub async fn size(&self, uri: &str) -> Result<Option<u64>, Error> {
+        let key = self.key_of(uri)?;
+        self.bucket.head(&key).await.map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    fn key_of(&self, uri: &str) -> Result<String, Error> {
+        let prefix = format!("s3://{}/", self.config.s3_bucket);
+        uri.strip_prefix(&prefix)
+            .map(str::to_string)
+            .ok_or_else(|| Error::Output { uri: uri.into(), message: "not in the platform bucket".into() })
+    }
+
+    /// Back-off after an error: 1 s doubled per consecutive error of the object, at most 5 min.
+    fn backoff(&self, key: &str) -> Duration {
+        let mut m = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key.to_string()).or_insert(0);
+        *n = (*n + 1).min(16);
+        Duration::from_secs((1u64 << (*n - 1)).min(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+fn owned_by(refs: &[OwnerReference], uid: &str) -> bool {
+    refs.iter().any(|r| r.uid == uid)
+}
+
+/// An object reference for events.
+pub fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    obj.object_ref(&())
+}
+
+/// The controller owner reference of `obj` (children are deleted with it).
+pub fn owner_ref<K: Resource<DynamicType = ()>>(obj: &K) -> OwnerReference {
+    let mut r = obj.controller_owner_ref(&()).unwrap_or_default();
+    r.block_owner_deletion = Some(true);
+    r
+}
+
+/// Now, as a Kubernetes time.
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// The overall state an object's conditions express.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Health {
+    /// Work under way (or waiting for something that will come).
+    Progressing { reason: String, message: String },
+    /// The desired state is reached.
+    Ready { reason: String, message: String },
+    /// Given up until the spec changes.
+    Failed { reason: String, message: String },
+}
+
+/// Writes the conditions of `health`: `Ready`, `Progressing` and `Failed` always, and kstatus'
+/// abnormal-true `Reconciling` and `Stalled` only while they hold (kstatus, and so Flux and Argo
+/// CD health checks, read those).
+pub fn set_health(conditions: &mut Vec<Condition>, health: &Health, generation: Option<i64>, now: Time) {
+    let (ready, progressing, failed, reason, message) = match health {
+        Health::Progressing { reason, message } => (false, true, false, reason, message),
+        Health::Ready { reason, message } => (true, false, false, reason, message),
+        Health::Failed { reason, message } => (false, false, true, reason, message),
+    };
+    for (type_, status) in [
+        (condition_types::READY, ready),
+        (condition_types::PROGRESSING, progressing),
+        (condition_types::FAILED, failed),
+        (RECONCILING, progressing),
+        (STALLED, failed),
+    ] {
+        if !status && (type_ == RECONCILING || type_ == STALLED) {
+            conditions.retain(|c| c.type_ != type_);
+            continue;
+        }
+        let mut c = Condition::new(type_, status, reason, message.clone());
+        c.observed_generation = generation;
+        set_condition(conditions, c, now.clone());
+    }
+}
+
+/// kstatus' condition for work in progress.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus' condition for a resource that cannot make progress.
+pub const STALLED: &str = "Stalled";
+
+/// Writes `status` by server-side apply on the status subresource, under `manager`, on the
+/// resourceVersion the reconcile read: a status computed from a stale object is refused
+/// ([`Error::Conflict`]) instead of overwriting newer progress.
+pub async fn apply_status<K>(client: &Client, obj: &K, status: impl Serialize, manager: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": obj.name_any(), "resourceVersion": obj.resource_version()},
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body))
+        .await
+        .map_err(conflict)?;
+    Ok(())
+}
+
+/// The result of a reconcile as kube-runtime wants it, with metrics and per-object back-off.
+pub fn finish(ctx: &Context, controller: &str, key: &str, result: Result<Action, Error>) -> Result<Action, Error> {
+    match &result {
+        Ok(_) => ctx.succeeded(key),
+        Err(e) => ctx.metrics.error(controller, e.metric_label()),
+    }
+    result
+}
+
+/// What kube-runtime does after a failed reconcile: retry with per-object exponential back-off
+/// (a conflict is retried at once: the newer object is already there).
+pub fn error_policy_for(ctx: &Context, key: &str, error: &Error) -> Action {
+    match error {
+        Error::Conflict => Action::requeue(Duration::from_millis(200)),
+        e => {
+            let delay = ctx.backoff(key);
+            tracing::warn!(object = key, error = %e, retry_in = ?delay, "reconcile failed");
+            Action::requeue(delay)
+        }
+    }
+}
+
+/// Watch settings for what the operator created.
+pub fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+}
+
+/// Everything the controllers run on.
+pub struct Runtime {
+    /// The shared context.
+    pub ctx: Arc<Context>,
+    /// Keeps the Job and Pod caches filled.
+    pub reflectors: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the Job and Pod caches and builds the context.
+pub async fn start(
+    client: Client,
+    config: WorkloadConfig,
+    s3: S3Config,
+    namespace: Option<&str>,
+    metrics: Metrics,
+    instance: String,
+) -> Runtime {
+    let (jobs, job_writer) = reflector::store::<Job>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let job_api: Api<Job> = scoped(&client, namespace);
+    let pod_api: Api<Pod> = scoped(&client, namespace);
+    let reflectors = vec![
+        tokio::spawn(
+            watcher(job_api, managed()).default_backoff().reflect(job_writer).for_each(|_| futures::future::ready(())),
+        ),
+        tokio::spawn(
+            watcher(pod_api, managed()).default_backoff().reflect(pod_writer).for_each(|_| futures::future::ready(())),
+        ),
+    ];
+    let bucket = S3Store::new(&s3, &config.s3_bucket);
+    let recorder =
+        Recorder::new(client.clone(), Reporter { controller: "ocellus-operator".into(), instance: Some(instance) });
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        bucket,
+        jobs: jobs.clone(),
+        pods: pods.clone(),
+        metrics,
+        recorder,
+        failures: Mutex::new(HashMap::new()),
+    });
+    // Reconciles read the caches: wait until both have listed once.
+    let _ = jobs.wait_until_ready().await;
+    let _ = pods.wait_until_ready().await;
+    Runtime { ctx, reflectors }
+}
+
+/// An Api over all namespaces, or one.
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The key of an object for logs and back-off (never a metric label).
+pub fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}

@@ -1,0 +1,243 @@
+//! The batch half of the operator end to end: `examples/` applied with the real kubectl to the
+//! local cluster, the real operator binary reconciling, the real trainer binary (libtorch build)
+//! run by the local node as the ingest, train and export pods, and a real S3 server.
+//!
+//! Needs the libtorch trainer in `target/debug` (hack/test.sh builds it in the step before
+//! running this test with `--features e2e`).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use ocellus_crds::{Dataset, DatasetPhase, Export, ExportPhase, TrainingJob, TrainingPhase};
+use ocellus_storage::s3::Store;
+use ocellus_tests::cluster::{ClusterOptions, LocalCluster};
+use ocellus_tests::node::{ImageMap, ImageMapping};
+use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use ocellus_tests::{eventually, fixtures, repo_root, require_tool, workspace_binary};
+use sha2::{Digest, Sha256};
+
+const TRAINER_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-trainer";
+const BUCKET: &str = "ocellus";
+
+fn kubectl(c: &LocalCluster, args: &[&str]) -> Output {
+    let kc = c.kubeconfig().display().to_string();
+    let mut all = vec!["--kubeconfig", kc.as_str()];
+    all.extend_from_slice(args);
+    Command::new(require_tool("kubectl")).args(&all).output().expect("run kubectl")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "kubectl failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The operator process; killed on drop.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Operator {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let log = std::fs::File::create(
+        std::env::temp_dir().join(format!("ocellus-operator-{identity}-{}.log", std::process::id())),
+    )
+    .expect("log file");
+    let child = Command::new(workspace_binary("ocellus-operator"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("OCELLUS_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("OCELLUS_LOG", "info,ocellus_operator=debug")
+        .env("OCELLUS_TRAINER_IMAGE", format!("{TRAINER_IMAGE}:test"))
+        .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
+        .env("OCELLUS_S3_BUCKET", BUCKET)
+        .env("OCELLUS_S3_SECRET", "ocellus-s3")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("POD_NAMESPACE", "default")
+        .env("POD_NAME", identity)
+        .env("OCELLUS_LEASE_DURATION", "4")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the operator");
+    Operator(child)
+}
+
+async fn s3_secret(client: &Client, ns: &str) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ocellus-s3"},
+        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.expect("create secret");
+}
+
+/// `examples/` with the training shortened to 3 epochs (the rest as committed).
+fn examples(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("dir");
+    for f in ["dataset.yaml", "trainingjob.yaml", "export.yaml"] {
+        let text = std::fs::read_to_string(repo_root().join("examples").join(f)).expect("example");
+        let text = if f == "trainingjob.yaml" { text.replace("epochs: 30", "epochs: 3") } else { text };
+        assert!(
+            f != "trainingjob.yaml" || text.contains("epochs: 3\n"),
+            "examples/trainingjob.yaml no longer trains 30 epochs"
+        );
+        std::fs::write(dir.join(f), text).expect("write example");
+    }
+}
+
+#[test]
+fn examples_ingest_train_and_export_on_the_local_cluster() {
+    let s3 = S3Server::start().expect("S3 server");
+    let images = ImageMap {
+        images: vec![ImageMapping { image: TRAINER_IMAGE.into(), binary: Some(workspace_binary("ocellus-trainer")) }],
+    };
+    let c = LocalCluster::start(ClusterOptions {
+        gpus: Some(1),
+        gpu_product: Some("NVIDIA-Test-GPU".into()),
+        images,
+        keep_dir: false,
+    })
+    .expect("local cluster");
+    ok(&kubectl(&c, &["apply", "--validate=false", "-f", &repo_root().join("crds/yaml").display().to_string()]));
+    ok(&kubectl(&c, &["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"]));
+
+    c.block_on(async {
+        // The example's source archive and the platform bucket.
+        let src = Store::new(&s3.config(), "ocellus-demo");
+        src.ensure_bucket().await.expect("bucket");
+        Store::new(&s3.config(), BUCKET).ensure_bucket().await.expect("bucket");
+        let dir = std::env::temp_dir().join(format!("ocellus-e2e-{}", std::process::id()));
+        let samples = fixtures::samples(7, 40, 96);
+        fixtures::write_yolo(&dir.join("shapes"), &samples, 96);
+        src.put("shapes.zip", fixtures::zip_dir(&dir.join("shapes")).into(), "application/zip").await.expect("upload");
+
+        let client = c.client().await.expect("client");
+        let ns = c.namespace(&client, "e2e").await.expect("namespace");
+        s3_secret(&client, &ns).await;
+        let _operator = start_operator(&c, &s3, "a");
+
+        examples(&dir.join("examples"));
+        ok(&kubectl(&c, &["apply", "-n", &ns, "--validate=false", "-f", &dir.join("examples").display().to_string()]));
+
+        let datasets: Api<Dataset> = Api::namespaced(client.clone(), &ns);
+        let ds = eventually("Dataset shapes Ready", Duration::from_secs(180), || async {
+            let d = datasets.get("shapes").await.ok()?;
+            let st = d.status.clone()?;
+            assert_ne!(st.phase, DatasetPhase::Failed, "ingest failed: {st:?}");
+            (st.phase == DatasetPhase::Ready && !st.versions.is_empty()).then_some(d)
+        })
+        .await;
+        let st = ds.status.clone().expect("status");
+        let counts = st.counts.clone().expect("counts");
+        assert_eq!(counts.images, 40);
+        assert_eq!(counts.per_split.values().sum::<i64>(), 40);
+        assert_eq!(st.class_names, fixtures::SHAPES.to_vec());
+        assert_eq!(st.versions[0].name, "v1");
+        assert_eq!(st.versions[0].images, 40);
+        assert!(st.manifest_uri.as_deref().is_some_and(|u| u.starts_with(&format!("s3://{BUCKET}/{ns}/datasets/shapes/"))));
+        assert_eq!(st.common.observed_generation, ds.metadata.generation);
+        assert!(st.common.conditions.iter().any(|c| c.type_ == "Ready" && c.is_true()), "{:?}", st.common.conditions);
+
+        // Training: per-epoch metrics appear in status while the run is going.
+        let tjs: Api<TrainingJob> = Api::namespaced(client.clone(), &ns);
+        let seen_running_epochs = std::sync::Mutex::new(BTreeMap::new());
+        let tj = eventually("TrainingJob Succeeded", Duration::from_secs(900), || {
+            let tjs = tjs.clone();
+            let seen = &seen_running_epochs;
+            async move {
+                let t = tjs.get("shapes-yolov8n").await.ok()?;
+                let st = t.status.clone()?;
+                assert_ne!(st.phase, TrainingPhase::Failed, "training failed: {st:?}");
+                if st.phase == TrainingPhase::Running
+                    && let Some(e) = st.epoch
+                {
+                    seen.lock().expect("lock").insert(e, st.latest_metrics.clone());
+                }
+                (st.phase == TrainingPhase::Succeeded).then_some(t)
+            }
+        })
+        .await;
+        let st = tj.status.clone().expect("status");
+        assert_eq!((st.epoch, st.epochs), (Some(3), Some(3)));
+        assert_eq!(st.restarts, 0);
+        let seen_running_epochs = seen_running_epochs.into_inner().expect("lock");
+        assert!(
+            seen_running_epochs.keys().any(|e| *e < 3),
+            "no epoch's metrics were seen in status while training ran: {seen_running_epochs:?}"
+        );
+        let latest = st.latest_metrics.clone().expect("latest metrics");
+        assert_eq!(latest.epoch, 3);
+        assert!(latest.box_loss.is_some_and(|l| l > 0.0) && latest.map50_95.is_some(), "{latest:?}");
+        assert!(st.best_metrics.is_some() && st.best_epoch.is_some());
+        let cps = st.checkpoints.clone().expect("checkpoints");
+        assert!(cps.last.is_some() && cps.best.is_some(), "{cps:?}");
+        assert_eq!(st.job.job_name.as_deref(), Some("shapes-yolov8n-1"));
+
+        // Export: the artifact's SHA-256 in status is the object's in S3.
+        let exports: Api<Export> = Api::namespaced(client.clone(), &ns);
+        let ex = eventually("Export Succeeded", Duration::from_secs(300), || async {
+            let e = exports.get("shapes-yolov8n-onnx").await.ok()?;
+            let st = e.status.clone()?;
+            assert_ne!(st.phase, ExportPhase::Failed, "export failed: {st:?}");
+            (st.phase == ExportPhase::Succeeded).then_some(e)
+        })
+        .await;
+        let artifact = ex.status.clone().and_then(|s| s.artifact).expect("artifact");
+        let key = artifact.uri.strip_prefix(&format!("s3://{BUCKET}/")).expect("platform bucket");
+        let bytes = Store::new(&s3.config(), BUCKET).get(key).await.expect("artifact in S3");
+        assert_eq!(artifact.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(artifact.size_bytes, bytes.len() as i64);
+
+        // Every child is owned, least-privileged, and holds no credentials.
+        let jobs = Api::<Job>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.expect("jobs");
+        assert!(jobs.items.len() >= 4, "ingest, freeze, train, export: {:?}", jobs.items.iter().map(|j| j.name_any()).collect::<Vec<_>>());
+        for j in &jobs.items {
+            assert_eq!(j.owner_references().len(), 1, "{}", j.name_any());
+            let pod = j.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            let env = pod.containers[0].env.clone().unwrap_or_default();
+            assert!(env.iter().filter(|e| e.name.starts_with("AWS_")).all(|e| e.value.is_none()), "secret values copied into {}", j.name_any());
+        }
+
+        // A Succeeded TrainingJob is never run again, even when its Job is deleted.
+        let dp = DeleteParams::background();
+        Api::<Job>::namespaced(client.clone(), &ns).delete("shapes-yolov8n-1", &dp).await.expect("delete job");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let tj2 = tjs.get("shapes-yolov8n").await.expect("tj");
+        assert_eq!(tj2.status.as_ref().map(|s| s.phase), Some(TrainingPhase::Succeeded));
+        let names: Vec<String> =
+            Api::<Job>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.expect("jobs").items.iter().map(|j| j.name_any()).collect();
+        assert!(!names.iter().any(|n| n.starts_with("shapes-yolov8n-") && !n.contains("onnx")), "re-ran: {names:?}");
+
+        // A spec change of the Dataset's versions freezes without re-ingesting.
+        let patch = serde_json::json!({"spec": {"versions": [{"name": "v1", "description": "first snapshot"}, {"name": "v2"}]}});
+        datasets.patch("shapes", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+        let ingest_jobs_before = names.iter().filter(|n| n.contains("-ingest-")).count();
+        eventually("v2 frozen", Duration::from_secs(120), || async {
+            let d = datasets.get("shapes").await.ok()?;
+            (d.status?.versions.len() == 2).then_some(())
+        })
+        .await;
+        let after: Vec<String> =
+            Api::<Job>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.expect("jobs").items.iter().map(|j| j.name_any()).collect();
+        assert_eq!(after.iter().filter(|n| n.contains("-ingest-")).count(), ingest_jobs_before, "{after:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
