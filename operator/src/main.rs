@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(namespace = ?config.watch_namespace, "connected to the API server");
     crd_check::wait_for_crds(&client).await?;
     health.set_ready(true);
+    tracing::info!("all ocellus.dev CRDs are served; operator ready");
 
     let identity = format!("{}-{:08x}", config.identity, rand_suffix());
     let mut lease = LeaseConfig::new(&config.lease_namespace, &config.lease_name, &identity);

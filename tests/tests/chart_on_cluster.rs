@@ -95,7 +95,23 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
         String::from_utf8_lossy(&o.stdout).trim() == "yes"
     };
     assert!(can("operator", "create", "jobs", "team-a"));
-    assert!(can("operator", "patch", "trainingjobs.ocellus.dev/status", "team-a"));
+    // `<resource>/<x>` is a resource name to kubectl: ask for the subresource explicitly.
+    let status = run(
+        "kubectl",
+        &c,
+        &[
+            "auth",
+            "can-i",
+            "patch",
+            "trainingjobs.ocellus.dev",
+            "--subresource=status",
+            "-n",
+            "team-a",
+            "--as=system:serviceaccount:ocellus-system:ocellus-operator",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "yes", "the operator writes status");
+    assert!(!can("operator", "patch", "trainingjobs.ocellus.dev", "team-a"), "the operator never writes specs");
     assert!(!can("operator", "get", "secrets", "ocellus-system"));
     assert!(!can("operator", "create", "pods", "team-a"));
     assert!(can("apiserver", "create", "trainingjobs.ocellus.dev", "team-a"));
