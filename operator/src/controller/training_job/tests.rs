@@ -1,6 +1,6 @@
 use super::*;
-use k8s_openapi::jiff::Timestamp;
 use crate::workload::PodCause;
+use k8s_openapi::jiff::Timestamp;
 use ocellus_crds::{DatasetRef, ModelSpec};
 
 fn tj(status: Option<TrainingJobStatus>) -> TrainingJob {
