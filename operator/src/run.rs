@@ -11,9 +11,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use ocellus_crds::{Dataset, Export, TrainingJob};
 
-use crate::controller::{
-    self, Context, dataset, error_policy_for, export, finish, key_of, managed, scoped, training_job,
-};
+use crate::controller::{Context, dataset, error_policy_for, export, finish, key_of, managed, scoped, training_job};
 use crate::workload::{KIND_LABEL, NAME_LABEL};
 
 /// Maps a pod of one of our Jobs to the Ocellus object of `kind` that owns the Job.
@@ -123,5 +121,4 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
     tokio::join!(ds_run, tj_run, ex_run);
-    let _ = controller::now();
 }

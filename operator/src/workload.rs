@@ -409,5 +409,21 @@ pub fn backoff(failures: i32) -> std::time::Duration {
     std::time::Duration::from_secs(secs.min(300))
 }
 
+/// How long a retry must still wait: the back-off after `failures` failures counts from the end
+/// of the failed run (`completion_time`), until the retry starts (`start_time` set). `None` when
+/// nothing failed, the retry has started, or its time has come.
+pub fn retry_wait(
+    job: &ocellus_crds::JobStatus,
+    failures: i32,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<std::time::Duration> {
+    if failures < 1 || job.start_time.is_some() {
+        return None;
+    }
+    let ended = job.completion_time.as_ref()?;
+    let wait = (ended.0 + backoff(failures)).duration_since(now).as_millis();
+    (wait > 0).then(|| std::time::Duration::from_millis(wait as u64))
+}
+
 #[cfg(test)]
 mod tests;

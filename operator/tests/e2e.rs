@@ -6,7 +6,7 @@
 //! running this test with `--features e2e`).
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -15,31 +15,14 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use ocellus_crds::{Dataset, DatasetPhase, Export, ExportPhase, TrainingJob, TrainingPhase};
 use ocellus_storage::s3::Store;
-use ocellus_tests::cluster::{ClusterOptions, LocalCluster};
+use ocellus_tests::cluster::{ClusterOptions, LocalCluster, stdout_ok};
 use ocellus_tests::node::{ImageMap, ImageMapping};
 use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
-use ocellus_tests::{eventually, fixtures, repo_root, require_tool, workspace_binary};
+use ocellus_tests::{eventually, fixtures, repo_root, workspace_binary};
 use sha2::{Digest, Sha256};
 
 const TRAINER_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-trainer";
 const BUCKET: &str = "ocellus";
-
-fn kubectl(c: &LocalCluster, args: &[&str]) -> Output {
-    let kc = c.kubeconfig().display().to_string();
-    let mut all = vec!["--kubeconfig", kc.as_str()];
-    all.extend_from_slice(args);
-    Command::new(require_tool("kubectl")).args(&all).output().expect("run kubectl")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// The operator process; killed on drop.
 struct Operator(Child);
@@ -115,8 +98,8 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         keep_dir: false,
     })
     .expect("local cluster");
-    ok(&kubectl(&c, &["apply", "--validate=false", "-f", &repo_root().join("crds/yaml").display().to_string()]));
-    ok(&kubectl(&c, &["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"]));
+    stdout_ok(&c.kubectl(&["apply", "--validate=false", "-f", &repo_root().join("crds/yaml").display().to_string()]));
+    stdout_ok(&c.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"]));
 
     c.block_on(async {
         // The example's source archive and the platform bucket.
@@ -134,7 +117,7 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         let _operator = start_operator(&c, &s3, "a");
 
         examples(&dir.join("examples"));
-        ok(&kubectl(&c, &["apply", "-n", &ns, "--validate=false", "-f", &dir.join("examples").display().to_string()]));
+        stdout_ok(&c.kubectl(&["apply", "-n", &ns, "--validate=false", "-f", &dir.join("examples").display().to_string()]));
 
         let datasets: Api<Dataset> = Api::namespaced(client.clone(), &ns);
         let ds = eventually("Dataset shapes Ready", Duration::from_secs(180), || async {

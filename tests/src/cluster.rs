@@ -32,6 +32,17 @@ pub struct ClusterOptions {
     pub keep_dir: bool,
 }
 
+/// The stdout of a command that must have succeeded; panics with its output otherwise.
+pub fn stdout_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// A running local cluster.
 pub struct LocalCluster {
     id: String,
@@ -392,6 +403,16 @@ impl LocalCluster {
     /// Path of the admin kubeconfig.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Runs the cached `kubectl` against this cluster with the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(require_tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
     }
 
     /// The API server URL.

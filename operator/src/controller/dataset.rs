@@ -274,7 +274,9 @@ pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Er
             RunState::Missing => {
                 if st.phase == DatasetPhase::Failed && current.is_some() {
                     requeue = None; // a final failure of this source: waits for a spec change
-                } else if let Some(wait) = retry_wait(&st, attempt) {
+                } else if let Some(wait) =
+                    workload::retry_wait(&st.job, attempt - 1, k8s_openapi::jiff::Timestamp::now())
+                {
                     requeue = Some(wait);
                 } else {
                     st.phase = DatasetPhase::Ingesting;
@@ -416,7 +418,7 @@ pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Er
         RunState::Missing => {
             if current.is_some() && st.common.conditions.iter().any(|c| c.type_ == "Failed" && c.is_true()) {
                 requeue = None;
-            } else if let Some(wait) = retry_wait(&st, attempt) {
+            } else if let Some(wait) = workload::retry_wait(&st.job, attempt - 1, k8s_openapi::jiff::Timestamp::now()) {
                 requeue = Some(wait);
             } else {
                 st.job.start_time = Some(now());
@@ -484,17 +486,6 @@ pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Er
         .await?;
     }
     Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
-}
-
-/// How long a retry must still wait (its back-off counts from the failed attempt's end).
-fn retry_wait(st: &DatasetStatus, attempt: i32) -> Option<Duration> {
-    if attempt <= 1 || st.job.start_time.is_some() {
-        return None;
-    }
-    let ended = st.job.completion_time.as_ref()?;
-    let due = ended.0 + workload::backoff(attempt - 1);
-    let wait = due.duration_since(k8s_openapi::jiff::Timestamp::now()).as_millis();
-    (wait > 0).then(|| Duration::from_millis(wait as u64))
 }
 
 /// The ingest's latest progress line, from the running pod's log.

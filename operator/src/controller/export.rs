@@ -219,17 +219,9 @@ pub async fn reconcile(
     let mut requeue = Some(Duration::from_secs(3));
     match run {
         RunState::Missing => {
-            let waiting = (attempt > 1 && st.job.start_time.is_none())
-                .then(|| st.job.completion_time.clone())
-                .flatten()
-                .map(|t| {
-                    (t.0 + workload::backoff(attempt - 1))
-                        .duration_since(k8s_openapi::jiff::Timestamp::now())
-                        .as_millis()
-                })
-                .filter(|w| *w > 0);
+            let waiting = workload::retry_wait(&st.job, attempt - 1, k8s_openapi::jiff::Timestamp::now());
             if let Some(w) = waiting {
-                requeue = Some(Duration::from_millis(w as u64));
+                requeue = Some(w);
             } else {
                 st.phase = ExportPhase::Pending;
                 st.job.start_time = Some(now());

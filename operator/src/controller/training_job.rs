@@ -421,15 +421,8 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
                 );
                 return Plan { status: st, act: Act::None, requeue: Some(Duration::from_secs(2)) };
             }
-            if st.restarts > 0
-                && let Some(ended) = &st.job.completion_time
-                && st.job.start_time.is_none()
-            {
-                let due = ended.0 + workload::backoff(st.restarts);
-                let wait = due.duration_since(now.0).as_millis();
-                if wait > 0 {
-                    return Plan { status: st, act: Act::None, requeue: Some(Duration::from_millis(wait as u64)) };
-                }
+            if let Some(wait) = workload::retry_wait(&st.job, st.restarts, now.0) {
+                return Plan { status: st, act: Act::None, requeue: Some(wait) };
             }
             let next = attempt_of(&name, st.job.job_name.as_deref()).max(1);
             st.job.job_name = Some(workload::job_name(&name, &next.to_string()));
