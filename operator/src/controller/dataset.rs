@@ -244,6 +244,23 @@ fn set(st: &mut DatasetStatus, health: Health, generation: Option<i64>) {
     set_health(&mut st.common.conditions, &health, generation, now());
 }
 
+/// Marks an ingested Dataset whose requested versions are all frozen Ready (no-op when it
+/// already says so, so an idle Dataset writes nothing).
+fn settle_ready(st: &mut DatasetStatus, generation: Option<i64>) {
+    let ready = st.common.conditions.iter().any(|c| c.type_ == "Ready" && c.is_true());
+    let freezing = st.common.conditions.iter().any(|c| c.reason.as_deref() == Some("Freezing"));
+    if st.phase == DatasetPhase::Ready && ready && !freezing {
+        return;
+    }
+    st.phase = DatasetPhase::Ready;
+    let images = st.counts.as_ref().map(|c| c.images).unwrap_or(0);
+    let message = match st.versions.iter().map(|v| v.name.as_str()).collect::<Vec<_>>() {
+        v if v.is_empty() => format!("{images} images ingested"),
+        v => format!("{images} images ingested; frozen: {}", v.join(", ")),
+    };
+    set(st, Health::Ready { reason: "Ingested".into(), message }, generation);
+}
+
 /// Reconciles one Dataset.
 pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
@@ -379,27 +396,7 @@ pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Er
     // Ingested: freeze the requested versions, in order, one at a time.
     let pending = ds.spec.versions.iter().find(|v| !st.versions.iter().any(|s| s.name == v.name));
     let Some(version) = pending else {
-        if st.phase != DatasetPhase::Ready || !st.common.conditions.iter().any(|c| c.type_ == "Ready" && c.is_true()) {
-            st.phase = DatasetPhase::Ready;
-            let images = st.counts.as_ref().map(|c| c.images).unwrap_or(0);
-            set(
-                &mut st,
-                Health::Ready { reason: "Ingested".into(), message: format!("{images} images ingested") },
-                generation,
-            );
-        }
-        if st.common.conditions.iter().any(|c| c.reason.as_deref() == Some("Freezing")) {
-            let images = st.counts.as_ref().map(|c| c.images).unwrap_or(0);
-            let frozen = st.versions.len();
-            set(
-                &mut st,
-                Health::Ready {
-                    reason: "Ingested".into(),
-                    message: format!("{images} images ingested, {frozen} versions frozen"),
-                },
-                generation,
-            );
-        }
+        settle_ready(&mut st, generation);
         write_status(&ds, &ctx, &st, &old).await?;
         return Ok(Action::await_change());
     };
@@ -454,6 +451,19 @@ pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Er
             });
             st.job.completion_time = Some(now());
             st.job.failure = None;
+            // The conditions move in the same write as the version: no reader sees the last
+            // version frozen while the Dataset still says it is freezing.
+            match ds.spec.versions.iter().find(|v| !st.versions.iter().any(|s| s.name == v.name)) {
+                None => settle_ready(&mut st, generation),
+                Some(next) => set(
+                    &mut st,
+                    Health::Progressing {
+                        reason: "Freezing".into(),
+                        message: format!("freezing version {}", next.name),
+                    },
+                    generation,
+                ),
+            }
             requeue = Some(Duration::from_millis(100));
         }
         RunState::Failed(RunFailure { failure, retryable }) => {

@@ -82,3 +82,28 @@ fn summary_and_progress_reach_status() {
     let log = "{\"event\":\"progress\",\"phase\":\"fetch\",\"done\":1,\"total\":9}\nnot json\n{\"event\":\"progress\",\"done\":5,\"total\":9}\n";
     assert_eq!(last_progress(log), Some(Progress { done: 5, total: Some(9) }));
 }
+
+#[test]
+fn the_last_frozen_version_leaves_the_dataset_ready_and_an_idle_one_unchanged() {
+    let mut st = DatasetStatus { phase: DatasetPhase::Ready, ..Default::default() };
+    set(&mut st, Health::Progressing { reason: "Freezing".into(), message: "freezing version v1".into() }, Some(1));
+    st.versions.push(DatasetVersionStatus {
+        name: "v1".into(),
+        manifest_uri: "s3://b/m".into(),
+        images: 4,
+        ..Default::default()
+    });
+    settle_ready(&mut st, Some(1));
+    let ready = st.common.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert!(ready.is_true(), "{ready:?}");
+    assert!(
+        !st.common.conditions.iter().any(|c| c.type_ == crate::controller::RECONCILING),
+        "{:?}",
+        st.common.conditions
+    );
+    assert_eq!(ready.message.as_deref(), Some("0 images ingested; frozen: v1"));
+
+    let before = st.clone();
+    settle_ready(&mut st, Some(1));
+    assert_eq!(st, before, "a settled Dataset is rewritten on every reconcile");
+}
