@@ -69,21 +69,21 @@ pub struct ModelSource {
     /// An Export in the same namespace; its artifact is served once the Export has succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<LocalRef>,
-    /// The `best` (default) or `last` checkpoint of a TrainingJob in the same namespace, served through TorchScript without a separate Export.
+    /// The `best` (default) or `last` checkpoint of a TrainingJob in the same namespace, served as TorchScript: the operator creates and owns an Export named `<name>-torchscript` (at `inference.imgsz` when set) and serves its artifact. The checkpoint is exported once; delete that Export to serve a newer checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_job: Option<TrainingJobCheckpointRef>,
-    /// `s3://` or `https://` URI of an exported artifact (TorchScript, ONNX or TensorRT engine); requires `format`.
+    /// `s3://` URI of an exported artifact (TorchScript, ONNX or TensorRT engine) with its model info at `<uri>.json` beside it, readable with the workload S3 Secret; requires `format`. `https://` URIs pass validation but are refused by the operator for now (planned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(s3|https?)://.+"))]
     pub uri: Option<String>,
     /// Format of the artifact at `uri`: `torchscript`, `onnx` or `engine`; set with `uri` and only with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<ExportFormat>,
-    /// SHA-256 (64 lowercase hex digits) the artifact at `uri` must have; it is not served if it differs. Unset: not checked against a pinned value.
+    /// SHA-256 (64 lowercase hex digits) the artifact must have: the operator compares an Export's recorded SHA-256 and each predictor pod the downloaded bytes; it is not served if it differs. Unset: not checked against a pinned value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub sha256: Option<String>,
-    /// Class names in index order, for an artifact at `uri` that does not carry its own. Unset: the artifact's.
+    /// Class names in index order, for an artifact at `uri` that does not carry its own (planned: today the model info beside the artifact must carry them, and this field is not used).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_names: Vec<String>,
 }
@@ -289,7 +289,7 @@ pub struct ModelDeploymentStatus {
     /// Replicas the autoscaler wants now, within `minReplicas`..`maxReplicas` (0 when stopped, expired or scaled to zero).
     #[serde(default)]
     pub desired_replicas: i32,
-    /// In-cluster URL of the predictor Service (Ultralytics `/predict`, Open Inference Protocol `/v2/...`, Label Studio ML backend).
+    /// In-cluster URL of the predictor Service, `http://<name>.<namespace>.svc:8080` (Ultralytics `/predict`, Open Inference Protocol `/v2/...`, Label Studio ML backend). Clients outside the cluster go through the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Version of the served model: the first 12 hex digits of the artifact's SHA-256.

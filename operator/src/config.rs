@@ -12,6 +12,9 @@ pub struct WorkloadConfig {
     /// Image of the trainer (ingest, freeze, train and export Jobs).
     #[arg(long, env = "OCELLUS_TRAINER_IMAGE", default_value = "ghcr.io/ocellus-dev/ocellus-trainer:latest")]
     pub trainer_image: String,
+    /// Image of the predictor (the pods of ModelDeployments).
+    #[arg(long, env = "OCELLUS_PREDICTOR_IMAGE", default_value = "ghcr.io/ocellus-dev/ocellus-predictor:latest")]
+    pub predictor_image: String,
     /// Pull policy of the workload images (`IfNotPresent`, `Always`, `Never`).
     #[arg(long, env = "OCELLUS_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
     pub image_pull_policy: String,
@@ -73,6 +76,7 @@ impl WorkloadConfig {
     pub fn for_tests(trainer_image: &str, bucket: &str) -> WorkloadConfig {
         WorkloadConfig {
             trainer_image: trainer_image.into(),
+            predictor_image: "ghcr.io/ocellus-dev/ocellus-predictor:test".into(),
             image_pull_policy: "IfNotPresent".into(),
             s3_endpoint: "http://127.0.0.1:9000".into(),
             s3_region: "us-east-1".into(),

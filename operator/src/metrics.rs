@@ -12,6 +12,10 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Failed reconciles, by controller and error kind.
     pub errors: IntCounterVec,
+    /// Autoscaler decisions, by the rule that decided.
+    pub scale_decisions: IntCounterVec,
+    /// Replica changes the autoscaler made, by direction.
+    pub scale_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -32,14 +36,37 @@ impl Metrics {
         )?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let scale_decisions = IntCounterVec::new(
+            Opts::new("ocellus_autoscaler_decisions_total", "Autoscaler decisions, by the rule that decided"),
+            &["reason"],
+        )?;
+        let scale_changes = IntCounterVec::new(
+            Opts::new(
+                "ocellus_autoscaler_scale_changes_total",
+                "Replica changes of predictor Deployments, by direction",
+            ),
+            &["direction"],
+        )?;
         registry.register(Box::new(errors.clone()))?;
-        Ok(Metrics { reconciles, duration, errors })
+        registry.register(Box::new(scale_decisions.clone()))?;
+        registry.register(Box::new(scale_changes.clone()))?;
+        Ok(Metrics { reconciles, duration, errors, scale_decisions, scale_changes })
     }
 
     /// Counts a reconcile of `controller` and returns a timer that records its duration on drop.
     pub fn start(&self, controller: &str) -> prometheus::HistogramTimer {
         self.reconciles.with_label_values(&[controller]).inc();
         self.duration.with_label_values(&[controller]).start_timer()
+    }
+
+    /// Counts an autoscaler decision.
+    pub fn scale_decision(&self, reason: &str) {
+        self.scale_decisions.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a replica change (`up` or `down`).
+    pub fn scaled(&self, direction: &str) {
+        self.scale_changes.with_label_values(&[direction]).inc();
     }
 
     /// Counts a failed reconcile.

@@ -4,14 +4,17 @@
 use std::sync::Arc;
 
 use futures::{Future, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
-use ocellus_crds::{Dataset, Export, TrainingJob};
+use ocellus_crds::{Dataset, Export, ModelDeployment, TrainingJob};
 
-use crate::controller::{Context, dataset, error_policy_for, export, finish, key_of, managed, scoped, training_job};
+use crate::controller::{
+    Context, dataset, error_policy_for, export, finish, key_of, managed, model_deployment, scoped, training_job,
+};
 use crate::workload::{KIND_LABEL, NAME_LABEL};
 
 /// Maps a pod of one of our Jobs to the Ocellus object of `kind` that owns the Job.
@@ -25,7 +28,7 @@ fn pod_owner<K: kube::Resource<DynamicType = ()>>(kind: &'static str) -> impl Fn
     }
 }
 
-/// Runs the three batch controllers until `shutdown` resolves; in-flight reconciles finish first.
+/// Runs the four controllers until `shutdown` resolves; in-flight reconciles finish first.
 pub async fn run(
     ctx: Arc<Context>,
     client: Client,
@@ -62,6 +65,7 @@ pub async fn run(
 
     let ex_ctl = Controller::new(scoped::<Export>(&client, namespace), cfg.clone());
     let ex_index = ex_ctl.store();
+    let export_store: Store<Export> = ex_index.clone();
     let ex_ctl = ex_ctl
         .owns(jobs(), managed())
         .watches(pods(), managed(), pod_owner::<Export>("Export"))
@@ -76,6 +80,25 @@ pub async fn run(
                         && ex.spec.source.training_job.as_ref().is_some_and(|r| r.name == tj.name_any())
                 })
                 .map(|ex| ObjectRef::from(ex.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown.clone());
+
+    let md_ctl = Controller::new(scoped::<ModelDeployment>(&client, namespace), cfg.clone());
+    let md_index: Store<ModelDeployment> = md_ctl.store();
+    let md_ctl = md_ctl
+        .owns(scoped::<Deployment>(&client, namespace), managed())
+        .watches(pods(), managed(), pod_owner::<ModelDeployment>(model_deployment::KIND))
+        // An Export finishing (or failing) moves the deployments that serve it.
+        .watches(scoped::<Export>(&client, namespace), cfg.clone(), move |ex: Export| {
+            let ns = ex.namespace();
+            md_index
+                .state()
+                .into_iter()
+                .filter(|md| {
+                    md.namespace() == ns && model_deployment::export_name(md).as_deref() == Some(&ex.name_any())
+                })
+                .map(|md| ObjectRef::from(md.as_ref()))
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown);
@@ -120,5 +143,19 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    tokio::join!(ds_run, tj_run, ex_run);
+    let md_run = md_ctl
+        .run(
+            move |obj, ctx: Arc<Context>| {
+                let exports = export_store.clone();
+                async move {
+                    let key = key_of(obj.as_ref());
+                    let r = model_deployment::reconcile(obj, ctx.clone(), &exports).await;
+                    finish(&ctx, model_deployment::CONTROLLER, &key, r)
+                }
+            },
+            |obj, err, ctx| error_policy_for(&ctx, &key_of(obj.as_ref()), err),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    tokio::join!(ds_run, tj_run, ex_run, md_run);
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretKeySelector, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -104,30 +104,8 @@ pub fn labels(kind: &str, name: &str, component: &str) -> BTreeMap<String, Strin
 /// Builds the Job of one run (pure).
 pub fn job(cfg: &WorkloadConfig, req: &JobRequest) -> Job {
     let mut labels = labels(&req.owner.kind, &req.owner.name, req.component);
-    let gpus = req.gpu.as_ref().filter(|g| g.count > 0);
     let mut resources = req.resources.clone();
-    if let Some(g) = gpus {
-        let name = if g.mig_profile.is_some() { g.resource_name() } else { cfg.gpu_resource.clone() };
-        resources.limits.get_or_insert_with(BTreeMap::new).insert(name, Quantity(g.count.to_string()));
-    }
-    let mut tolerations = req.scheduling.tolerations.clone();
-    let mut node_selector = req.scheduling.node_selector.clone();
-    let mut runtime_class = req.scheduling.runtime_class_name.clone();
-    let mut affinity = None;
-    if let Some(g) = gpus {
-        for t in &cfg.gpu_tolerations.0 {
-            if !tolerations.contains(t) {
-                tolerations.push(t.clone());
-            }
-        }
-        for (k, v) in &cfg.gpu_node_selector.0 {
-            node_selector.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        if runtime_class.is_none() && !cfg.gpu_runtime_class.is_empty() {
-            runtime_class = Some(cfg.gpu_runtime_class.clone());
-        }
-        affinity = g.product.as_ref().map(|p| gpu_product_affinity(p));
-    }
+    let place = placement(cfg, req.gpu.as_ref(), &req.scheduling, &mut resources);
     let pod_labels = labels.clone();
     if let Some(q) = &req.queue_name {
         labels.insert(KUEUE_QUEUE_LABEL.to_string(), q.clone());
@@ -149,12 +127,7 @@ pub fn job(cfg: &WorkloadConfig, req: &JobRequest) -> Job {
             mount_path: "/tmp".into(),
             ..Default::default()
         }]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            ..Default::default()
-        }),
+        security_context: Some(container_security()),
         ..Default::default()
     };
     let pod = PodSpec {
@@ -163,24 +136,13 @@ pub fn job(cfg: &WorkloadConfig, req: &JobRequest) -> Job {
         // Workload pods hold no Kubernetes credentials: progress flows through the object store.
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            run_as_group: Some(65532),
-            fs_group: Some(65532),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
-            ..Default::default()
-        }),
-        volumes: Some(vec![Volume {
-            name: "scratch".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        }]),
-        node_selector: (!node_selector.is_empty()).then_some(node_selector),
-        tolerations: (!tolerations.is_empty()).then_some(tolerations),
-        affinity,
-        priority_class_name: req.scheduling.priority_class_name.clone(),
-        runtime_class_name: runtime_class,
+        security_context: Some(pod_security()),
+        volumes: Some(vec![scratch_volume()]),
+        node_selector: place.node_selector,
+        tolerations: place.tolerations,
+        affinity: place.affinity,
+        priority_class_name: place.priority_class_name,
+        runtime_class_name: place.runtime_class_name,
         termination_grace_period_seconds: req.termination_grace_period_seconds,
         ..Default::default()
     };
@@ -208,6 +170,87 @@ pub fn job(cfg: &WorkloadConfig, req: &JobRequest) -> Job {
         }),
         status: None,
     }
+}
+
+/// Where a workload pod may run: the spec's placement plus, when it asks for GPUs, the
+/// cluster's GPU defaults and the GPU model's node affinity.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Placement {
+    /// Node selector (spec first, then the GPU defaults).
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations (spec first, then the GPU defaults).
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Required affinity to the GPU model (`nvidia.com/gpu.product`).
+    pub affinity: Option<Affinity>,
+    /// Priority class from the spec.
+    pub priority_class_name: Option<String>,
+    /// Runtime class: the spec's, else the cluster's GPU default for GPU pods.
+    pub runtime_class_name: Option<String>,
+}
+
+/// The placement of a pod asking for `gpu` (pure); adds the GPU limit to `resources`.
+pub fn placement(
+    cfg: &WorkloadConfig,
+    gpu: Option<&GpuRequest>,
+    scheduling: &Scheduling,
+    resources: &mut ResourceRequirements,
+) -> Placement {
+    let gpus = gpu.filter(|g| g.count > 0);
+    let mut tolerations = scheduling.tolerations.clone();
+    let mut node_selector = scheduling.node_selector.clone();
+    let mut runtime_class = scheduling.runtime_class_name.clone();
+    let mut affinity = None;
+    if let Some(g) = gpus {
+        let name = if g.mig_profile.is_some() { g.resource_name() } else { cfg.gpu_resource.clone() };
+        resources.limits.get_or_insert_with(BTreeMap::new).insert(name, Quantity(g.count.to_string()));
+        for t in &cfg.gpu_tolerations.0 {
+            if !tolerations.contains(t) {
+                tolerations.push(t.clone());
+            }
+        }
+        for (k, v) in &cfg.gpu_node_selector.0 {
+            node_selector.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if runtime_class.is_none() && !cfg.gpu_runtime_class.is_empty() {
+            runtime_class = Some(cfg.gpu_runtime_class.clone());
+        }
+        affinity = g.product.as_ref().map(|p| gpu_product_affinity(p));
+    }
+    Placement {
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        affinity,
+        priority_class_name: scheduling.priority_class_name.clone(),
+        runtime_class_name: runtime_class,
+    }
+}
+
+/// The container security of every workload: no privilege escalation, no capabilities, a
+/// read-only root filesystem (scratch space is the `/tmp` emptyDir).
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        ..Default::default()
+    }
+}
+
+/// The pod security of every workload: a fixed non-root user and the runtime's seccomp profile.
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+        ..Default::default()
+    }
+}
+
+/// The writable scratch volume, mounted at `/tmp`.
+pub fn scratch_volume() -> Volume {
+    Volume { name: "scratch".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }
 }
 
 fn gpu_product_affinity(product: &str) -> Affinity {

@@ -9,11 +9,15 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use ocellus_crds::{Dataset, DatasetPhase, Export, ExportPhase, TrainingJob, TrainingPhase};
+use ocellus_crds::{
+    Dataset, DatasetPhase, DeploymentPhase, Export, ExportPhase, ModelDeployment, TrainingJob, TrainingPhase,
+};
+use ocellus_operator::controller::model_deployment::{HELD_ANNOTATION, WAKE_ANNOTATION};
 use ocellus_storage::s3::Store;
 use ocellus_tests::cluster::{ClusterOptions, LocalCluster, stdout_ok};
 use ocellus_tests::node::{ImageMap, ImageMapping};
@@ -22,6 +26,7 @@ use ocellus_tests::{eventually, fixtures, repo_root, workspace_binary};
 use sha2::{Digest, Sha256};
 
 const TRAINER_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-trainer";
+const PREDICTOR_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-predictor";
 const BUCKET: &str = "ocellus";
 
 /// The operator process; killed on drop.
@@ -47,6 +52,7 @@ fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Operator {
         .env("OCELLUS_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("OCELLUS_LOG", "info,ocellus_operator=debug")
         .env("OCELLUS_TRAINER_IMAGE", format!("{TRAINER_IMAGE}:test"))
+        .env("OCELLUS_PREDICTOR_IMAGE", format!("{PREDICTOR_IMAGE}:test"))
         .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
         .env("OCELLUS_S3_BUCKET", BUCKET)
         .env("OCELLUS_S3_SECRET", "ocellus-s3")
@@ -74,9 +80,14 @@ async fn s3_secret(client: &Client, ns: &str) {
 /// `examples/` with the training shortened to 3 epochs (the rest as committed).
 fn examples(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).expect("dir");
-    for f in ["dataset.yaml", "trainingjob.yaml", "export.yaml"] {
+    for f in ["dataset.yaml", "trainingjob.yaml", "export.yaml", "modeldeployment.yaml"] {
         let text = std::fs::read_to_string(repo_root().join("examples").join(f)).expect("example");
-        let text = if f == "trainingjob.yaml" { text.replace("epochs: 30", "epochs: 3") } else { text };
+        let text = match f {
+            "trainingjob.yaml" => text.replace("epochs: 30", "epochs: 3"),
+            // The shortest idle window the CRD allows, so that the test sees a scale to zero.
+            "modeldeployment.yaml" => text.replace("scaleToZeroIdleSeconds: 300", "scaleToZeroIdleSeconds: 30"),
+            _ => text,
+        };
         assert!(
             f != "trainingjob.yaml" || text.contains("epochs: 3\n"),
             "examples/trainingjob.yaml no longer trains 30 epochs"
@@ -89,7 +100,22 @@ fn examples(dir: &std::path::Path) {
 fn examples_ingest_train_and_export_on_the_local_cluster() {
     let s3 = S3Server::start().expect("S3 server");
     let images = ImageMap {
-        images: vec![ImageMapping { image: TRAINER_IMAGE.into(), binary: Some(workspace_binary("ocellus-trainer")) }],
+        images: vec![
+            ImageMapping {
+                image: TRAINER_IMAGE.into(),
+                binary: Some(workspace_binary("ocellus-trainer")),
+                env: Default::default(),
+            },
+            // The predictor image sets ORT_DYLIB_PATH to the ONNX Runtime it ships (its Dockerfile).
+            ImageMapping {
+                image: PREDICTOR_IMAGE.into(),
+                binary: Some(workspace_binary("ocellus-predictor")),
+                env: BTreeMap::from([(
+                    "ORT_DYLIB_PATH".to_string(),
+                    ocellus_tests::cache_dir().join("lib/libonnxruntime.so").display().to_string(),
+                )]),
+            },
+        ],
     };
     let c = LocalCluster::start(ClusterOptions {
         gpus: Some(1),
@@ -221,6 +247,107 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         let after: Vec<String> =
             Api::<Job>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.expect("jobs").items.iter().map(|j| j.name_any()).collect();
         assert_eq!(after.iter().filter(|n| n.contains("-ingest-")).count(), ingest_jobs_before, "{after:?}");
+
+        serving(&c, &client, &ns, &artifact.uri, &artifact.sha256, &samples[0].jpeg).await;
         let _ = std::fs::remove_dir_all(&dir);
     });
+}
+
+/// The example ModelDeployment (`minReplicas: 0`) serving the export: it starts at zero, a wake
+/// (what the gateway writes) brings up a pod that answers predictions, it goes back to zero when
+/// idle, and `stopped` keeps it there whatever wakes it. A deployment asking for more GPUs than
+/// any node has reports Unschedulable.
+async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str, sha256: &str, jpeg: &[u8]) {
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
+    let phase_of = |want: DeploymentPhase| {
+        let mds = mds.clone();
+        move || {
+            let mds = mds.clone();
+            async move {
+                let m = mds.get("shapes").await.ok()?;
+                (m.status.as_ref()?.phase == want).then_some(m)
+            }
+        }
+    };
+    let md =
+        eventually("ModelDeployment at zero", Duration::from_secs(60), phase_of(DeploymentPhase::ScaledToZero)).await;
+    let st = md.status.clone().expect("status");
+    assert_eq!((st.replicas, st.desired_replicas), (0, 0));
+    assert_eq!(st.model_uri.as_deref(), Some(artifact_uri));
+    assert_eq!(st.model_version.as_deref(), Some(&sha256[..12]));
+    assert_eq!(st.url.as_deref(), Some(format!("http://shapes.{ns}.svc:8080").as_str()));
+    assert!(st.common.conditions.iter().any(|c| c.type_ == "Ready" && c.is_true()), "{:?}", st.common.conditions);
+    let dep = Api::<Deployment>::namespaced(client.clone(), ns).get("shapes").await.expect("deployment");
+    assert_eq!(dep.owner_references()[0].name, "shapes");
+    Api::<Service>::namespaced(client.clone(), ns).get("shapes").await.expect("service");
+    // maxReplicas 3: a disruption budget (policy/v1beta1 on this 1.20 cluster).
+    let pdb = stdout_ok(&c.kubectl(&["get", "pdb", "shapes", "-n", ns, "-o", "jsonpath={.spec.maxUnavailable}"]));
+    assert_eq!(pdb.trim(), "1");
+
+    // A wake: the first request's arrival, as the gateway reports it.
+    let woke = std::time::Instant::now();
+    let wake = serde_json::json!({"metadata": {"annotations": {
+        WAKE_ANNOTATION: k8s_openapi::jiff::Timestamp::now().to_string(), HELD_ANNOTATION: "1"}}});
+    mds.patch("shapes", &PatchParams::default(), &Patch::Merge(&wake)).await.expect("wake");
+    let md =
+        eventually("ModelDeployment Ready after a wake", Duration::from_secs(120), phase_of(DeploymentPhase::Ready))
+            .await;
+    eprintln!("[ocellus] scale from zero to a ready pod: {:.1} s", woke.elapsed().as_secs_f64());
+    assert_eq!(md.status.as_ref().map(|s| s.ready_replicas), Some(1));
+    assert!(md.status.as_ref().and_then(|s| s.last_scale_time.as_ref()).is_some());
+
+    // The ready pod answers on its own IP with detections of the exported model.
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("ocellus.dev/kind=ModelDeployment,ocellus.dev/name=shapes"))
+        .await
+        .expect("pods");
+    let pod = pods.items.iter().find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()).expect("a pod");
+    let spec = pod.spec.clone().expect("spec");
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("ip");
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(jpeg.to_vec()).file_name("a.jpg").mime_str("image/jpeg").expect("mime"),
+        )
+        .text("conf", "0.01");
+    let resp =
+        reqwest::Client::new().post(format!("http://{ip}:8080/predict")).multipart(form).send().await.expect("predict");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert!(body["images"][0]["results"].is_array(), "{body}");
+
+    // Idle for the 30 s window (after the autoscaler's 60 s warm-up): back to zero.
+    let md =
+        eventually("ModelDeployment idle to zero", Duration::from_secs(150), phase_of(DeploymentPhase::ScaledToZero))
+            .await;
+    assert_eq!(md.status.as_ref().map(|s| s.desired_replicas), Some(0));
+
+    // Stopped: zero replicas whatever wakes it.
+    let stop = serde_json::json!({"spec": {"stopped": true}});
+    mds.patch("shapes", &PatchParams::default(), &Patch::Merge(&stop)).await.expect("stop");
+    eventually("ModelDeployment Stopped", Duration::from_secs(30), phase_of(DeploymentPhase::Stopped)).await;
+    let wake = serde_json::json!({"metadata": {"annotations": {
+        WAKE_ANNOTATION: k8s_openapi::jiff::Timestamp::now().to_string(), HELD_ANNOTATION: "4"}}});
+    mds.patch("shapes", &PatchParams::default(), &Patch::Merge(&wake)).await.expect("wake");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let dep = Api::<Deployment>::namespaced(client.clone(), ns).get("shapes").await.expect("deployment");
+    assert_eq!(dep.spec.replicas, Some(0), "a stopped deployment was woken");
+
+    // More GPUs than any node has: Unschedulable, with the scheduler's words.
+    let greedy: ModelDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ocellus.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "greedy"},
+        "spec": {"model": {"export": {"name": "shapes-yolov8n-onnx"}}, "resources": {"gpu": {"count": 2}}},
+    }))
+    .expect("md");
+    mds.create(&PostParams::default(), &greedy).await.expect("create");
+    let cond = eventually("greedy Unschedulable", Duration::from_secs(60), || async {
+        let m = mds.get("greedy").await.ok()?;
+        let st = m.status?;
+        assert_eq!(st.phase, DeploymentPhase::Deploying, "{st:?}");
+        st.common.conditions.into_iter().find(|c| c.type_ == "Ready" && c.reason.as_deref() == Some("Unschedulable"))
+    })
+    .await;
+    assert!(cond.message.as_deref().is_some_and(|m| m.contains("nvidia.com/gpu")), "{cond:?}");
 }

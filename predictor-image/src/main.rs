@@ -42,6 +42,9 @@ struct ServeArgs {
     /// The artifact: `s3://bucket/.../model.onnx` or a local path (its `<artifact>.json` beside it).
     #[arg(long, env = "OCELLUS_MODEL")]
     model: String,
+    /// SHA-256 the artifact must have (64 hex digits); it is not served if it differs.
+    #[arg(long, env = "OCELLUS_MODEL_SHA256")]
+    model_sha256: Option<String>,
     /// Name in URLs and responses (default: the architecture).
     #[arg(long, env = "OCELLUS_MODEL_NAME")]
     model_name: Option<String>,
@@ -155,6 +158,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         &args.model_dir,
         Duration::from_secs(args.download_timeout),
         args.download_retries,
+        args.model_sha256.as_deref(),
     )
     .await
     {

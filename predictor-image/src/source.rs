@@ -37,12 +37,13 @@ fn missing_or(uri: &str, e: StorageError) -> SourceError {
 }
 
 /// Fetches the artifact and its sidecar into `work` (S3) or uses them in place (local path);
-/// verifies the SHA-256.
+/// verifies the SHA-256 against the sidecar's and, when given, the pinned `expect_sha256`.
 pub async fn fetch(
     uri: &str,
     work: &Path,
     timeout: Duration,
     retries: u32,
+    expect_sha256: Option<&str>,
 ) -> Result<(PathBuf, ModelInfo), SourceError> {
     let location = Location::parse(uri).map_err(source_error)?;
     let (artifact, sidecar) = if let Location::S3(_) = &location {
@@ -73,6 +74,12 @@ pub async fn fetch(
         )));
     }
     let bytes = std::fs::read(&artifact).map_err(|e| SourceError::Permanent(format!("{}: {e}", artifact.display())))?;
+    if let Some(pin) = expect_sha256 {
+        let got = hex::encode(Sha256::digest(&bytes));
+        if !got.eq_ignore_ascii_case(pin) {
+            return Err(SourceError::Permanent(format!("{uri}: SHA-256 {got} is not the pinned {pin}")));
+        }
+    }
     if let Some(want) = &info.sha256 {
         let got = hex::encode(Sha256::digest(&bytes));
         if &got != want {
@@ -83,4 +90,36 @@ pub async fn fetch(
         }
     }
     Ok((artifact, info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(dir: &Path) -> String {
+        std::fs::create_dir_all(dir).expect("dir");
+        let path = dir.join("model.onnx");
+        std::fs::write(&path, b"not really onnx").expect("artifact");
+        let info = serde_json::json!({
+            "architecture": "yolov8n", "task": "detect", "names": ["a"], "imgsz": 64, "format": "onnx",
+            "sha256": hex::encode(Sha256::digest(b"not really onnx")),
+        });
+        std::fs::write(dir.join("model.onnx.json"), info.to_string()).expect("sidecar");
+        path.display().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_pinned_sha256_must_match_the_artifact() {
+        let dir = std::env::temp_dir().join(format!("ocellus-source-pin-{}", std::process::id()));
+        let uri = artifact(&dir);
+        let right = hex::encode(Sha256::digest(b"not really onnx"));
+        let t = Duration::from_secs(5);
+        assert!(fetch(&uri, &dir, t, 0, Some(&right)).await.is_ok());
+        assert!(fetch(&uri, &dir, t, 0, None).await.is_ok());
+        match fetch(&uri, &dir, t, 0, Some(&"0".repeat(64))).await {
+            Err(SourceError::Permanent(m)) => assert!(m.contains("is not the pinned"), "{m}"),
+            other => panic!("a wrong pin was served: {:?}", other.map(|x| x.0)),
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -26,10 +26,12 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
             ImageMapping {
                 image: "ghcr.io/ocellus-dev/ocellus-operator".into(),
                 binary: Some(workspace_binary("ocellus-operator")),
+                env: Default::default(),
             },
             ImageMapping {
                 image: "ghcr.io/ocellus-dev/ocellus-apiserver".into(),
                 binary: Some(workspace_binary("ocellus-apiserver")),
+                env: Default::default(),
             },
         ],
     };
@@ -114,6 +116,9 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     assert!(!can("operator", "patch", "trainingjobs.ocellus.dev", "team-a"), "the operator never writes specs");
     assert!(!can("operator", "get", "secrets", "ocellus-system"));
     assert!(!can("operator", "create", "pods", "team-a"));
+    assert!(can("operator", "patch", "deployments.apps", "team-a"), "the operator sizes predictor Deployments");
+    assert!(!can("operator", "patch", "modeldeployments.ocellus.dev", "team-a"), "the operator never writes specs");
+    assert!(can("apiserver", "watch", "endpointslices.discovery.k8s.io", "team-a"));
     assert!(can("apiserver", "create", "trainingjobs.ocellus.dev", "team-a"));
     assert!(can("apiserver", "get", "secrets", "ocellus-system"));
     assert!(!can("apiserver", "get", "secrets", "team-a"));

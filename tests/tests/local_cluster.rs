@@ -23,8 +23,9 @@ fn cluster() -> &'static LocalCluster {
                 ImageMapping {
                     image: "ocellus.dev/testserver".into(),
                     binary: Some(env!("CARGO_BIN_EXE_ocellus-testserver").into()),
+                    env: Default::default(),
                 },
-                ImageMapping { image: "busybox".into(), binary: None },
+                ImageMapping { image: "busybox".into(), binary: None, env: Default::default() },
             ],
         };
         LocalCluster::start(ClusterOptions {

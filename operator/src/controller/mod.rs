@@ -1,9 +1,10 @@
-//! The batch controllers (Dataset, TrainingJob, Export), one module each, and what they share:
+//! The controllers (Dataset, TrainingJob, Export, ModelDeployment), one module each, and what they share:
 //! the context (client, caches, settings, metrics, events), the error type, status writes by
 //! server-side apply and kstatus conditions.
 
 pub mod dataset;
 pub mod export;
+pub mod model_deployment;
 pub mod training_job;
 
 use std::collections::HashMap;
@@ -11,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -78,8 +80,16 @@ pub struct Context {
     pub bucket: S3Store,
     /// Jobs the operator created.
     pub jobs: Store<Job>,
-    /// Pods of those Jobs.
+    /// Pods of those Jobs and of the predictor Deployments.
     pub pods: Store<Pod>,
+    /// Predictor Deployments the operator created.
+    pub deployments: Store<Deployment>,
+    /// HTTP client that reads the predictor pods' metrics.
+    pub http: reqwest::Client,
+    /// Autoscaler memory per ModelDeployment (lost on restart, which the autoscaler allows for).
+    scalers: Mutex<HashMap<String, crate::autoscale::State>>,
+    /// The PodDisruptionBudget API version the cluster serves (`v1`, or `v1beta1` before 1.21).
+    pdb_version: Mutex<Option<&'static str>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Event publisher.
@@ -116,11 +126,118 @@ impl Context {
 
     /// Creates or updates a Job by server-side apply under `manager`.
     pub async fn apply_job(&self, job: &Job, manager: &str) -> Result<(), Error> {
-        let ns = job.metadata.namespace.as_deref().unwrap_or_default();
-        let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        self.apply(job, manager).await
+    }
+
+    /// Creates or updates a namespaced child by server-side apply under `manager`.
+    pub async fn apply<K>(&self, obj: &K, manager: &str) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Resource<Scope = kube::core::NamespaceResourceScope>,
+        K: Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    {
+        let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
         let params = PatchParams::apply(manager).force();
-        api.patch(&job.name_any(), &params, &Patch::Apply(job)).await?;
+        api.patch(&obj.name_any(), &params, &Patch::Apply(obj)).await?;
         Ok(())
+    }
+
+    /// The predictor Deployment `name` in `namespace`, from the cache.
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Pods labelled as belonging to the Ocellus object `kind`/`name`, from the cache.
+    pub fn pods_of_kind(&self, namespace: &str, kind: &str, name: &str) -> Vec<Arc<Pod>> {
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(namespace)
+                    && p.labels().get(workload::KIND_LABEL).map(String::as_str) == Some(kind)
+                    && p.labels().get(workload::NAME_LABEL).map(String::as_str) == Some(name)
+            })
+            .collect()
+    }
+
+    /// Sets only the replicas of a Deployment (server-side apply of `spec.replicas`).
+    pub async fn scale_deployment(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: i32,
+        manager: &str,
+    ) -> Result<(), Error> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let body = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name}, "spec": {"replicas": replicas},
+        });
+        api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await?;
+        Ok(())
+    }
+
+    /// One autoscaling decision for the object `key`, with its remembered state.
+    pub fn decide(
+        &self,
+        key: &str,
+        policy: &crate::autoscale::Policy,
+        obs: &crate::autoscale::Observation,
+    ) -> crate::autoscale::Decision {
+        let mut m = self.scalers.lock().unwrap_or_else(|e| e.into_inner());
+        crate::autoscale::decide(policy, m.entry(key.to_string()).or_default(), obs)
+    }
+
+    /// Drops the autoscaler state of `key` (stopped, expired or deleted).
+    pub fn forget_scaler(&self, key: &str) {
+        self.scalers.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    async fn pdb_api(&self, namespace: &str) -> Result<Api<DynamicObject>, Error> {
+        let known = *self.pdb_version.lock().unwrap_or_else(|e| e.into_inner());
+        let version = match known {
+            Some(v) => v,
+            None => {
+                let groups = self.client.list_api_group_resources("policy/v1").await;
+                let v = if groups.is_ok_and(|g| g.resources.iter().any(|r| r.name == "poddisruptionbudgets")) {
+                    "v1"
+                } else {
+                    "v1beta1"
+                };
+                *self.pdb_version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+                v
+            }
+        };
+        let gvk = GroupVersionKind::gvk("policy", version, "PodDisruptionBudget");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "poddisruptionbudgets");
+        Ok(Api::namespaced_with(self.client.clone(), namespace, &ar))
+    }
+
+    /// Applies a PodDisruptionBudget in the version the cluster serves (its fields are the same
+    /// in `policy/v1beta1`, which Kubernetes before 1.21 serves instead of `v1`).
+    pub async fn apply_pdb(
+        &self,
+        pdb: &k8s_openapi::api::policy::v1::PodDisruptionBudget,
+        manager: &str,
+    ) -> Result<(), Error> {
+        let ns = pdb.metadata.namespace.as_deref().unwrap_or_default();
+        let api = self.pdb_api(ns).await?;
+        let mut body =
+            serde_json::to_value(pdb).map_err(|e| Error::Output { uri: "pdb".into(), message: e.to_string() })?;
+        let version = api.resource_url().contains("/v1beta1/");
+        body["apiVersion"] = serde_json::json!(if version { "policy/v1beta1" } else { "policy/v1" });
+        body["kind"] = serde_json::json!("PodDisruptionBudget");
+        api.patch(&pdb.name_any(), &PatchParams::apply(manager).force(), &Patch::Apply(&body)).await?;
+        Ok(())
+    }
+
+    /// Deletes a PodDisruptionBudget if it exists.
+    pub async fn delete_pdb(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        match self.pdb_api(namespace).await?.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Publishes an Event about `obj`.
@@ -299,14 +416,22 @@ pub async fn start(
 ) -> Runtime {
     let (jobs, job_writer) = reflector::store::<Job>();
     let (pods, pod_writer) = reflector::store::<Pod>();
+    let (deployments, deployment_writer) = reflector::store::<Deployment>();
     let job_api: Api<Job> = scoped(&client, namespace);
     let pod_api: Api<Pod> = scoped(&client, namespace);
+    let deployment_api: Api<Deployment> = scoped(&client, namespace);
     let reflectors = vec![
         tokio::spawn(
             watcher(job_api, managed()).default_backoff().reflect(job_writer).for_each(|_| futures::future::ready(())),
         ),
         tokio::spawn(
             watcher(pod_api, managed()).default_backoff().reflect(pod_writer).for_each(|_| futures::future::ready(())),
+        ),
+        tokio::spawn(
+            watcher(deployment_api, managed())
+                .default_backoff()
+                .reflect(deployment_writer)
+                .for_each(|_| futures::future::ready(())),
         ),
     ];
     let bucket = S3Store::new(&s3, &config.s3_bucket);
@@ -318,6 +443,14 @@ pub async fn start(
         bucket,
         jobs: jobs.clone(),
         pods: pods.clone(),
+        deployments: deployments.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap_or_default(),
+        scalers: Mutex::new(HashMap::new()),
+        pdb_version: Mutex::new(None),
         metrics,
         recorder,
         failures: Mutex::new(HashMap::new()),
@@ -325,6 +458,7 @@ pub async fn start(
     // Reconciles read the caches: wait until both have listed once.
     let _ = jobs.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
+    let _ = deployments.wait_until_ready().await;
     Runtime { ctx, reflectors }
 }
 

@@ -370,6 +370,9 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
     vars.insert("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into());
     vars.insert("KUBERNETES_SERVICE_PORT".into(), port);
     vars.insert(MARKER_ENV.into(), ctx.cfg.marker.clone());
+    if let Some(m) = ctx.cfg.images.resolve(spec.image.as_deref().unwrap_or("")) {
+        vars.extend(m.env.clone());
+    }
 
     let config_err = |m: String| StartError { reason: "CreateContainerConfigError", message: m };
     for from in spec.env_from.iter().flatten() {

@@ -23,6 +23,9 @@ pub struct ImageMapping {
     /// (like a base image whose commands are the host's).
     #[serde(default)]
     pub binary: Option<PathBuf>,
+    /// The image's own environment (a Dockerfile's `ENV`), under the container's `env`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 impl ImageMap {
@@ -198,8 +201,8 @@ mod tests {
     fn argv_uses_entrypoint_unless_command_is_set() {
         let map = ImageMap {
             images: vec![
-                ImageMapping { image: "srv".into(), binary: Some("/bin/srv".into()) },
-                ImageMapping { image: "busybox".into(), binary: None },
+                ImageMapping { image: "srv".into(), binary: Some("/bin/srv".into()), env: Default::default() },
+                ImageMapping { image: "busybox".into(), binary: None, env: Default::default() },
             ],
         };
         let a = argv(&map, "srv:1", &[], &["--port=$(PORT)".into()], &vars()).expect("argv");
