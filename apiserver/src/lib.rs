@@ -1,16 +1,25 @@
 //! The Ocellus REST gateway. [`app`] builds the router from the shared [`AppState`].
+//!
+//! Routes: `/healthz`, `/readyz`, `/metrics` (one segment), and the serving [`gateway`] at
+//! `/{namespace}/{name}/...` (three segments or more). `/api/...` is kept for the REST APIs.
+
+pub mod gateway;
 
 use axum::Router;
 use ocellus_common::Health;
+
+pub use gateway::Gateway;
 
 /// State shared by every router.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// Readiness and metrics.
     pub health: Health,
+    /// The serving gateway (fed by [`gateway::watch::spawn`] in the binary, directly in tests).
+    pub gateway: Gateway,
 }
 
-/// The whole HTTP API: operational endpoints now, one router per resource as they land.
+/// The whole HTTP API: operational endpoints and the gateway; one router per resource as they land.
 pub fn app(state: AppState) -> Router {
-    Router::new().merge(state.health.router())
+    Router::new().merge(state.health.router()).merge(state.gateway.router())
 }

@@ -1,9 +1,12 @@
-//! `ocellus-apiserver`: serves the REST APIs.
+//! `ocellus-apiserver`: serves the REST APIs and the serving gateway.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ocellus_apiserver::gateway::watch::{self, WatchConfig};
+use ocellus_apiserver::gateway::{Gateway, GatewayConfig};
 use ocellus_apiserver::{AppState, app};
 use ocellus_common::{Health, LogArgs};
 
@@ -15,15 +18,83 @@ struct Config {
     #[arg(long, env = "OCELLUS_LISTEN_ADDR", default_value = "0.0.0.0:8000")]
     listen_addr: SocketAddr,
     #[command(flatten)]
+    gateway: GatewayArgs,
+    #[command(flatten)]
     log: LogArgs,
+}
+
+/// The serving gateway (`/{namespace}/{name}/...`).
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// Requests held per ModelDeployment while it has no ready pod; beyond, 429 with Retry-After.
+    #[arg(long = "gateway-max-held", env = "OCELLUS_GATEWAY_MAX_HELD", default_value_t = 256)]
+    max_held: usize,
+    /// Seconds a request is held for a ready pod before a 503.
+    #[arg(long = "gateway-hold-timeout", env = "OCELLUS_GATEWAY_HOLD_TIMEOUT", default_value_t = 300)]
+    hold_timeout_s: u64,
+    /// Largest request body in bytes (bodies are buffered so that a refused send can be retried); beyond, 413.
+    #[arg(long = "gateway-max-body-bytes", env = "OCELLUS_GATEWAY_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    max_body_bytes: usize,
+    /// Milliseconds a TCP connect to a predictor pod may take before it counts as down.
+    #[arg(long = "gateway-connect-timeout-ms", env = "OCELLUS_GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
+    connect_timeout_ms: u64,
+    /// Seconds to wait for a pod's response headers once a request is sent; then 504.
+    #[arg(long = "gateway-upstream-timeout", env = "OCELLUS_GATEWAY_UPSTREAM_TIMEOUT", default_value_t = 300)]
+    upstream_timeout_s: u64,
+    /// Least milliseconds between two wake patches of one ModelDeployment.
+    #[arg(long = "gateway-wake-interval-ms", env = "OCELLUS_GATEWAY_WAKE_INTERVAL_MS", default_value_t = 2000)]
+    wake_interval_ms: u64,
+    /// Milliseconds a pod that refused a connection is skipped.
+    #[arg(long = "gateway-eject-ms", env = "OCELLUS_GATEWAY_EJECT_MS", default_value_t = 5000)]
+    eject_ms: u64,
+    /// Name of the predictor Services' port.
+    #[arg(long = "gateway-port-name", env = "OCELLUS_GATEWAY_PORT_NAME", default_value = "http")]
+    port_name: String,
+    /// Label selector of the EndpointSlices to watch.
+    #[arg(
+        long = "gateway-endpointslice-selector",
+        env = "OCELLUS_GATEWAY_ENDPOINTSLICE_SELECTOR",
+        default_value = "kubernetes.io/service-name"
+    )]
+    endpointslice_selector: String,
+}
+
+impl GatewayArgs {
+    fn gateway(&self) -> GatewayConfig {
+        GatewayConfig {
+            max_held: self.max_held,
+            hold_timeout: Duration::from_secs(self.hold_timeout_s),
+            max_body_bytes: self.max_body_bytes,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms.max(1)),
+            upstream_timeout: Duration::from_secs(self.upstream_timeout_s.max(1)),
+            wake_interval: Duration::from_millis(self.wake_interval_ms.max(100)),
+            eject_for: Duration::from_millis(self.eject_ms),
+        }
+    }
+
+    fn watch(&self) -> WatchConfig {
+        WatchConfig { port_name: self.port_name.clone(), endpointslice_selector: self.endpointslice_selector.clone() }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     ocellus_common::init_tracing(&config.log);
-    let health = Health::new(prometheus::Registry::new());
+    let registry = prometheus::Registry::new();
+    let (gateway, wakes) = Gateway::new(config.gateway.gateway(), &registry).context("starting the gateway")?;
+    let health = Health::new(registry);
+    let client = kube::Client::try_default().await.context("building the Kubernetes client")?;
+    // The watches list in the background; until both have, gateway requests wait (up to the
+    // hold timeout) rather than get a 404. Readiness does not wait for them.
+    let watches = watch::spawn(client, &gateway, wakes, config.gateway.watch());
     health.set_ready(true);
-    let router = app(AppState { health });
-    ocellus_common::serve(config.listen_addr, router, ocellus_common::shutdown_signal()).await.context("serving HTTP")
+    let router = app(AppState { health, gateway });
+    let served = ocellus_common::serve(config.listen_addr, router, ocellus_common::shutdown_signal())
+        .await
+        .context("serving HTTP");
+    for t in watches.tasks {
+        t.abort();
+    }
+    served
 }
