@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -68,6 +70,42 @@ fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Operator {
     Operator(child)
 }
 
+/// The apiserver process (the gateway), outside the cluster with the admin kubeconfig; killed on drop.
+struct Apiserver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Apiserver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_apiserver(c: &LocalCluster) -> Apiserver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("ocellus-apiserver-{}.log", std::process::id())))
+        .expect("log file");
+    let child = Command::new(workspace_binary("ocellus-apiserver"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("OCELLUS_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("OCELLUS_LOG", "info,ocellus_apiserver=debug")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the apiserver");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the apiserver did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Apiserver { child, url }
+}
+
 async fn s3_secret(client: &Client, ns: &str) {
     let secret: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "ocellus-s3"},
@@ -84,10 +122,18 @@ fn examples(dir: &std::path::Path) {
         let text = std::fs::read_to_string(repo_root().join("examples").join(f)).expect("example");
         let text = match f {
             "trainingjob.yaml" => text.replace("epochs: 30", "epochs: 3"),
-            // The shortest idle window the CRD allows, so that the test sees a scale to zero.
-            "modeldeployment.yaml" => text.replace("scaleToZeroIdleSeconds: 300", "scaleToZeroIdleSeconds: 30"),
+            // The shortest idle window the CRD allows, so that the test sees a scale to zero; a
+            // quarter CPU per pod, so that three replicas and a rollout's extra pod fit the
+            // 2-core node.
+            "modeldeployment.yaml" => text
+                .replace("scaleToZeroIdleSeconds: 300", "scaleToZeroIdleSeconds: 30")
+                .replace("cpu: \"1\"", "cpu: 250m"),
             _ => text,
         };
+        assert!(
+            f != "modeldeployment.yaml" || (text.contains("cpu: 250m") && text.contains("IdleSeconds: 30\n")),
+            "examples/modeldeployment.yaml changed its cpu or idle window"
+        );
         assert!(
             f != "trainingjob.yaml" || text.contains("epochs: 3\n"),
             "examples/trainingjob.yaml no longer trains 30 epochs"
@@ -253,9 +299,10 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
     });
 }
 
-/// The example ModelDeployment (`minReplicas: 0`) serving the export: it starts at zero, a wake
-/// (what the gateway writes) brings up a pod that answers predictions, it goes back to zero when
-/// idle, and `stopped` keeps it there whatever wakes it. A deployment asking for more GPUs than
+/// The example ModelDeployment (`minReplicas: 0`, at most 3 replicas) serving the export through
+/// the gateway: it starts at zero, the first request wakes it and is answered with the pod's own
+/// detections, a ramp to 16 concurrent clients scales it out without one failed request, it goes
+/// back to zero when idle without flapping, and `stopped` keeps it at zero whatever arrives. A deployment asking for more GPUs than
 /// any node has reports Unschedulable.
 async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str, sha256: &str, jpeg: &[u8]) {
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
@@ -269,6 +316,15 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
             }
         }
     };
+    // A deployment for one minute (the shortest `durationHours`): it expires while the rest runs.
+    let brief: ModelDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ocellus.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "brief"},
+        "spec": {"model": {"export": {"name": "shapes-yolov8n-onnx"}}, "resources": {"cpu": "250m"}, "durationHours": 0.0166},
+    }))
+    .expect("md");
+    mds.create(&PostParams::default(), &brief).await.expect("create");
+
     let md =
         eventually("ModelDeployment at zero", Duration::from_secs(60), phase_of(DeploymentPhase::ScaledToZero)).await;
     let st = md.status.clone().expect("status");
@@ -284,44 +340,213 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     let pdb = stdout_ok(&c.kubectl(&["get", "pdb", "shapes", "-n", ns, "-o", "jsonpath={.spec.maxUnavailable}"]));
     assert_eq!(pdb.trim(), "1");
 
-    // A wake: the first request's arrival, as the gateway reports it.
-    let woke = std::time::Instant::now();
-    let wake = serde_json::json!({"metadata": {"annotations": {
-        WAKE_ANNOTATION: k8s_openapi::jiff::Timestamp::now().to_string(), HELD_ANNOTATION: "1"}}});
-    mds.patch("shapes", &PatchParams::default(), &Patch::Merge(&wake)).await.expect("wake");
+    // The gateway (the apiserver binary) in front of it: the first request is held, wakes the
+    // deployment and is answered.
+    let gw = start_apiserver(c);
+    let http = reqwest::Client::new();
+    let predict = |url: String, conf: &str| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(jpeg.to_vec()).file_name("a.jpg").mime_str("image/jpeg").expect("mime"),
+            )
+            .text("conf", conf.to_string());
+        http.post(url).multipart(form).send()
+    };
+    let via_gateway = format!("{}/{ns}/shapes/predict", gw.url);
+    let t0 = std::time::Instant::now();
+    let resp = predict(via_gateway.clone(), "0.01").await.expect("predict through the gateway");
+    let cold = t0.elapsed();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    let through: serde_json::Value = resp.json().await.expect("json");
     let md =
-        eventually("ModelDeployment Ready after a wake", Duration::from_secs(120), phase_of(DeploymentPhase::Ready))
+        eventually("ModelDeployment Ready after a request", Duration::from_secs(30), phase_of(DeploymentPhase::Ready))
             .await;
-    eprintln!("[ocellus] scale from zero to a ready pod: {:.1} s", woke.elapsed().as_secs_f64());
     assert_eq!(md.status.as_ref().map(|s| s.ready_replicas), Some(1));
     assert!(md.status.as_ref().and_then(|s| s.last_scale_time.as_ref()).is_some());
 
-    // The ready pod answers on its own IP with detections of the exported model.
+    // The same detections as the pod called directly.
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels("ocellus.dev/kind=ModelDeployment,ocellus.dev/name=shapes"))
         .await
         .expect("pods");
     let pod = pods.items.iter().find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()).expect("a pod");
-    let spec = pod.spec.clone().expect("spec");
-    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(pod.spec.as_ref().and_then(|s| s.automount_service_account_token), Some(false));
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("ip");
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(jpeg.to_vec()).file_name("a.jpg").mime_str("image/jpeg").expect("mime"),
-        )
-        .text("conf", "0.01");
-    let resp =
-        reqwest::Client::new().post(format!("http://{ip}:8080/predict")).multipart(form).send().await.expect("predict");
-    assert_eq!(resp.status(), 200);
-    let body: serde_json::Value = resp.json().await.expect("json");
-    assert!(body["images"][0]["results"].is_array(), "{body}");
+    let direct: serde_json::Value =
+        predict(format!("http://{ip}:8080/predict"), "0.01").await.expect("direct").json().await.expect("json");
+    assert!(direct["images"][0]["results"].is_array(), "{direct}");
+    assert_eq!(through["images"][0]["results"], direct["images"][0]["results"]);
+    let started = |p: &Pod| {
+        let s = p.status.clone()?;
+        let running = s.container_statuses?.first()?.state.clone()?.running?.started_at?.0;
+        let ready =
+            s.conditions?.into_iter().find(|c| c.type_ == "Ready" && c.status == "True")?.last_transition_time?.0;
+        Some((p.metadata.creation_timestamp.clone()?.0, running, ready))
+    };
+    if let Some((created, running, ready)) = started(pod) {
+        eprintln!(
+            "[ocellus] cold start through the gateway: {:.1} s to the answer; pod created → process started {:.1} s, → ready (model loaded and warmed up) {:.1} s",
+            cold.as_secs_f64(),
+            running.duration_since(created).as_secs_f64(),
+            ready.duration_since(running).as_secs_f64(),
+        );
+    }
 
-    // Idle for the 30 s window (after the autoscaler's 60 s warm-up): back to zero.
+    // Load from 0 to 16 concurrent clients and back to 0: replicas rise, no request fails, and the
+    // replica count moves up, then down, never back and forth.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(Mutex::new(Vec::<String>::new())));
+    let mut workers = Vec::new();
+    let desired_seen = std::sync::Arc::new(Mutex::new(Vec::<i32>::new()));
+    let stop_watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (mds, stop, seen) = (mds.clone(), stop_watch.clone(), desired_seen.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(m) = mds.get("shapes").await {
+                    let d = m.status.map(|s| s.desired_replicas).unwrap_or(0);
+                    let mut seen = seen.lock().expect("lock");
+                    if seen.last() != Some(&d) {
+                        seen.push(d);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    for step in 0..4 {
+        for _ in 0..4 {
+            let (url, stop, ok, failed, http, jpeg) =
+                (via_gateway.clone(), stop.clone(), ok.clone(), failed.clone(), http.clone(), jpeg.to_vec());
+            workers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let form = reqwest::multipart::Form::new().part(
+                        "file",
+                        reqwest::multipart::Part::bytes(jpeg.clone())
+                            .file_name("a.jpg")
+                            .mime_str("image/jpeg")
+                            .expect("mime"),
+                    );
+                    match http.post(&url).multipart(form).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            let message = format!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+                            failed.lock().expect("lock").push(message);
+                        }
+                        Err(e) => failed.lock().expect("lock").push(e.to_string()),
+                    }
+                }
+            }));
+        }
+        eprintln!("[ocellus] load: {} concurrent clients", (step + 1) * 4);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    }
+    let peak = eventually("scaled out under load", Duration::from_secs(60), || async {
+        let m = mds.get("shapes").await.ok()?;
+        let st = m.status?;
+        (st.ready_replicas >= 2).then_some(st.ready_replicas)
+    })
+    .await;
+    let pods_api = Api::<Pod>::namespaced(client.clone(), ns);
+    let selector = ListParams::default().labels("ocellus.dev/kind=ModelDeployment,ocellus.dev/name=shapes");
+    let check_no_failures = |what: &str| {
+        let failed = failed.lock().expect("lock").clone();
+        let ok = ok.load(Ordering::Relaxed);
+        eprintln!("[ocellus] load, {what}: {ok} requests answered so far, {} failed", failed.len());
+        assert!(failed.is_empty(), "{what}: {} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    };
+    check_no_failures(&format!("scaled out to {peak} ready pods"));
+
+    // A pod deleted under load (SIGTERM, the predictor drains): nothing fails.
+    let victim = pods_api
+        .list(&selector)
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .expect("pod");
+    pods_api.delete(&victim.name_any(), &DeleteParams::default()).await.expect("delete pod");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    check_no_failures("a pod deleted");
+
+    // A rollout (a new pod template, as a new model version makes) under load: nothing fails.
+    let change = serde_json::json!({"spec": {"inference": {"conf": 0.3}}});
+    mds.patch("shapes", &PatchParams::default(), &Patch::Merge(&change)).await.expect("patch");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    eventually("rolled out", Duration::from_secs(120), || async {
+        let d = deployments.get("shapes").await.ok()?;
+        let st = d.status?;
+        let want = d.spec.replicas.unwrap_or(0);
+        // The new template first (the operator applies it after seeing the patch), then its rollout.
+        let env = d.spec.template.spec.as_ref()?.containers.first()?.env.clone().unwrap_or_default();
+        if !env.iter().any(|e| e.name == "OCELLUS_CONF" && e.value.as_deref() == Some("0.3")) {
+            return None;
+        }
+        (d.metadata.generation == st.observed_generation
+            && st.updated_replicas == Some(want)
+            && st.ready_replicas == Some(want)
+            && st.replicas == Some(want))
+        .then_some(())
+    })
+    .await;
+    check_no_failures("a rollout");
+
+    // A pod killed outright: requests it held are answered 503 "not retried" (they may have been
+    // processed); every other request is answered.
+    let victim = pods_api
+        .list(&selector)
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .expect("pod");
+    pods_api
+        .delete(&victim.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+        .await
+        .expect("kill pod");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let failed = std::mem::take(&mut *failed.lock().expect("lock"));
+    let ok = ok.load(Ordering::Relaxed);
+    eprintln!("[ocellus] load: {ok} requests answered, {} failed after a pod was killed", failed.len());
+    assert!(failed.len() <= 16, "more requests failed than were in flight: {failed:?}");
+    assert!(failed.iter().all(|f| f.starts_with("503") && f.contains("not retried")), "{failed:?}");
+    assert!(ok > 50, "only {ok} requests answered");
+
+    // Idle for the 30 s window (after the scale-down delay and rate): back to zero, without flapping.
     let md =
-        eventually("ModelDeployment idle to zero", Duration::from_secs(150), phase_of(DeploymentPhase::ScaledToZero))
+        eventually("ModelDeployment idle to zero", Duration::from_secs(180), phase_of(DeploymentPhase::ScaledToZero))
             .await;
     assert_eq!(md.status.as_ref().map(|s| s.desired_replicas), Some(0));
+    stop_watch.store(true, Ordering::Relaxed);
+    watcher.await.expect("watcher");
+    let seen = desired_seen.lock().expect("lock").clone();
+    eprintln!("[ocellus] desired replicas over the run: {seen:?}");
+    let peak_at = seen.iter().enumerate().max_by_key(|(_, d)| **d).map(|(i, _)| i).unwrap_or(0);
+    assert!(seen[..=peak_at].windows(2).all(|w| w[0] < w[1]), "replicas went down while load rose: {seen:?}");
+    assert!(seen[peak_at..].windows(2).all(|w| w[0] > w[1]), "replicas went up while load fell: {seen:?}");
+
+    // At zero, Label Studio's checks (1 s for /health) are answered by the gateway from the
+    // ModelDeployment, with the version the pod reports once awake, and they wake it.
+    let t = std::time::Instant::now();
+    let resp = http.get(format!("{}/{ns}/shapes/health", gw.url)).send().await.expect("health at zero");
+    assert!(t.elapsed() < Duration::from_secs(1), "Label Studio gives /health 1 s");
+    assert_eq!(resp.status(), 200);
+    let at_zero: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(at_zero["status"], "UP", "{at_zero}");
+    eventually("woken by Label Studio's health check", Duration::from_secs(60), phase_of(DeploymentPhase::Ready)).await;
+    let awake: serde_json::Value =
+        http.get(format!("{}/{ns}/shapes/health", gw.url)).send().await.expect("health").json().await.expect("json");
+    assert_eq!(at_zero["model_version"], awake["model_version"], "Label Studio would see the version change");
+    assert!(awake["model_version"].as_str().is_some_and(|v| v.ends_with(&sha256[..12])), "{awake}");
 
     // Stopped: zero replicas whatever wakes it.
     let stop = serde_json::json!({"spec": {"stopped": true}});
@@ -330,9 +555,29 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     let wake = serde_json::json!({"metadata": {"annotations": {
         WAKE_ANNOTATION: k8s_openapi::jiff::Timestamp::now().to_string(), HELD_ANNOTATION: "4"}}});
     mds.patch("shapes", &PatchParams::default(), &Patch::Merge(&wake)).await.expect("wake");
+    let t = std::time::Instant::now();
+    let resp = predict(via_gateway.clone(), "0.25").await.expect("predict while stopped");
+    assert_eq!(resp.status(), 503, "a stopped deployment is refused at once, not held");
+    assert!(t.elapsed() < Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let dep = Api::<Deployment>::namespaced(client.clone(), ns).get("shapes").await.expect("deployment");
     assert_eq!(dep.spec.replicas, Some(0), "a stopped deployment was woken");
+    drop(gw);
+
+    // The one-minute deployment has expired: no replicas, and the time in status.
+    let expired = eventually("brief Expired", Duration::from_secs(90), || async {
+        let m = mds.get("brief").await.ok()?;
+        (m.status.as_ref()?.phase == DeploymentPhase::Expired).then_some(m)
+    })
+    .await;
+    let st = expired.status.expect("status");
+    let created = expired.metadata.creation_timestamp.expect("created").0;
+    let at = st.expires_at.expect("expiresAt").0;
+    assert_eq!(at.duration_since(created).as_secs(), 60, "0.0166 h rounds to 60 s");
+    assert_eq!(
+        Api::<Deployment>::namespaced(client.clone(), ns).get("brief").await.expect("deployment").spec.replicas,
+        Some(0)
+    );
 
     // More GPUs than any node has: Unschedulable, with the scheduler's words.
     let greedy: ModelDeployment = serde_json::from_value(serde_json::json!({

@@ -69,6 +69,9 @@ fn made_up_links_flags_and_routes_fail() {
         ```sh\ncargo run -p ocellus-predictor -- serve --model m.onnx --no-such-flag\n\
         ocellus-predictor no-such-subcommand\ncurl -F file=@x.jpg http://127.0.0.1:8080/no/such/route\n\
         curl http://127.0.0.1:8080/v2/models/yolov8n # served\n```\n\n\
+        ```sh\nkubectl port-forward -n ocellus-system svc/ocellus-apiserver 8000 &\n\
+        curl -F file=@x.jpg http://127.0.0.1:8000/team-a/shapes/predict # served through the gateway\n\
+        curl http://127.0.0.1:8000/team-a/shapes/no/gateway/route\n```\n\n\
         Pass `--no-such-prose-flag`, call `POST /no-such-route`, or `GET /healthz`.\n\n\
         ## Planned\n\n`--planned-flag` and `/api/planned`.\n";
     let mut c = Checker::new(true);
@@ -82,10 +85,11 @@ fn made_up_links_flags_and_routes_fail() {
         "/no/such/route",
         "`--no-such-prose-flag`",
         "/no-such-route",
+        "/team-a/shapes/no/gateway/route",
     ] {
         assert!(errors.contains(want), "no error names {want}:\n{errors}");
     }
-    assert_eq!(c.errors.len(), 7, "{errors}");
+    assert_eq!(c.errors.len(), 8, "{errors}");
 }
 
 fn repo_root() -> PathBuf {
@@ -360,6 +364,8 @@ fn parse_help(text: &str) -> Help {
 enum Server {
     Predictor,
     Health,
+    /// The apiserver's gateway (`kubectl port-forward` to it): `/{namespace}/{name}/` + a predictor route.
+    Gateway,
     Any,
 }
 
@@ -488,6 +494,11 @@ impl Checker {
                     _ => {}
                 }
                 self.check_invocation(place, &bin, &args);
+            } else if cmd[0] == "kubectl"
+                && cmd.get(1).is_some_and(|w| w == "port-forward")
+                && cmd.iter().any(|w| w.contains("ocellus-apiserver"))
+            {
+                servers.push(Server::Gateway);
             } else if cmd[0] == "curl" {
                 curls.push(cmd);
             } else if cmd[0].contains('/')
@@ -678,6 +689,12 @@ impl Checker {
         };
         let found = match server {
             Server::Predictor => predictor(),
+            Server::Gateway => {
+                let rest = path.splitn(4, '/').nth(3).map(|r| format!("/{r}")).unwrap_or_default();
+                ocellus_predictor::api::routes()
+                    .iter()
+                    .any(|(m, p)| method.is_none_or(|want| m.as_str() == want) && route_matches(p, &rest))
+            }
             Server::Health => health_serves(method.unwrap_or("GET"), path),
             Server::Any => predictor() || health_serves(method.unwrap_or("GET"), path),
         };
