@@ -1,8 +1,11 @@
 //! The Ocellus REST gateway. [`app`] builds the router from the shared [`AppState`].
 //!
 //! Routes: `/healthz`, `/readyz`, `/metrics` (one segment), and the serving [`gateway`] at
-//! `/{namespace}/{name}/...` (three segments or more). `/api/...` is kept for the REST APIs.
+//! `/{namespace}/{name}/...` (three segments or more). `/api/...` is kept for the REST APIs,
+//! whose shared ground (API keys, auth, rate limits, errors, OpenAPI at `/openapi.json`) is
+//! [`api`]; [`app_with_api`] adds them.
 
+pub mod api;
 pub mod gateway;
 
 use axum::Router;
@@ -22,4 +25,10 @@ pub struct AppState {
 /// The whole HTTP API: operational endpoints and the gateway; one router per resource as they land.
 pub fn app(state: AppState) -> Router {
     Router::new().merge(state.health.router()).merge(state.gateway.router())
+}
+
+/// [`app`] plus the REST APIs ([`api::ApiState::router`]: `/api/...` and `/openapi.json`). Their
+/// static `/api/...` routes take precedence over the gateway's `/{namespace}/{name}/...`.
+pub fn app_with_api(state: AppState, api: api::ApiState) -> Router {
+    app(state).merge(api.router())
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use ocellus_apiserver::gateway::watch::{self, WatchConfig};
 use ocellus_apiserver::gateway::{Gateway, GatewayConfig};
-use ocellus_apiserver::{AppState, app};
+use ocellus_apiserver::{AppState, app_with_api};
 use ocellus_common::{Health, LogArgs};
 
 /// Command-line and environment configuration.
@@ -19,6 +19,8 @@ struct Config {
     listen_addr: SocketAddr,
     #[command(flatten)]
     gateway: GatewayArgs,
+    #[command(flatten)]
+    api: ocellus_apiserver::api::ApiArgs,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -83,17 +85,21 @@ async fn main() -> anyhow::Result<()> {
     ocellus_common::init_tracing(&config.log);
     let registry = prometheus::Registry::new();
     let (gateway, wakes) = Gateway::new(config.gateway.gateway(), &registry).context("starting the gateway")?;
-    let health = Health::new(registry);
     let client = kube::Client::try_default().await.context("building the Kubernetes client")?;
+    let (api, api_tasks) =
+        ocellus_apiserver::api::start(client.clone(), &config.api, &registry).context("starting the REST APIs")?;
+    // The gateway takes the same namespace-bound keys as the REST APIs.
+    gateway.require_keys(api.keys.clone());
+    let health = Health::new(registry);
     // The watches list in the background; until both have, gateway requests wait (up to the
     // hold timeout) rather than get a 404. Readiness does not wait for them.
     let watches = watch::spawn(client, &gateway, wakes, config.gateway.watch());
     health.set_ready(true);
-    let router = app(AppState { health, gateway });
+    let router = app_with_api(AppState { health, gateway }, api);
     let served = ocellus_common::serve(config.listen_addr, router, ocellus_common::shutdown_signal())
         .await
         .context("serving HTTP");
-    for t in watches.tasks {
+    for t in watches.tasks.into_iter().chain(api_tasks) {
         t.abort();
     }
     served

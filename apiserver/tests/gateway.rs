@@ -668,3 +668,43 @@ async fn requests_wait_for_the_first_listing() {
     gateway.index().mark_synced();
     assert_eq!(pending.await.expect("join").expect("response").status(), 200);
 }
+
+#[tokio::test]
+async fn with_keys_only_the_namespace_s_key_passes_and_the_pod_never_sees_it() {
+    use ocellus_apiserver::api::keys::{KeyIndex, KeyRecord, Keys, PlaintextKey, Role};
+    let gw = start(fast()).await;
+    let up = upstream("a", Duration::ZERO).await;
+    let key = gw.deploy("det", Lifecycle::Active, Some("0123456789ab"));
+    gw.gateway.index().set_endpoints(&key, [up.addr]);
+    let ours = PlaintextKey::from_bytes([7; 20]);
+    let theirs = PlaintextKey::from_bytes([9; 20]);
+    let now = chrono::Utc::now();
+    gw.gateway.require_keys(Keys::from_index(KeyIndex::from_records([
+        KeyRecord::new(&ours, "team-a", Role::Viewer, "ours", now),
+        KeyRecord::new(&theirs, "team-b", Role::Admin, "theirs", now),
+    ])));
+    let http = reqwest::Client::new();
+    let url = gw.url("/team-a/det/v2/models/m?x=1");
+
+    let none = http.get(&url).send().await.expect("send");
+    assert_eq!(none.status(), 401);
+    assert!(none.text().await.expect("body").contains("\"error\""));
+    let forged = PlaintextKey::from_bytes([8; 20]);
+    assert_eq!(http.get(&url).bearer_auth(forged.expose()).send().await.expect("send").status(), 401);
+    let other = http.get(&url).bearer_auth(theirs.expose()).send().await.expect("send");
+    assert_eq!(other.status(), 403, "a team-b admin key reached team-a");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 0, "a refused request reached the pod");
+
+    // A viewer key may predict; the header form and the query form both work, and both are
+    // removed before the pod sees the request.
+    let echo: Value = http.get(&url).bearer_auth(ours.expose()).send().await.expect("send").json().await.expect("json");
+    assert!(echo["headers"].get("authorization").is_none(), "the key reached the pod: {echo}");
+    assert_eq!(echo["query"], "x=1");
+    let q = gw.url(&format!("/team-a/det/v2/models/m?api_key={}&x=1", ours.expose()));
+    let echo: Value = http.get(&q).send().await.expect("send").json().await.expect("json");
+    assert_eq!(echo["query"], "x=1", "the api_key parameter reached the pod");
+    let only = gw.url(&format!("/team-a/det/health?api_key={}", ours.expose()));
+    let echo: Value = http.get(&only).send().await.expect("send").json().await.expect("json");
+    assert_eq!(echo["query"], Value::Null);
+    assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+}

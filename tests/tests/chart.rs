@@ -192,10 +192,42 @@ fn credentials_stay_in_the_secret() {
     let docs = render(VALUE_SETS[1]);
     for d in &docs {
         let text = d.to_string();
-        if d["kind"] == "Secret" {
+        let bootstrap_key = d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-bootstrap-api-key"));
+        if d["kind"] == "Secret" && !bootstrap_key {
             assert!(text.contains("topsecret"));
         } else {
             assert!(!text.contains("topsecret"), "secret value leaked into {}/{}", d["kind"], d["metadata"]["name"]);
         }
     }
+}
+
+#[test]
+fn the_bootstrap_api_key_is_passed_by_reference_and_can_be_turned_off() {
+    let docs = render(VALUE_SETS[0]);
+    let secret = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "rel-ocellus-bootstrap-api-key")
+        .expect("bootstrap key Secret");
+    assert!(secret["data"]["api-key"].as_str().is_some_and(|k| !k.is_empty()));
+    let api = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "rel-ocellus-apiserver")
+        .expect("apiserver");
+    let c = &api["spec"]["template"]["spec"]["containers"][0];
+    let env = c["env"].as_array().expect("env");
+    // By reference to the Secret, never a value in the Deployment.
+    let key = env.iter().find(|e| e["name"] == "OCELLUS_BOOTSTRAP_API_KEY").expect("bootstrap key env");
+    assert_eq!(key["valueFrom"]["secretKeyRef"]["name"], "rel-ocellus-bootstrap-api-key");
+    assert!(key["value"].is_null());
+
+    let mut off = VALUE_SETS[0].to_vec();
+    off.extend(["--set", "apiKeys.bootstrap.enabled=false"]);
+    let docs = render(&off);
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "rel-ocellus-bootstrap-api-key"));
+    let api = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "rel-ocellus-apiserver" && d["kind"] == "Deployment")
+        .expect("apiserver");
+    let env = api["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env").clone();
+    assert!(!env.iter().any(|e| e["name"] == "OCELLUS_BOOTSTRAP_API_KEY"));
 }

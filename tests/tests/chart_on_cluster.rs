@@ -40,7 +40,7 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     // Helm 4 installs CRDs with server-side apply, which 1.20 refuses for the unknown
     // x-kubernetes-validations field; on this old server the CRDs go first through kubectl.
     ok(run("kubectl", &c, &["apply", "--validate=false", "-f", &root.join("crds/yaml").display().to_string()]));
-    ok(run(
+    let installed = ok(run(
         "helm",
         &c,
         &[
@@ -123,6 +123,68 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     assert!(can("apiserver", "get", "secrets", "ocellus-system"));
     assert!(!can("apiserver", "get", "secrets", "team-a"));
     assert!(!can("apiserver", "create", "jobs", "team-a"));
+
+    // The bootstrap admin API key: the one the install notes print, kept in its Secret; the
+    // apiserver stores only its hash, accepts it, and never logs it.
+    let key_b64 = ok(run(
+        "kubectl",
+        &c,
+        &["get", "secret", "ocellus-bootstrap-api-key", "-n", "ocellus-system", "-o", "jsonpath={.data.api-key}"],
+    ));
+    let b64 = |s: &str| {
+        use base64::Engine;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s.trim()).expect("base64")).expect("utf-8")
+    };
+    let key = b64(&key_b64);
+    assert!(
+        key.len() == 43
+            && key.starts_with("ul_")
+            && key[3..].chars().all(|ch| ch.is_ascii_hexdigit() && !ch.is_ascii_uppercase()),
+        "not a ul_ + 40 hex key: {key:?}"
+    );
+    assert!(installed.contains(&key), "the install notes do not print the bootstrap key");
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let records = loop {
+        let out = ok(run(
+            "kubectl",
+            &c,
+            &["get", "secrets", "-n", "ocellus-system", "-l", "ocellus.dev/api-key=true", "-o", "json"],
+        ));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        if !items.is_empty() || std::time::Instant::now() > deadline {
+            break items;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(records.len(), 1, "one key record: {records:?}");
+    let stored = records[0]["data"]["sha256"].as_str().expect("sha256");
+    assert_eq!(b64(stored), hash, "the record holds the key's SHA-256");
+    assert!(!serde_json::to_string(&records).expect("json").contains(&key[3..]), "a key record holds the key");
+    let ip = ok(run(
+        "kubectl",
+        &c,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "ocellus-system",
+            "-l",
+            "app.kubernetes.io/component=apiserver",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+    ));
+    let http = reqwest::blocking::Client::new();
+    let url = format!("http://{}:8000/api/api-keys", ip.trim());
+    let listed = http.get(&url).bearer_auth(&key).send().expect("list keys");
+    assert_eq!(listed.status(), 200);
+    let body = listed.text().expect("body");
+    assert!(body.contains(&key[..11]) && !body.contains(&key[11..]), "the list shows the prefix only: {body}");
+    assert_eq!(http.get(&url).send().expect("list keys").status(), 401, "no key, no list");
+    let logs = ok(run("kubectl", &c, &["logs", "-n", "ocellus-system", "deploy/ocellus-apiserver"]));
+    assert!(!logs.contains(&key[3..]), "the bootstrap key reached the apiserver's logs");
 
     ok(run("helm", &c, &["uninstall", "ocellus", "-n", "ocellus-system", "--wait", "--timeout", "60s"]));
     let left = ok(run("kubectl", &c, &["get", "pods", "-n", "ocellus-system", "-o", "name"]));

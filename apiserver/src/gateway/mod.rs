@@ -80,6 +80,8 @@ struct Inner {
     index: Index,
     client: Client<HttpConnector, Body>,
     metrics: GatewayMetrics,
+    /// The API keys requests must carry, once [`Gateway::require_keys`] set them.
+    keys: std::sync::OnceLock<crate::api::keys::Keys>,
 }
 
 /// The gateway: its index, upstream HTTP client and metrics. Cheap to clone.
@@ -107,7 +109,15 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .retry_canceled_requests(true)
             .build(connector);
-        Ok((Gateway { inner: Arc::new(Inner { config, index, client, metrics }) }, wakes))
+        let keys = std::sync::OnceLock::new();
+        Ok((Gateway { inner: Arc::new(Inner { config, index, client, metrics, keys }) }, wakes))
+    }
+
+    /// Requires every request to carry a live API key of the deployment's namespace (any role:
+    /// predictions read), in any form the REST APIs accept; the key is removed before the request
+    /// is forwarded. Without this call the gateway is open (tests; clusters without API keys).
+    pub fn require_keys(&self, keys: crate::api::keys::Keys) {
+        let _ = self.inner.keys.set(keys);
     }
 
     /// The index the watches feed.

@@ -79,12 +79,35 @@ pub(crate) fn end_to_end(headers: &HeaderMap, also_drop_content_length: bool) ->
 
 /// The gateway's handler for every method on `/{namespace}/{name}/...`.
 pub(crate) async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
-    let resp = match forward(&gw, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let resp = match authorize(&gw, req) {
+        Ok(req) => match forward(&gw, req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        },
+        Err(refused) => refused.into_response_as(crate::api::error::Flavor::Ultralytics),
     };
     gw.inner.metrics.count_response(resp.status());
     resp
+}
+
+/// With API keys required: the caller's key must be live and act in the deployment's
+/// namespace; the key (header or `api_key` query parameter) is then removed, so that pods never
+/// see it. A refusal is the REST APIs' error body.
+fn authorize(gw: &Gateway, mut req: Request) -> Result<Request, crate::api::error::ApiError> {
+    let Some(keys) = gw.inner.keys.get() else { return Ok(req) };
+    let path = req.uri().path().to_string();
+    let Some((namespace, _, _)) = split_path(&path) else { return Ok(req) };
+    let principal = crate::api::auth::authenticate(keys, req.headers(), req.uri())?;
+    principal.require_in(namespace, crate::api::keys::Action::Read)?;
+    req.headers_mut().remove(header::AUTHORIZATION);
+    if let Some(q) = req.uri().query() {
+        let kept: Vec<&str> = q.split('&').filter(|p| p.split('=').next() != Some("api_key")).collect();
+        let pq = if kept.is_empty() { path.clone() } else { format!("{path}?{}", kept.join("&")) };
+        if let Ok(uri) = axum::http::Uri::builder().path_and_query(pq).build() {
+            *req.uri_mut() = uri;
+        }
+    }
+    Ok(req)
 }
 
 async fn forward(gw: &Gateway, req: Request) -> Result<Response, GatewayError> {

@@ -82,3 +82,20 @@ seccompProfile:
       name: {{ include "ocellus.s3Secret" . }}
       key: AWS_SECRET_ACCESS_KEY
 {{- end -}}
+
+{{/*
+The bootstrap admin API key: the existing Secret's on upgrade, else a new `ul_` + 40 hex. Kept in
+.Values for the rest of this render, so that the Secret and NOTES.txt show the same key.
+*/}}
+{{- define "ocellus.bootstrapKey" -}}
+{{- if not (hasKey .Values "_bootstrapKey") -}}
+{{- $name := printf "%s-bootstrap-api-key" (include "ocellus.fullname" .) -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $name -}}
+{{- $key := printf "ul_%s" (sha1sum (randAlphaNum 64)) -}}
+{{- if and $existing $existing.data (hasKey $existing.data "api-key") -}}
+{{- $key = index $existing.data "api-key" | b64dec -}}
+{{- end -}}
+{{- $_ := set .Values "_bootstrapKey" $key -}}
+{{- end -}}
+{{- .Values._bootstrapKey -}}
+{{- end -}}
