@@ -86,6 +86,7 @@ pub async fn run(
 
     let md_ctl = Controller::new(scoped::<ModelDeployment>(&client, namespace), cfg.clone());
     let md_index: Store<ModelDeployment> = md_ctl.store();
+    let serving = Arc::new(model_deployment::Stores { exports: export_store.clone(), deployments: md_index.clone() });
     let md_ctl = md_ctl
         .owns(scoped::<Deployment>(&client, namespace), managed())
         .watches(pods(), managed(), pod_owner::<ModelDeployment>(model_deployment::KIND))
@@ -146,10 +147,10 @@ pub async fn run(
     let md_run = md_ctl
         .run(
             move |obj, ctx: Arc<Context>| {
-                let exports = export_store.clone();
+                let stores = serving.clone();
                 async move {
                     let key = key_of(obj.as_ref());
-                    let r = model_deployment::reconcile(obj, ctx.clone(), &exports).await;
+                    let r = model_deployment::reconcile(obj, ctx.clone(), &stores).await;
                     finish(&ctx, model_deployment::CONTROLLER, &key, r)
                 }
             },

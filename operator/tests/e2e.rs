@@ -83,7 +83,8 @@ impl Drop for Apiserver {
     }
 }
 
-fn start_apiserver(c: &LocalCluster) -> Apiserver {
+/// Starts the apiserver with `key` as the bootstrap admin key of namespace `ns`.
+fn start_apiserver(c: &LocalCluster, ns: &str, key: &str) -> Apiserver {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let log = std::fs::File::create(std::env::temp_dir().join(format!("ocellus-apiserver-{}.log", std::process::id())))
         .expect("log file");
@@ -93,6 +94,9 @@ fn start_apiserver(c: &LocalCluster) -> Apiserver {
         .env("KUBECONFIG", c.kubeconfig())
         .env("OCELLUS_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("OCELLUS_LOG", "info,ocellus_apiserver=debug")
+        .env("OCELLUS_KEYS_NAMESPACE", "default")
+        .env("OCELLUS_BOOTSTRAP_API_KEY", key)
+        .env("OCELLUS_BOOTSTRAP_API_KEY_NAMESPACE", ns)
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
@@ -300,10 +304,12 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
 }
 
 /// The example ModelDeployment (`minReplicas: 0`, at most 3 replicas) serving the export through
-/// the gateway: it starts at zero, the first request wakes it and is answered with the pod's own
-/// detections, a ramp to 16 concurrent clients scales it out without one failed request, it goes
-/// back to zero when idle without flapping, and `stopped` keeps it at zero whatever arrives. A deployment asking for more GPUs than
-/// any node has reports Unschedulable.
+/// the gateway: it starts at zero; the first request wakes it and is answered with the pod's own
+/// detections; a ramp to 16 concurrent clients scales it out without one failed request, through
+/// a pod deletion and the rollout of a second model version; a pod killed outright fails only
+/// what it held; idle brings it back to zero without flapping; Label Studio's health check is
+/// answered at zero; `stopped` keeps it at zero whatever arrives; a one-minute deployment
+/// expires; one asking for more GPUs than any node has reports Unschedulable.
 async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str, sha256: &str, jpeg: &[u8]) {
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
     let phase_of = |want: DeploymentPhase| {
@@ -324,6 +330,13 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     }))
     .expect("md");
     mds.create(&PostParams::default(), &brief).await.expect("create");
+    // A second version of the model, for a rollout under load.
+    let exports: Api<Export> = Api::namespaced(client.clone(), ns);
+    let mut v2: Export = exports.get("shapes-yolov8n-onnx").await.expect("export");
+    v2.metadata = kube::api::ObjectMeta { name: Some("shapes-yolov8n-onnx-128".into()), ..Default::default() };
+    v2.spec.imgsz = Some(128);
+    v2.status = None;
+    exports.create(&PostParams::default(), &v2).await.expect("create the second export");
 
     let md =
         eventually("ModelDeployment at zero", Duration::from_secs(60), phase_of(DeploymentPhase::ScaledToZero)).await;
@@ -342,8 +355,17 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
 
     // The gateway (the apiserver binary) in front of it: the first request is held, wakes the
     // deployment and is answered.
-    let gw = start_apiserver(c);
-    let http = reqwest::Client::new();
+    // The gateway takes the namespace's API key, like the REST APIs.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos();
+    let key = format!("ul_{:0>40x}", nanos);
+    let gw = start_apiserver(c, ns, &key);
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"))].into_iter().collect(),
+        )
+        .build()
+        .expect("client");
+    let anonymous = reqwest::Client::new();
     let predict = |url: String, conf: &str| {
         let form = reqwest::multipart::Form::new()
             .part(
@@ -354,6 +376,20 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
         http.post(url).multipart(form).send()
     };
     let via_gateway = format!("{}/{ns}/shapes/predict", gw.url);
+    // No key, or a key of another namespace: refused before anything is held or woken.
+    let bootstrapped = std::time::Instant::now();
+    let status = loop {
+        let s = anonymous.get(format!("{}/{ns}/shapes/health", gw.url)).send().await.expect("anonymous").status();
+        if s != 503 || bootstrapped.elapsed() > Duration::from_secs(30) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // the key cache is listing
+    };
+    assert_eq!(status, 401);
+    let other = http.get(format!("{}/default/shapes/health", gw.url)).send().await.expect("other namespace");
+    assert_eq!(other.status(), 403, "a key of {ns} reached namespace default");
+    let md = mds.get("shapes").await.expect("md");
+    assert_eq!(md.status.map(|s| s.phase), Some(DeploymentPhase::ScaledToZero), "refused requests woke it");
     let t0 = std::time::Instant::now();
     let resp = predict(via_gateway.clone(), "0.01").await.expect("predict through the gateway");
     let cold = t0.elapsed();
@@ -377,6 +413,13 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
         predict(format!("http://{ip}:8080/predict"), "0.01").await.expect("direct").json().await.expect("json");
     assert!(direct["images"][0]["results"].is_array(), "{direct}");
     assert_eq!(through["images"][0]["results"], direct["images"][0]["results"]);
+    // Roboflow's form of the key: the api_key query parameter (removed before the pod sees it).
+    let query_form = anonymous
+        .get(format!("{}/{ns}/shapes/v2/models/shapes?api_key={key}", gw.url))
+        .send()
+        .await
+        .expect("query key");
+    assert_eq!(query_form.status(), 200, "the api_key query parameter is accepted");
     let started = |p: &Pod| {
         let s = p.status.clone()?;
         let running = s.container_statuses?.first()?.state.clone()?.running?.started_at?.0;
@@ -473,8 +516,16 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     tokio::time::sleep(Duration::from_secs(10)).await;
     check_no_failures("a pod deleted");
 
-    // A rollout (a new pod template, as a new model version makes) under load: nothing fails.
-    let change = serde_json::json!({"spec": {"inference": {"conf": 0.3}}});
+    // A new model version (the second export) rolled out under load: nothing fails.
+    let v2 = eventually("the second export", Duration::from_secs(180), || async {
+        let e = exports.get("shapes-yolov8n-onnx-128").await.ok()?;
+        let st = e.status?;
+        assert_ne!(st.phase, ExportPhase::Failed, "{:?}", st.job);
+        st.artifact
+    })
+    .await;
+    assert_ne!(v2.sha256, sha256, "the second export is the same artifact");
+    let change = serde_json::json!({"spec": {"model": {"export": {"name": "shapes-yolov8n-onnx-128"}}}});
     mds.patch("shapes", &PatchParams::default(), &Patch::Merge(&change)).await.expect("patch");
     let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
     eventually("rolled out", Duration::from_secs(120), || async {
@@ -483,7 +534,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
         let want = d.spec.replicas.unwrap_or(0);
         // The new template first (the operator applies it after seeing the patch), then its rollout.
         let env = d.spec.template.spec.as_ref()?.containers.first()?.env.clone().unwrap_or_default();
-        if !env.iter().any(|e| e.name == "OCELLUS_CONF" && e.value.as_deref() == Some("0.3")) {
+        if !env.iter().any(|e| e.name == "OCELLUS_MODEL" && e.value.as_deref() == Some(v2.uri.as_str())) {
             return None;
         }
         (d.metadata.generation == st.observed_generation
@@ -493,7 +544,9 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
         .then_some(())
     })
     .await;
-    check_no_failures("a rollout");
+    check_no_failures("a new model version rolled out");
+    let md = mds.get("shapes").await.expect("md");
+    assert_eq!(md.status.and_then(|s| s.model_version), Some(v2.sha256[..12].to_string()));
 
     // A pod killed outright: requests it held are answered 503 "not retried" (they may have been
     // processed); every other request is answered.
@@ -546,7 +599,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     let awake: serde_json::Value =
         http.get(format!("{}/{ns}/shapes/health", gw.url)).send().await.expect("health").json().await.expect("json");
     assert_eq!(at_zero["model_version"], awake["model_version"], "Label Studio would see the version change");
-    assert!(awake["model_version"].as_str().is_some_and(|v| v.ends_with(&sha256[..12])), "{awake}");
+    assert!(awake["model_version"].as_str().is_some_and(|v| v.ends_with(&v2.sha256[..12])), "{awake}");
 
     // Stopped: zero replicas whatever wakes it.
     let stop = serde_json::json!({"spec": {"stopped": true}});

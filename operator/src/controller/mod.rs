@@ -90,6 +90,8 @@ pub struct Context {
     scalers: Mutex<HashMap<String, crate::autoscale::State>>,
     /// The PodDisruptionBudget API version the cluster serves (`v1`, or `v1beta1` before 1.21).
     pdb_version: Mutex<Option<&'static str>>,
+    /// Calls of [`Context::prune_scalers`].
+    prune_tick: std::sync::atomic::AtomicU64,
     /// Metrics.
     pub metrics: Metrics,
     /// Event publisher.
@@ -186,6 +188,15 @@ impl Context {
     ) -> crate::autoscale::Decision {
         let mut m = self.scalers.lock().unwrap_or_else(|e| e.into_inner());
         crate::autoscale::decide(policy, m.entry(key.to_string()).or_default(), obs)
+    }
+
+    /// Every 256th call, keeps only the autoscaler states whose key passes `keep` (deleted
+    /// objects are never reconciled again; pruning on every reconcile would cost O(n) each).
+    pub fn prune_scalers(&self, keep: impl Fn(&str) -> bool) {
+        if !self.prune_tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(256) {
+            return;
+        }
+        self.scalers.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| keep(k));
     }
 
     /// Drops the autoscaler state of `key` (stopped, expired or deleted).
@@ -451,6 +462,7 @@ pub async fn start(
             .unwrap_or_default(),
         scalers: Mutex::new(HashMap::new()),
         pdb_version: Mutex::new(None),
+        prune_tick: std::sync::atomic::AtomicU64::new(0),
         metrics,
         recorder,
         failures: Mutex::new(HashMap::new()),

@@ -689,9 +689,22 @@ async fn scrape(http: &reqwest::Client, pods: &[Arc<Pod>]) -> f64 {
     futures::future::join_all(reads).await.into_iter().flatten().sum()
 }
 
+/// The caches a ModelDeployment reconcile reads besides the context's.
+pub struct Stores {
+    /// Exports (the model's source).
+    pub exports: Store<Export>,
+    /// ModelDeployments (to forget the autoscaler state of deleted ones).
+    pub deployments: Store<ModelDeployment>,
+}
+
 /// Reconciles one ModelDeployment.
-pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>, exports: &Store<Export>) -> Result<Action, Error> {
+pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>, stores: &Stores) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
+    let exports = &stores.exports;
+    // A deleted deployment is never reconciled again: drop its autoscaler memory here.
+    ctx.prune_scalers(|key| {
+        key.split_once('/').is_some_and(|(ns, name)| stores.deployments.get(&ObjectRef::new(name).within(ns)).is_some())
+    });
     let ns = md.namespace().unwrap_or_default();
     let name = md.name_any();
     let key = format!("{ns}/{name}");
