@@ -32,12 +32,30 @@ const PREDICTOR_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-predictor";
 const BUCKET: &str = "ocellus";
 
 /// The operator process; killed on drop.
-struct Operator(Child);
+struct Operator {
+    child: Child,
+    /// Its `/metrics`.
+    metrics: String,
+}
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Operator {
+    /// `ocellus_operator_reconciles_total` by controller.
+    async fn reconciles(&self) -> BTreeMap<String, f64> {
+        let text = reqwest::get(&self.metrics).await.expect("metrics").text().await.expect("text");
+        text.lines()
+            .filter_map(|l| l.strip_prefix("ocellus_operator_reconciles_total{controller=\""))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once("\"} ")?;
+                Some((name.to_string(), rest.trim().parse().ok()?))
+            })
+            .collect()
     }
 }
 
@@ -67,7 +85,7 @@ fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Operator {
         .stderr(log)
         .spawn()
         .expect("start the operator");
-    Operator(child)
+    Operator { child, metrics: format!("http://127.0.0.1:{port}/metrics") }
 }
 
 /// The apiserver process (the gateway), outside the cluster with the admin kubeconfig; killed on drop.
@@ -190,7 +208,7 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         let client = c.client().await.expect("client");
         let ns = c.namespace(&client, "e2e").await.expect("namespace");
         s3_secret(&client, &ns).await;
-        let _operator = start_operator(&c, &s3, "a");
+        let operator = start_operator(&c, &s3, "a");
 
         examples(&dir.join("examples"));
         stdout_ok(&c.kubectl(&["apply", "-n", &ns, "--validate=false", "-f", &dir.join("examples").display().to_string()]));
@@ -297,6 +315,18 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         let after: Vec<String> =
             Api::<Job>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.expect("jobs").items.iter().map(|j| j.name_any()).collect();
         assert_eq!(after.iter().filter(|n| n.contains("-ingest-")).count(), ingest_jobs_before, "{after:?}");
+
+        pause_and_resume(&client, &ns).await;
+
+        // Nothing left to do: the batch controllers sleep until something changes (no requeue
+        // loop on final or idle objects).
+        let before = operator.reconciles().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let after = operator.reconciles().await;
+        for controller in ["dataset", "trainingjob", "export"] {
+            let n = after.get(controller).copied().unwrap_or(0.0) - before.get(controller).copied().unwrap_or(0.0);
+            assert!(n <= 2.0, "{n} reconciles of idle {controller} objects in 30 s: {before:?} → {after:?}");
+        }
 
         serving(&c, &client, &ns, &artifact.uri, &artifact.sha256, &samples[0].jpeg).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -648,4 +678,60 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     })
     .await;
     assert!(cond.message.as_deref().is_some_and(|m| m.contains("nvidia.com/gpu")), "{cond:?}");
+}
+
+/// A TrainingJob suspended while it trains and resumed: the attempt's pod saves `last` on SIGTERM
+/// (phase `Suspended`, not a failure), and the next attempt continues from that epoch to the end.
+async fn pause_and_resume(client: &Client, ns: &str) {
+    let tjs: Api<TrainingJob> = Api::namespaced(client.clone(), ns);
+    let mut tj = tjs.get("shapes-yolov8n").await.expect("tj");
+    tj.metadata = kube::api::ObjectMeta { name: Some("paused".into()), ..Default::default() };
+    tj.spec.hyperparameters.epochs = 8;
+    tj.status = None;
+    tjs.create(&PostParams::default(), &tj).await.expect("create");
+    let status = |tjs: Api<TrainingJob>| async move { tjs.get("paused").await.ok()?.status };
+    eventually("paused training running", Duration::from_secs(120), || async {
+        let st = status(tjs.clone()).await?;
+        assert_ne!(st.phase, TrainingPhase::Failed, "{st:?}");
+        // Two epochs in: a run that started over would report epoch 1 again.
+        (st.phase == TrainingPhase::Running && st.epoch.is_some_and(|e| (2..7).contains(&e))).then_some(())
+    })
+    .await;
+    let suspend = |on: bool| serde_json::json!({"spec": {"suspend": on}});
+    tjs.patch("paused", &PatchParams::default(), &Patch::Merge(&suspend(true))).await.expect("suspend");
+    let st = eventually("Suspended", Duration::from_secs(120), || async {
+        let st = status(tjs.clone()).await?;
+        (st.phase == TrainingPhase::Suspended).then_some(st)
+    })
+    .await;
+    assert_eq!(st.restarts, 0, "a pause counted as a failure");
+    // The pause may land after the last epoch; then there is nothing left to resume.
+    let paused_at = st.epoch.unwrap_or(0);
+    assert!(paused_at >= 2, "{st:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = status(tjs.clone()).await.expect("status");
+    assert_eq!(still.phase, TrainingPhase::Suspended, "a suspended TrainingJob moved on");
+
+    tjs.patch("paused", &PatchParams::default(), &Patch::Merge(&suspend(false))).await.expect("resume");
+    let lowest_after_resume = std::sync::Mutex::new(i32::MAX);
+    let done = eventually("resumed training Succeeded", Duration::from_secs(300), || async {
+        let st = status(tjs.clone()).await?;
+        assert_ne!(st.phase, TrainingPhase::Failed, "{st:?}");
+        if st.job.job_name.as_deref() == Some("paused-2")
+            && st.phase == TrainingPhase::Running
+            && let Some(e) = st.latest_metrics.as_ref().map(|m| m.epoch)
+        {
+            let mut low = lowest_after_resume.lock().expect("lock");
+            *low = (*low).min(e);
+        }
+        (st.phase == TrainingPhase::Succeeded).then_some(st)
+    })
+    .await;
+    assert_eq!(done.job.job_name.as_deref(), Some("paused-2"), "the resume is the second attempt");
+    assert_eq!((done.epoch, done.restarts), (Some(8), 0));
+    let low = *lowest_after_resume.lock().expect("lock");
+    assert!(
+        low == i32::MAX || low >= paused_at,
+        "the resumed attempt started over: epoch {low} after a pause at {paused_at}"
+    );
 }

@@ -138,6 +138,22 @@ fn err<E: std::error::Error + 'static>(
     StoreError { op, target, message, cause: if not_found { StoreCause::NotFound } else { StoreCause::Other } }
 }
 
+/// The outcome of [`Store::get_if_changed`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// No such object.
+    Missing,
+    /// The object still has the ETag given.
+    NotModified,
+    /// The object's bytes and its ETag.
+    Body {
+        /// Content.
+        bytes: Bytes,
+        /// ETag, for the next conditional read.
+        etag: Option<String>,
+    },
+}
+
 /// A client bound to one bucket.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -278,6 +294,32 @@ impl Store {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.not_found() => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Reads an object unless its ETag is still `etag` (a conditional GET: `If-None-Match`), so
+    /// that polling an unchanged object transfers nothing.
+    pub async fn get_if_changed(&self, key: &str, etag: Option<&str>) -> Result<Fetched, StoreError> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(e) = etag {
+            req = req.if_none_match(e);
+        }
+        match req.send().await {
+            Ok(o) => {
+                let etag = o.e_tag().map(str::to_string);
+                let data = o.body.collect().await.map_err(|e| StoreError {
+                    op: "get",
+                    target: self.target(key),
+                    message: e.to_string(),
+                    cause: StoreCause::Other,
+                })?;
+                Ok(Fetched::Body { bytes: data.into_bytes(), etag })
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => Ok(Fetched::NotModified),
+            Err(e) => {
+                let e = err("get", self.target(key), e);
+                if e.not_found() { Ok(Fetched::Missing) } else { Err(e) }
+            }
         }
     }
 

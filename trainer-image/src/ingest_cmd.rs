@@ -61,6 +61,9 @@ pub struct IngestArgs {
     /// S3 endpoint of the source, when it is not the platform's.
     #[arg(long, env = "OCELLUS_SOURCE_ENDPOINT")]
     pub source_endpoint: Option<String>,
+    /// S3 region of the source, when it is not the platform's.
+    #[arg(long, env = "OCELLUS_SOURCE_REGION")]
+    pub source_region: Option<String>,
     /// Access key of the source (default: the platform's).
     #[arg(long, env = "OCELLUS_SOURCE_ACCESS_KEY_ID", hide_env_values = true)]
     pub source_access_key_id: Option<String>,
@@ -142,6 +145,9 @@ fn source(args: &IngestArgs, platform: &S3Config) -> Result<Source, IngestError>
         let mut config = platform.clone();
         if let Some(e) = &args.source_endpoint {
             config.endpoint = Some(e.clone());
+        }
+        if let Some(r) = &args.source_region {
+            config.region = r.clone();
         }
         if let (Some(id), Some(secret)) = (&args.source_access_key_id, &args.source_secret_access_key) {
             config.access_key_id = id.clone();

@@ -63,6 +63,9 @@ pub fn build_ingest(cfg: &WorkloadConfig, ds: &Dataset, job_name: &str) -> Job {
         if let Some(e) = &s3.endpoint {
             env.push(EnvVar { name: "OCELLUS_SOURCE_ENDPOINT".into(), value: Some(e.clone()), ..Default::default() });
         }
+        if let Some(r) = &s3.region {
+            env.push(EnvVar { name: "OCELLUS_SOURCE_REGION".into(), value: Some(r.clone()), ..Default::default() });
+        }
         s3.uri.clone()
     } else if let Some(h) = &spec.source.https {
         h.url.clone()

@@ -24,7 +24,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use ocellus_crds::{Condition, condition_types, set_condition};
-use ocellus_storage::s3::{S3Config, Store as S3Store};
+use ocellus_storage::s3::{Fetched, S3Config, Store as S3Store};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -90,6 +90,8 @@ pub struct Context {
     scalers: Mutex<HashMap<String, crate::autoscale::State>>,
     /// The PodDisruptionBudget API version the cluster serves (`v1`, or `v1beta1` before 1.21).
     pdb_version: Mutex<Option<&'static str>>,
+    /// ETag and body of the last conditional read of each polled object, by URI.
+    reads: Mutex<HashMap<String, (String, bytes::Bytes)>>,
     /// Calls of [`Context::prune_scalers`].
     prune_tick: std::sync::atomic::AtomicU64,
     /// Metrics.
@@ -269,6 +271,38 @@ impl Context {
     pub async fn read(&self, uri: &str) -> Result<Option<bytes::Bytes>, Error> {
         let key = self.key_of(uri)?;
         self.bucket.get_opt(&key).await.map_err(|e| Error::Storage(e.to_string()))
+    }
+
+    /// Like [`Context::read`], by a conditional GET against the ETag of the last read of `uri`:
+    /// an unchanged object (a training run's `results.jsonl` between epochs) is not transferred
+    /// again. The cache holds the objects of runs being polled; it is emptied past 1024 entries.
+    pub async fn read_cached(&self, uri: &str) -> Result<Option<bytes::Bytes>, Error> {
+        let key = self.key_of(uri)?;
+        let known = self.reads.lock().unwrap_or_else(|e| e.into_inner()).get(uri).cloned();
+        let etag = known.as_ref().map(|(etag, _)| etag.as_str());
+        match self.bucket.get_if_changed(&key, etag).await.map_err(|e| Error::Storage(e.to_string()))? {
+            Fetched::Missing => {
+                self.reads.lock().unwrap_or_else(|e| e.into_inner()).remove(uri);
+                Ok(None)
+            }
+            Fetched::NotModified => Ok(known.map(|(_, b)| b)),
+            Fetched::Body { bytes, etag } => {
+                let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+                if reads.len() >= 1024 {
+                    reads.clear();
+                }
+                match etag {
+                    Some(etag) => reads.insert(uri.to_string(), (etag, bytes.clone())),
+                    None => reads.remove(uri),
+                };
+                Ok(Some(bytes))
+            }
+        }
+    }
+
+    /// Forgets the cached reads of a run whose polling has ended.
+    pub fn forget_reads(&self, uri: &str) {
+        self.reads.lock().unwrap_or_else(|e| e.into_inner()).remove(uri);
     }
 
     /// Size of an object of the platform bucket; `None` when it does not exist.
@@ -463,6 +497,7 @@ pub async fn start(
         scalers: Mutex::new(HashMap::new()),
         pdb_version: Mutex::new(None),
         prune_tick: std::sync::atomic::AtomicU64::new(0),
+        reads: Mutex::new(HashMap::new()),
         metrics,
         recorder,
         failures: Mutex::new(HashMap::new()),

@@ -570,7 +570,8 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>, stores: &Stores)
     let name = tj.name_any();
     let old = tj.status.clone().unwrap_or_default();
     if matches!(old.phase, TrainingPhase::Succeeded | TrainingPhase::Failed) {
-        // Final: no Job deletion, resync or restart re-runs it.
+        // Final: no Job deletion, resync or restart re-runs it, and its outputs are not polled.
+        ctx.forget_reads(&ctx.config.uri(&format!("{}/results.jsonl", output_prefix(&ns, &name))));
         return Ok(Action::await_change());
     }
 
@@ -686,7 +687,7 @@ async fn start_weights(
 async fn read_progress(ctx: &Context, ns: &str, name: &str) -> Result<Progress, Error> {
     let prefix = output_prefix(ns, name);
     let results = ctx.config.uri(&format!("{prefix}/results.jsonl"));
-    let epochs = match ctx.read(&results).await? {
+    let epochs = match ctx.read_cached(&results).await? {
         Some(body) => String::from_utf8_lossy(&body)
             .lines()
             .filter(|l| !l.trim().is_empty())

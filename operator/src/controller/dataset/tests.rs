@@ -39,7 +39,11 @@ fn only_source_fields_change_the_ingest_hash() {
 
 #[test]
 fn the_ingest_job_reads_source_credentials_by_reference() {
-    let job = build_ingest(&WorkloadConfig::for_tests("trainer:1", "platform"), &ds(), "shapes-ingest-1234abcd-1");
+    let mut d = ds();
+    if let Some(s3) = d.spec.source.s3.as_mut() {
+        s3.region = Some("eu-west-1".into());
+    }
+    let job = build_ingest(&WorkloadConfig::for_tests("trainer:1", "platform"), &d, "shapes-ingest-1234abcd-1");
     let c = &job.spec.and_then(|s| s.template.spec).expect("pod").containers[0];
     let args = c.args.clone().unwrap_or_default();
     assert_eq!(
@@ -57,6 +61,8 @@ fn the_ingest_job_reads_source_credentials_by_reference() {
         ]
     );
     let env = c.env.clone().unwrap_or_default();
+    let region = env.iter().find(|e| e.name == "OCELLUS_SOURCE_REGION").and_then(|e| e.value.as_deref());
+    assert_eq!(region, Some("eu-west-1"), "the source's region signs its requests");
     let key = env.iter().find(|e| e.name == "OCELLUS_SOURCE_ACCESS_KEY_ID").expect("source key");
     assert!(key.value.is_none());
     assert_eq!(
