@@ -59,15 +59,15 @@ pub struct CreateKeyRequest {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedKey {
-    /// The public id, used to revoke it.
+    /// The public id, used to revoke it (`keyId`, as the Ultralytics SDK names it).
     #[schema(example = "a1b2c3d4")]
-    pub id: String,
+    pub key_id: String,
     /// The key. Shown once: store it now.
     #[schema(example = "ul_a1b2c3d4e5f60718293a4b5c6d7e8f9001122334")]
     pub key: String,
     /// What lists show of it.
     #[schema(example = "ul_a1b2c3d4")]
-    pub prefix: String,
+    pub key_prefix: String,
     /// Its name.
     pub name: String,
     /// Its role.
@@ -85,10 +85,10 @@ pub struct CreatedKey {
 pub struct KeySummary {
     /// The public id.
     #[schema(example = "a1b2c3d4")]
-    pub id: String,
+    pub key_id: String,
     /// `ul_` and the id.
     #[schema(example = "ul_a1b2c3d4")]
-    pub prefix: String,
+    pub key_prefix: String,
     /// Its name.
     pub name: String,
     /// Its role.
@@ -106,8 +106,8 @@ pub struct KeySummary {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyList {
-    /// The namespace's keys, oldest first.
-    pub api_keys: Vec<KeySummary>,
+    /// The namespace's keys, oldest first (`keys`, as the Ultralytics SDK reads them).
+    pub keys: Vec<KeySummary>,
     /// How many.
     pub total: usize,
 }
@@ -117,7 +117,7 @@ pub struct KeyList {
 #[serde(rename_all = "camelCase")]
 pub struct RevokedKey {
     /// The revoked key's id.
-    pub id: String,
+    pub key_id: String,
     /// Always `true`.
     pub revoked: bool,
 }
@@ -154,8 +154,8 @@ fn time(t: DateTime<Utc>) -> String {
 
 fn summary(r: &KeyRecord) -> KeySummary {
     KeySummary {
-        id: r.id.to_string(),
-        prefix: r.id.prefix(),
+        key_id: r.id.to_string(),
+        key_prefix: r.id.prefix(),
         name: r.name.clone(),
         role: r.role,
         namespace: r.namespace.clone(),
@@ -224,9 +224,9 @@ pub async fn create_key(
                 return Ok((
                     StatusCode::CREATED,
                     Json(CreatedKey {
-                        id: summary.id,
+                        key_id: summary.key_id,
                         key: key.expose().to_string(),
-                        prefix: summary.prefix,
+                        key_prefix: summary.key_prefix,
                         name: summary.name,
                         role,
                         namespace: summary.namespace,
@@ -250,8 +250,8 @@ pub async fn create_key(
 )]
 pub async fn list_keys(State(api): State<KeysApi>, principal: Principal) -> Result<Json<KeyList>, ApiError> {
     principal.require(Action::ManageKeys)?;
-    let api_keys: Vec<KeySummary> = api.keys.in_namespace(&principal.namespace).iter().map(summary).collect();
-    Ok(Json(KeyList { total: api_keys.len(), api_keys }))
+    let keys: Vec<KeySummary> = api.keys.in_namespace(&principal.namespace).iter().map(summary).collect();
+    Ok(Json(KeyList { total: keys.len(), keys }))
 }
 
 /// Revoke an API key of the caller's namespace by its id (the reference's form).
@@ -325,7 +325,7 @@ async fn revoke(api: &KeysApi, principal: &Principal, id: &str) -> Result<Json<R
     }
     api.keys.revoked(&id);
     tracing::info!(key = %id.prefix(), namespace = %record.namespace, by = %principal.key_id.prefix(), "revoked an API key");
-    Ok(Json(RevokedKey { id: id.to_string(), revoked: true }))
+    Ok(Json(RevokedKey { key_id: id.to_string(), revoked: true }))
 }
 
 #[cfg(test)]
@@ -406,7 +406,7 @@ mod tests {
         let key = PlaintextKey::parse(created["key"].as_str().expect("key")).expect("ul_ format");
         assert_eq!(created["role"], "editor", "the default role");
         assert_eq!(created["namespace"], "team-a", "the caller's namespace");
-        assert_eq!(created["prefix"], key.id().prefix());
+        assert_eq!(created["keyPrefix"], key.id().prefix());
         // Stored as a hash only: in the Secret's data (decoded) and nowhere the key.
         let secrets = f.secrets.secrets();
         assert_eq!(secrets.len(), 5);
@@ -426,9 +426,9 @@ mod tests {
         assert_eq!(list["total"], 4, "admin-a, editor-a, viewer-a and the new key: {list}");
         let text = list.to_string();
         assert!(!text.contains(&key.expose()[3..]) && !text.contains(&key.hash().to_hex()), "{text}");
-        let entry = list["apiKeys"].as_array().expect("array").iter().find(|e| e["id"] == key.id().as_str());
+        let entry = list["keys"].as_array().expect("array").iter().find(|e| e["keyId"] == key.id().as_str());
         let entry = entry.expect("the new key is listed");
-        assert_eq!(entry["prefix"], key.id().prefix());
+        assert_eq!(entry["keyPrefix"], key.id().prefix());
         assert!(entry.get("key").is_none() && entry.get("hash").is_none());
 
         // The new key authenticates (as an editor: it may not manage keys).
@@ -440,6 +440,7 @@ mod tests {
         let (s, body) = call(&f.router, "DELETE", &uri, Some(&admin), None).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         assert_eq!(body["revoked"], true);
+        assert_eq!(body["keyId"], key.id().as_str());
         assert_eq!(f.secrets.secrets().len(), 4, "its Secret is deleted");
         assert!(!f.secrets.secrets().iter().any(|s| s.metadata.name == Some(key.id().secret_name())));
         let (s, body) = call(&f.router, "GET", "/api/api-keys", Some(&key), None).await;
@@ -478,7 +479,7 @@ mod tests {
         let (s, list) = call(&f.router, "GET", "/api/api-keys", Some(&admin_b), None).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(list["total"], 1, "team-b sees its own key only: {list}");
-        assert_eq!(list["apiKeys"][0]["namespace"], "team-b");
+        assert_eq!(list["keys"][0]["namespace"], "team-b");
         // team-b's admin cannot revoke team-a's keys: 404, and the key keeps working.
         for uri in [format!("/api/api-keys/{}", editor_a.id()), format!("/api/api-keys?keyId={}", admin_a.id())] {
             let (s, body) = call(&f.router, "DELETE", &uri, Some(&admin_b), None).await;
