@@ -94,11 +94,22 @@ async fn main() -> anyhow::Result<()> {
     // The watches list in the background; until both have, gateway requests wait (up to the
     // hold timeout) rather than get a 404. Readiness does not wait for them.
     let watches = watch::spawn(client, &gateway, wakes, config.gateway.watch());
-    health.set_ready(true);
+    // Ready once API keys can be checked (listed, and the bootstrap key registered): before
+    // that, a valid key would be refused.
+    let ready = {
+        let (api, health) = (api.clone(), health.clone());
+        tokio::spawn(async move {
+            while !api.is_ready() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            health.set_ready(true);
+        })
+    };
     let router = app_with_api(AppState { health, gateway }, api);
     let served = ocellus_common::serve(config.listen_addr, router, ocellus_common::shutdown_signal())
         .await
         .context("serving HTTP");
+    ready.abort();
     for t in watches.tasks.into_iter().chain(api_tasks) {
         t.abort();
     }

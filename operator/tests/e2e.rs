@@ -31,24 +31,41 @@ const TRAINER_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-trainer";
 const PREDICTOR_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-predictor";
 const BUCKET: &str = "ocellus";
 
-/// The operator process; killed on drop.
-struct Operator {
+/// One of our binaries run as a process against the cluster, its output in a log file under the
+/// temp dir; killed on drop.
+struct Process {
     child: Child,
-    /// Its `/metrics`.
-    metrics: String,
+    /// The loopback port it serves on (`/metrics`, or the gateway).
+    port: u16,
 }
 
-impl Drop for Operator {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Operator {
-    /// `ocellus_operator_reconciles_total` by controller.
+impl Process {
+    /// Starts `binary` with only PATH, KUBECONFIG and `env` (`{port}` in a value is replaced by a
+    /// free port), logging to `<log>-<pid>.log`.
+    fn start(c: &LocalCluster, binary: &str, log: &str, env: &[(&str, String)]) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let file = std::fs::File::create(std::env::temp_dir().join(format!("{log}-{}.log", std::process::id())))
+            .expect("log file");
+        let mut cmd = Command::new(workspace_binary(binary));
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("KUBECONFIG", c.kubeconfig());
+        for (k, v) in env {
+            cmd.env(k, v.replace("{port}", &port.to_string()));
+        }
+        let child = cmd.stdout(file.try_clone().expect("log")).stderr(file).spawn().expect("start the process");
+        Process { child, port }
+    }
+
+    /// `ocellus_operator_reconciles_total` by controller, from an operator's `/metrics`.
     async fn reconciles(&self) -> BTreeMap<String, f64> {
-        let text = reqwest::get(&self.metrics).await.expect("metrics").text().await.expect("text");
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let text = reqwest::get(&url).await.expect("metrics").text().await.expect("text");
         text.lines()
             .filter_map(|l| l.strip_prefix("ocellus_operator_reconciles_total{controller=\""))
             .filter_map(|l| {
@@ -57,75 +74,50 @@ impl Operator {
             })
             .collect()
     }
-}
 
-fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Operator {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let log = std::fs::File::create(
-        std::env::temp_dir().join(format!("ocellus-operator-{identity}-{}.log", std::process::id())),
-    )
-    .expect("log file");
-    let child = Command::new(workspace_binary("ocellus-operator"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KUBECONFIG", c.kubeconfig())
-        .env("OCELLUS_METRICS_ADDR", format!("127.0.0.1:{port}"))
-        .env("OCELLUS_LOG", "info,ocellus_operator=debug")
-        .env("OCELLUS_TRAINER_IMAGE", format!("{TRAINER_IMAGE}:test"))
-        .env("OCELLUS_PREDICTOR_IMAGE", format!("{PREDICTOR_IMAGE}:test"))
-        .env("OCELLUS_S3_ENDPOINT", s3.endpoint())
-        .env("OCELLUS_S3_BUCKET", BUCKET)
-        .env("OCELLUS_S3_SECRET", "ocellus-s3")
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("POD_NAMESPACE", "default")
-        .env("POD_NAME", identity)
-        .env("OCELLUS_LEASE_DURATION", "4")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start the operator");
-    Operator { child, metrics: format!("http://127.0.0.1:{port}/metrics") }
-}
-
-/// The apiserver process (the gateway), outside the cluster with the admin kubeconfig; killed on drop.
-struct Apiserver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Apiserver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Its base URL.
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }
 
-/// Starts the apiserver with `key` as the bootstrap admin key of namespace `ns`.
-fn start_apiserver(c: &LocalCluster, ns: &str, key: &str) -> Apiserver {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("ocellus-apiserver-{}.log", std::process::id())))
-        .expect("log file");
-    let child = Command::new(workspace_binary("ocellus-apiserver"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KUBECONFIG", c.kubeconfig())
-        .env("OCELLUS_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("OCELLUS_LOG", "info,ocellus_apiserver=debug")
-        .env("OCELLUS_KEYS_NAMESPACE", "default")
-        .env("OCELLUS_BOOTSTRAP_API_KEY", key)
-        .env("OCELLUS_BOOTSTRAP_API_KEY_NAMESPACE", ns)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start the apiserver");
-    let url = format!("http://127.0.0.1:{port}");
+fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Process {
+    let env = [
+        ("OCELLUS_METRICS_ADDR", "127.0.0.1:{port}".to_string()),
+        ("OCELLUS_LOG", "info,ocellus_operator=debug".into()),
+        ("OCELLUS_TRAINER_IMAGE", format!("{TRAINER_IMAGE}:test")),
+        ("OCELLUS_PREDICTOR_IMAGE", format!("{PREDICTOR_IMAGE}:test")),
+        ("OCELLUS_S3_ENDPOINT", s3.endpoint().to_string()),
+        ("OCELLUS_S3_BUCKET", BUCKET.into()),
+        ("OCELLUS_S3_SECRET", "ocellus-s3".into()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ("POD_NAMESPACE", "default".into()),
+        ("POD_NAME", identity.into()),
+        ("OCELLUS_LEASE_DURATION", "4".into()),
+    ];
+    Process::start(c, "ocellus-operator", &format!("ocellus-operator-{identity}"), &env)
+}
+
+/// Starts the apiserver (the gateway) with `key` as the bootstrap admin key of namespace `ns`,
+/// and waits until it is ready.
+async fn start_apiserver(c: &LocalCluster, ns: &str, key: &str) -> Process {
+    let env = [
+        ("OCELLUS_LISTEN_ADDR", "127.0.0.1:{port}".to_string()),
+        ("OCELLUS_LOG", "info,ocellus_apiserver=debug".into()),
+        ("OCELLUS_KEYS_NAMESPACE", "default".into()),
+        ("OCELLUS_BOOTSTRAP_API_KEY", key.into()),
+        ("OCELLUS_BOOTSTRAP_API_KEY_NAMESPACE", ns.into()),
+    ];
+    let p = Process::start(c, "ocellus-apiserver", "ocellus-apiserver", &env);
+    // Ready once keys can be checked (listed, the bootstrap key registered).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the apiserver did not listen");
-        std::thread::sleep(Duration::from_millis(100));
+    let ready = format!("{}/readyz", p.url());
+    while !reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+        assert!(std::time::Instant::now() < deadline, "the apiserver did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Apiserver { child, url }
+    p
 }
 
 async fn s3_secret(client: &Client, ns: &str) {
@@ -388,7 +380,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     // The gateway takes the namespace's API key, like the REST APIs.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos();
     let key = format!("ul_{:0>40x}", nanos);
-    let gw = start_apiserver(c, ns, &key);
+    let gw = start_apiserver(c, ns, &key).await;
     let http = reqwest::Client::builder()
         .default_headers(
             [(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"))].into_iter().collect(),
@@ -405,18 +397,11 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
             .text("conf", conf.to_string());
         http.post(url).multipart(form).send()
     };
-    let via_gateway = format!("{}/{ns}/shapes/predict", gw.url);
+    let via_gateway = format!("{}/{ns}/shapes/predict", gw.url());
     // No key, or a key of another namespace: refused before anything is held or woken.
-    let bootstrapped = std::time::Instant::now();
-    let status = loop {
-        let s = anonymous.get(format!("{}/{ns}/shapes/health", gw.url)).send().await.expect("anonymous").status();
-        if s != 503 || bootstrapped.elapsed() > Duration::from_secs(30) {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await; // the key cache is listing
-    };
+    let status = anonymous.get(format!("{}/{ns}/shapes/health", gw.url())).send().await.expect("anonymous").status();
     assert_eq!(status, 401);
-    let other = http.get(format!("{}/default/shapes/health", gw.url)).send().await.expect("other namespace");
+    let other = http.get(format!("{}/default/shapes/health", gw.url())).send().await.expect("other namespace");
     assert_eq!(other.status(), 403, "a key of {ns} reached namespace default");
     let md = mds.get("shapes").await.expect("md");
     assert_eq!(md.status.map(|s| s.phase), Some(DeploymentPhase::ScaledToZero), "refused requests woke it");
@@ -445,7 +430,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     assert_eq!(through["images"][0]["results"], direct["images"][0]["results"]);
     // Roboflow's form of the key: the api_key query parameter (removed before the pod sees it).
     let query_form = anonymous
-        .get(format!("{}/{ns}/shapes/v2/models/shapes?api_key={key}", gw.url))
+        .get(format!("{}/{ns}/shapes/v2/models/shapes?api_key={key}", gw.url()))
         .send()
         .await
         .expect("query key");
@@ -620,14 +605,14 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     // At zero, Label Studio's checks (1 s for /health) are answered by the gateway from the
     // ModelDeployment, with the version the pod reports once awake, and they wake it.
     let t = std::time::Instant::now();
-    let resp = http.get(format!("{}/{ns}/shapes/health", gw.url)).send().await.expect("health at zero");
+    let resp = http.get(format!("{}/{ns}/shapes/health", gw.url())).send().await.expect("health at zero");
     assert!(t.elapsed() < Duration::from_secs(1), "Label Studio gives /health 1 s");
     assert_eq!(resp.status(), 200);
     let at_zero: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(at_zero["status"], "UP", "{at_zero}");
     eventually("woken by Label Studio's health check", Duration::from_secs(60), phase_of(DeploymentPhase::Ready)).await;
     let awake: serde_json::Value =
-        http.get(format!("{}/{ns}/shapes/health", gw.url)).send().await.expect("health").json().await.expect("json");
+        http.get(format!("{}/{ns}/shapes/health", gw.url())).send().await.expect("health").json().await.expect("json");
     assert_eq!(at_zero["model_version"], awake["model_version"], "Label Studio would see the version change");
     assert!(awake["model_version"].as_str().is_some_and(|v| v.ends_with(&v2.sha256[..12])), "{awake}");
 

@@ -42,6 +42,10 @@ struct ServeArgs {
     /// The artifact: `s3://bucket/.../model.onnx` or a local path (its `<artifact>.json` beside it).
     #[arg(long, env = "OCELLUS_MODEL")]
     model: String,
+    /// Milliseconds to keep serving after SIGTERM while reporting not ready, so that load
+    /// balancers stop sending before the listener closes (then in-flight requests finish).
+    #[arg(long, env = "OCELLUS_DRAIN_DELAY_MS", default_value_t = 5000)]
+    drain_delay_ms: u64,
     /// SHA-256 the artifact must have (64 hex digits); it is not served if it differs.
     #[arg(long, env = "OCELLUS_MODEL_SHA256")]
     model_sha256: Option<String>,
@@ -235,8 +239,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     }
     ocellus_common::shutdown_signal().await;
-    // Leave the load balancer first, then finish what is in flight.
+    // Leave the load balancer first (not ready, still serving while endpoints update), then
+    // close the listener and finish what is in flight.
     health.set_ready(false);
+    tracing::info!(delay_ms = args.drain_delay_ms, "terminating: not ready, draining");
+    tokio::time::sleep(Duration::from_millis(args.drain_delay_ms)).await;
     let _ = stop_tx.send(());
     match server.await {
         Ok(Ok(())) => {

@@ -279,7 +279,12 @@ impl Store {
             .send()
             .await
             .map_err(|e| err("get", self.target(key), e))?;
-        let data = o.body.collect().await.map_err(|e| StoreError {
+        self.body(key, o.body).await
+    }
+
+    /// The whole body of a GET of `key`.
+    async fn body(&self, key: &str, body: aws_sdk_s3::primitives::ByteStream) -> Result<Bytes, StoreError> {
+        let data = body.collect().await.map_err(|e| StoreError {
             op: "get",
             target: self.target(key),
             message: e.to_string(),
@@ -307,13 +312,7 @@ impl Store {
         match req.send().await {
             Ok(o) => {
                 let etag = o.e_tag().map(str::to_string);
-                let data = o.body.collect().await.map_err(|e| StoreError {
-                    op: "get",
-                    target: self.target(key),
-                    message: e.to_string(),
-                    cause: StoreCause::Other,
-                })?;
-                Ok(Fetched::Body { bytes: data.into_bytes(), etag })
+                Ok(Fetched::Body { bytes: self.body(key, o.body).await?, etag })
             }
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 304) => Ok(Fetched::NotModified),
             Err(e) => {

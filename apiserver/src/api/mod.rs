@@ -59,6 +59,8 @@ pub struct ApiState {
     pub limiter: RateLimiter,
     /// Request metrics.
     pub metrics: ApiMetrics,
+    /// Set once the bootstrap key is registered (or there is none to register).
+    pub bootstrapped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ApiState {
@@ -70,7 +72,20 @@ impl ApiState {
         limiter: RateLimiter,
         registry: &prometheus::Registry,
     ) -> Result<ApiState, prometheus::Error> {
-        Ok(ApiState { keys, writer, release_namespace, limiter, metrics: ApiMetrics::register(registry)? })
+        Ok(ApiState {
+            keys,
+            writer,
+            release_namespace,
+            limiter,
+            metrics: ApiMetrics::register(registry)?,
+            bootstrapped: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether keys can be checked: the key Secrets have been listed once and the bootstrap key
+    /// is registered. Until then a valid key could be refused, so the replica is not ready.
+    pub fn is_ready(&self) -> bool {
+        self.keys.is_synced() && self.bootstrapped.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// `router` behind authentication then rate limiting (as route layers: only matched routes
@@ -166,16 +181,22 @@ pub fn start(
     let state = ApiState::new(keys.clone(), writer.clone(), args.keys_namespace.clone(), limiter, registry)?;
     let watch = spawn_key_watch(client, &args.keys_namespace, keys.clone());
     let (release_ns, boot_ns) = (args.keys_namespace.clone(), args.bootstrap_namespace.clone());
+    let bootstrapped = state.bootstrapped.clone();
     let boot = tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);
         loop {
             match bootstrap::ensure(writer.as_ref(), &keys, &release_ns, bootstrap_key.as_ref(), &boot_ns).await {
-                Ok(_) => return,
+                Ok(_) => {
+                    bootstrapped.store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
                 Err(bootstrap::BootstrapError::Write(e)) => {
                     tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "bootstrap API key: retrying");
                 }
                 Err(e) => {
+                    // Retrying cannot help: serve the other keys, and say why this one fails.
                     tracing::error!(error = %e, "bootstrap API key not registered");
+                    bootstrapped.store(true, std::sync::atomic::Ordering::Release);
                     return;
                 }
             }

@@ -347,13 +347,7 @@ pub fn build_deployment(cfg: &WorkloadConfig, md: &ModelDeployment, model: &Mode
         template_annotations.insert("ocellus.dev/model-version".to_string(), v);
     }
     Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: md.namespace(),
-            labels: Some(pod_labels(&name)),
-            owner_references: Some(vec![owner_ref(md)]),
-            ..Default::default()
-        },
+        metadata: child_meta(md, pod_labels(&name)),
         spec: DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector { match_labels: Some(selector(&name)), match_expressions: None },
@@ -392,19 +386,24 @@ pub fn build_deployment(cfg: &WorkloadConfig, md: &ModelDeployment, model: &Mode
     }
 }
 
+/// Metadata of a child: the deployment's name and namespace, `labels`, its owner reference.
+fn child_meta(md: &ModelDeployment, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(md.name_any()),
+        namespace: md.namespace(),
+        labels: Some(labels),
+        owner_references: Some(vec![owner_ref(md)]),
+        ..Default::default()
+    }
+}
+
 /// The Service in front of the predictor pods: `<name>:8080`, port `http` (pure).
 pub fn build_service(md: &ModelDeployment) -> Service {
     let name = md.name_any();
     let mut labels = pod_labels(&name);
     labels.insert(DEPLOYMENT_LABEL.into(), name.clone());
     Service {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: md.namespace(),
-            labels: Some(labels),
-            owner_references: Some(vec![owner_ref(md)]),
-            ..Default::default()
-        },
+        metadata: child_meta(md, labels),
         spec: Some(ServiceSpec {
             selector: Some(selector(&name)),
             ports: Some(vec![ServicePort {
@@ -429,13 +428,7 @@ pub fn build_pdb(md: &ModelDeployment) -> Option<PodDisruptionBudget> {
     }
     let name = md.name_any();
     Some(PodDisruptionBudget {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: md.namespace(),
-            labels: Some(pod_labels(&name)),
-            owner_references: Some(vec![owner_ref(md)]),
-            ..Default::default()
-        },
+        metadata: child_meta(md, pod_labels(&name)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector { match_labels: Some(selector(&name)), match_expressions: None }),
