@@ -517,17 +517,24 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
         assert!(failed.is_empty(), "{what}: {} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
     };
     check_no_failures(&format!("scaled out to {peak} ready pods"));
+    // Deletes one of the deployment's pods that is not already going.
+    let delete_a_pod = |params: DeleteParams| {
+        let (pods_api, selector) = (pods_api.clone(), selector.clone());
+        async move {
+            let victim = pods_api
+                .list(&selector)
+                .await
+                .expect("pods")
+                .items
+                .into_iter()
+                .find(|p| p.metadata.deletion_timestamp.is_none())
+                .expect("pod");
+            pods_api.delete(&victim.name_any(), &params).await.expect("delete pod");
+        }
+    };
 
     // A pod deleted under load (SIGTERM, the predictor drains): nothing fails.
-    let victim = pods_api
-        .list(&selector)
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
-        .expect("pod");
-    pods_api.delete(&victim.name_any(), &DeleteParams::default()).await.expect("delete pod");
+    delete_a_pod(DeleteParams::default()).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     check_no_failures("a pod deleted");
 
@@ -565,18 +572,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
 
     // A pod killed outright: requests it held are answered 503 "not retried" (they may have been
     // processed); every other request is answered.
-    let victim = pods_api
-        .list(&selector)
-        .await
-        .expect("pods")
-        .items
-        .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
-        .expect("pod");
-    pods_api
-        .delete(&victim.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
-        .await
-        .expect("kill pod");
+    delete_a_pod(DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
