@@ -5,6 +5,17 @@ OCELLUS_CACHE="${OCELLUS_CACHE:-$HOME/.cache/ocellus}"
 export OCELLUS_CACHE
 mkdir -p "$OCELLUS_CACHE/bin"
 
+# Keep the disk footprint small (CI machines may have little free space): one-shot builds gain
+# nothing from incremental compilation (about half of target/), and pip's wheel cache would hold
+# a second copy of libtorch. A developer's own settings win.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export PIP_NO_CACHE_DIR="${PIP_NO_CACHE_DIR:-1}"
+
+# Prints the free space of the filesystems the build writes to, for the CI log.
+log_disk() {
+  log "free disk: $(df -h --output=avail "$OCELLUS_CACHE" | tail -1 | tr -d ' ') in $OCELLUS_CACHE, $(df -h --output=avail . | tail -1 | tr -d ' ') in $(pwd)"
+}
+
 log() { printf '\033[1m[ocellus]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[ocellus] error:\033[0m %s\n' "$*" >&2; exit 1; }
 

@@ -86,12 +86,17 @@ setup_cluster() {
       || install -m 0755 "$(find "$src/_output" -type f -name "$b" | head -1)" "$bin/$b" || die "$b was not built"
   done
   echo "$K8S_STAMP" > "$bin/.k8s-version"
+  # The source tree, Go's build cache and GOPATH take about 5 GB: only the three binaries are kept
+  # (a new K8S_STAMP unpacks the downloaded source package again).
+  chmod -R u+w "$GOPATH" 2>/dev/null || true
+  rm -rf "$src" "$GOCACHE" "$GOPATH"
   log "control-plane binaries ready in $bin"
 }
 
 # Python tools the tests run for real: moto's S3 server, pycocotools (the mAP reference) and
-# onnxruntime (runs exported ONNX; its libonnxruntime.so is what the predictor loads).
-PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11 onnxruntime==1.32.0"
+# onnxruntime (runs exported ONNX; its libonnxruntime.so is what the predictor loads), and the
+# Ultralytics Platform SDK (the real client of the REST API tests).
+PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11 onnxruntime==1.32.0 ultralytics-platform==0.1.99"
 
 setup_python() {
   local v; v=$(venv)

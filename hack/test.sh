@@ -4,6 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
+log_disk
 hack/setup.sh tools
 hack/setup.sh cluster
 hack/setup.sh python
@@ -26,6 +27,7 @@ done
 log "building (default members: no libtorch needed)"
 cargo build --locked
 
+log_disk
 log "running the tests"
 cargo test --locked --workspace --no-fail-fast
 
@@ -38,6 +40,7 @@ log "running the operator end to end (examples on the local cluster, the libtorc
 # `-p ocellus-operator` alone does not rebuild the trainer: target/debug/ocellus-trainer stays the libtorch build.
 cargo test --locked -p ocellus-operator --features e2e --test e2e --no-fail-fast
 
+log_disk
 # Lints last, so that a failing test is reported first. Clippy ships with rustup's default
 # profile; a toolchain without it skips this step (it cannot be installed offline).
 if cargo clippy --version >/dev/null 2>&1; then
