@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod gateway;
+pub mod ultralytics;
 
 use axum::Router;
 use ocellus_common::Health;
@@ -31,4 +32,10 @@ pub fn app(state: AppState) -> Router {
 /// static `/api/...` routes take precedence over the gateway's `/{namespace}/{name}/...`.
 pub fn app_with_api(state: AppState, api: api::ApiState) -> Router {
     app(state).merge(api.router())
+}
+
+/// [`app_with_api`] plus the Ultralytics Platform routes ([`ultralytics`]).
+pub fn app_with_apis(state: AppState, api: api::ApiState, ul: ultralytics::UltralyticsApi) -> Router {
+    let protected = ul.router(&api);
+    app(state).merge(api.router_with(protected))
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use ocellus_apiserver::gateway::watch::{self, WatchConfig};
 use ocellus_apiserver::gateway::{Gateway, GatewayConfig};
-use ocellus_apiserver::{AppState, app_with_api};
+use ocellus_apiserver::{AppState, app_with_apis};
 use ocellus_common::{Health, LogArgs};
 
 /// Command-line and environment configuration.
@@ -88,6 +88,22 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("building the Kubernetes client")?;
     let (api, api_tasks) =
         ocellus_apiserver::api::start(client.clone(), &config.api, &registry).context("starting the REST APIs")?;
+    let uploads = match (ocellus_storage::S3Config::from_env(), &config.api.s3_bucket) {
+        (Ok(s3), Some(bucket)) => Some(ocellus_apiserver::ultralytics::upload::Uploads::new(
+            &s3,
+            bucket,
+            config.api.s3_public_endpoint.as_deref(),
+        )),
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "no object storage credentials: uploads are refused");
+            None
+        }
+        (_, None) => {
+            tracing::warn!("no bucket (OCELLUS_S3_BUCKET): uploads are refused");
+            None
+        }
+    };
+    let (ul, ul_watch) = ocellus_apiserver::ultralytics::start(client.clone(), uploads, config.api.s3_bucket.clone());
     // The gateway takes the same namespace-bound keys as the REST APIs.
     gateway.require_keys(api.keys.clone());
     let health = Health::new(registry);
@@ -97,20 +113,20 @@ async fn main() -> anyhow::Result<()> {
     // Ready once API keys can be checked (listed, and the bootstrap key registered): before
     // that, a valid key would be refused.
     let ready = {
-        let (api, health) = (api.clone(), health.clone());
+        let (api, ul, health) = (api.clone(), ul.clone(), health.clone());
         tokio::spawn(async move {
-            while !api.is_ready() {
+            while !api.is_ready() || !ul.is_ready() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             health.set_ready(true);
         })
     };
-    let router = app_with_api(AppState { health, gateway }, api);
+    let router = app_with_apis(AppState { health, gateway }, api, ul);
     let served = ocellus_common::serve(config.listen_addr, router, ocellus_common::shutdown_signal())
         .await
         .context("serving HTTP");
     ready.abort();
-    for t in watches.tasks.into_iter().chain(api_tasks) {
+    for t in watches.tasks.into_iter().chain(api_tasks).chain([ul_watch]) {
         t.abort();
     }
     served

@@ -34,7 +34,8 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = kube::core::Rule::new("self.all(n, self.exists_one(m, m == n))").message("classNames must be unique"))]
     pub class_names: Vec<String>,
-    /// Where the images and labels come from: exactly one of `s3`, `https` or `upload`.
+    /// Where the images and labels come from: at most one of `s3`, `https` or `upload`. Unset (or empty): the Dataset waits for one in phase `Pending` (reason `AwaitingSource`) and runs no Job; the REST APIs create Datasets this way, then set `upload` once files are uploaded.
+    #[serde(default, skip_serializing_if = "DatasetSource::is_empty")]
     pub source: DatasetSource,
     /// Layout of the source: `yolo`, `coco`, `folders`, or `auto` (default), which picks `folders` for classify, else `yolo` when there is a `data.yaml` or `labels/` directory, else `coco` when there is a COCO JSON file.
     #[serde(default)]
@@ -51,10 +52,10 @@ pub struct DatasetSpec {
     pub versions: Vec<DatasetVersionRequest>,
 }
 
-/// Where a dataset's files come from: exactly one of `s3`, `https` or `upload`.
+/// Where a dataset's files come from: at most one of `s3`, `https` or `upload`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("[has(self.s3), has(self.https), has(self.upload)].filter(x, x).size() == 1").message("exactly one of s3, https or upload must be set"))]
+#[x_kube(validation = kube::core::Rule::new("[has(self.s3), has(self.https), has(self.upload)].filter(x, x).size() <= 1").message("at most one of s3, https or upload may be set"))]
 pub struct DatasetSource {
     /// An archive (`.zip`, `.tar`, `.tar.gz`) or every object under a prefix, in S3-compatible storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +66,13 @@ pub struct DatasetSource {
     /// Files uploaded through the Ocellus REST API into the platform bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadSource>,
+}
+
+impl DatasetSource {
+    /// No source is set: the Dataset waits for one.
+    pub fn is_empty(&self) -> bool {
+        self.s3.is_none() && self.https.is_none() && self.upload.is_none()
+    }
 }
 
 /// An archive or prefix in S3-compatible storage.

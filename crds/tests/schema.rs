@@ -109,12 +109,15 @@ fn dataset_cel_rules() {
     let ok = dataset(json!({"task": "detect", "source": {"s3": {"uri": "s3://bucket/a.zip"}}}));
     assert_eq!(cel_errors::<Dataset>(ok), Vec::<String>::new());
 
+    // No source yet (the REST APIs create Datasets so, and upload later): allowed, empty or absent.
     let none = dataset(json!({"task": "detect", "source": {}}));
-    assert_eq!(cel_errors::<Dataset>(none), vec!["exactly one of s3, https or upload must be set"]);
+    assert_eq!(cel_errors::<Dataset>(none), Vec::<String>::new());
+    let absent = dataset(json!({"task": "detect"}));
+    assert_eq!(cel_errors::<Dataset>(absent), Vec::<String>::new());
     let two = dataset(
         json!({"task": "detect", "source": {"s3": {"uri": "s3://b/a.zip"}, "https": {"url": "https://x/a.zip"}}}),
     );
-    assert_eq!(cel_errors::<Dataset>(two), vec!["exactly one of s3, https or upload must be set"]);
+    assert_eq!(cel_errors::<Dataset>(two), vec!["at most one of s3, https or upload may be set"]);
 
     let dup =
         dataset(json!({"task": "detect", "classNames": ["a", "b", "a"], "source": {"upload": {"objects": ["x.zip"]}}}));

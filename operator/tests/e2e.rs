@@ -101,13 +101,17 @@ fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Process {
 
 /// Starts the apiserver (the gateway) with `key` as the bootstrap admin key of namespace `ns`,
 /// and waits until it is ready.
-async fn start_apiserver(c: &LocalCluster, ns: &str, key: &str) -> Process {
+async fn start_apiserver(c: &LocalCluster, ns: &str, key: &str, s3_endpoint: &str) -> Process {
     let env = [
         ("OCELLUS_LISTEN_ADDR", "127.0.0.1:{port}".to_string()),
         ("OCELLUS_LOG", "info,ocellus_apiserver=debug".into()),
         ("OCELLUS_KEYS_NAMESPACE", "default".into()),
         ("OCELLUS_BOOTSTRAP_API_KEY", key.into()),
         ("OCELLUS_BOOTSTRAP_API_KEY_NAMESPACE", ns.into()),
+        ("OCELLUS_S3_ENDPOINT", s3_endpoint.into()),
+        ("OCELLUS_S3_BUCKET", BUCKET.into()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
     ];
     let p = Process::start(c, "ocellus-apiserver", "ocellus-apiserver", &env);
     // Ready once keys can be checked (listed, the bootstrap key registered).
@@ -320,7 +324,11 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
             assert!(n <= 2.0, "{n} reconciles of idle {controller} objects in 30 s: {before:?} → {after:?}");
         }
 
-        serving(&c, &client, &ns, &artifact.uri, &artifact.sha256, &samples[0].jpeg).await;
+        let archive = dir.join("shapes.zip");
+        std::fs::write(&archive, fixtures::zip_dir(&dir.join("shapes"))).expect("archive");
+        let s3_endpoint = s3.endpoint().to_string();
+        let serve = Serve { artifact_uri: &artifact.uri, sha256: &artifact.sha256, jpeg: &samples[0].jpeg, s3_endpoint: &s3_endpoint, archive: &archive };
+        serving(&c, &client, &ns, serve).await;
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -332,7 +340,18 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
 /// what it held; idle brings it back to zero without flapping; Label Studio's health check is
 /// answered at zero; `stopped` keeps it at zero whatever arrives; a one-minute deployment
 /// expires; one asking for more GPUs than any node has reports Unschedulable.
-async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str, sha256: &str, jpeg: &[u8]) {
+/// What [`serving`] works with.
+struct Serve<'a> {
+    artifact_uri: &'a str,
+    sha256: &'a str,
+    jpeg: &'a [u8],
+    s3_endpoint: &'a str,
+    /// The shapes dataset as a zip, for the Ultralytics SDK's upload.
+    archive: &'a std::path::Path,
+}
+
+async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) {
+    let Serve { artifact_uri, sha256, jpeg, s3_endpoint, archive } = serve;
     let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
     let phase_of = |want: DeploymentPhase| {
         let mds = mds.clone();
@@ -380,7 +399,8 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, artifact_uri: &str
     // The gateway takes the namespace's API key, like the REST APIs.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos();
     let key = format!("ul_{:0>40x}", nanos);
-    let gw = start_apiserver(c, ns, &key).await;
+    let gw = start_apiserver(c, ns, &key, s3_endpoint).await;
+    ultralytics_sdk(client, &gw, &key, ns, archive).await;
     let http = reqwest::Client::builder()
         .default_headers(
             [(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"))].into_iter().collect(),
@@ -715,4 +735,69 @@ async fn pause_and_resume(client: &Client, ns: &str) {
         low == i32::MAX || low >= paused_at,
         "the resumed attempt started over: epoch {low} after a pause at {paused_at}"
     );
+}
+
+/// The official Ultralytics Platform SDK (PyPI `ultralytics-platform`) against the apiserver:
+/// it infers its workspace, creates a dataset, uploads an archive to the presigned URL without
+/// credentials, confirms it, ingests it and polls until the operator has made it ready.
+const SDK_DATASET_SCRIPT: &str = r#"
+import json, os, sys, time
+import httpx
+from ultralytics_platform import Platform, APIError
+
+p = Platform(base_url=os.environ["ULTRALYTICS_PLATFORM_URL"], api_key=os.environ["ULTRALYTICS_API_KEY"])
+owner = p.account.summary()["username"]
+created = p.datasets.create(dataset="sdk-shapes", name="SDK shapes", task="detect", visibility="private")
+assert created["owner"] == owner and created["dataset"] == "sdk-shapes", created
+archive = sys.argv[1]
+size = os.path.getsize(archive)
+url = p.upload.signed_url(body={"assetType": "datasets", "assetId": created["id"], "filename": "shapes.zip",
+                                "contentType": "application/zip", "totalBytes": size})
+with open(archive, "rb") as f:
+    put = httpx.put(url["uploadUrl"], content=f.read(),
+                    headers={"Content-Type": "application/octet-stream", **(url.get("headers") or {})})
+assert put.status_code in (200, 204), (put.status_code, put.text)
+done = p.upload.complete(session_id=url["sessionId"])
+assert done["success"] and done["file"]["size"] == size, done
+job = p.datasets.ingest(owner, "sdk-shapes", body={"sessionId": url["sessionId"]})
+assert job["status"] == "queued", job
+deadline = time.time() + 180
+while True:
+    d = p.datasets.retrieve(owner, "sdk-shapes")["dataset"]
+    if d["status"] != "processing":
+        break
+    assert time.time() < deadline, d
+    time.sleep(1)
+try:
+    p.datasets.retrieve("another-workspace", "sdk-shapes")
+    raise SystemExit("another workspace's dataset was answered")
+except APIError as e:
+    assert getattr(e, "status_code", None) == 404, e
+print(json.dumps({"owner": owner, "dataset": d, "list": p.datasets.list(owner)}))
+"#;
+
+async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, archive: &std::path::Path) {
+    let out = std::process::Command::new(ocellus_tests::require_tool("ocellus-python"))
+        .args(["-c", SDK_DATASET_SCRIPT, &archive.display().to_string()])
+        .env("ULTRALYTICS_PLATFORM_URL", gw.url())
+        .env("ULTRALYTICS_API_KEY", key)
+        .env("YOLO_CONFIG_DIR", std::env::temp_dir())
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
+    assert_eq!(v["owner"], ns);
+    let d = &v["dataset"];
+    assert_eq!(d["status"], "ready", "{d}");
+    assert_eq!(d["imageCount"], 40, "{d}");
+    assert_eq!(d["classNames"], serde_json::json!(fixtures::SHAPES), "{d}");
+    assert_eq!(d["splits"]["labeled"], 40);
+    assert!(v["list"]["datasets"].as_array().expect("list").iter().any(|x| x["dataset"] == "sdk-shapes"), "{v}");
+    // On the cluster: a Dataset with the upload as its source, marked as the apiserver's.
+    let ds = Api::<Dataset>::namespaced(client.clone(), ns).get("sdk-shapes").await.expect("dataset");
+    let objects = ds.spec.source.upload.as_ref().map(|u| u.objects.clone()).unwrap_or_default();
+    assert!(objects.len() == 1 && objects[0].ends_with("/shapes.zip"), "{objects:?}");
+    assert_eq!(ds.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("ocellus-apiserver"));
+    assert_eq!(ds.status.as_ref().map(|s| s.phase), Some(DatasetPhase::Ready));
 }

@@ -138,6 +138,15 @@ fn err<E: std::error::Error + 'static>(
     StoreError { op, target, message, cause: if not_found { StoreCause::NotFound } else { StoreCause::Other } }
 }
 
+fn presigning(key: &str, expires_in: Duration) -> Result<aws_sdk_s3::presigning::PresigningConfig, StoreError> {
+    aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in).map_err(|e| StoreError {
+        op: "presign",
+        target: key.to_string(),
+        message: e.to_string(),
+        cause: StoreCause::Other,
+    })
+}
+
 /// The outcome of [`Store::get_if_changed`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fetched {
@@ -256,6 +265,23 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| err("put", self.target(key), e))
+    }
+
+    /// A URL that lets its holder `PUT` the object `key` without credentials until `expires_in`
+    /// has passed (SigV4 query signing; at most 7 days). Only the host is signed, so the
+    /// uploader may send any `Content-Type`. The URL names this store's endpoint: sign with a
+    /// store configured with the endpoint clients reach.
+    pub async fn presign_put(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
+        let cfg = presigning(key, expires_in)?;
+        let req = self.client.put_object().bucket(&self.bucket).key(key).presigned(cfg).await;
+        req.map(|r| r.uri().to_string()).map_err(|e| err("presign put", self.target(key), e))
+    }
+
+    /// A URL that lets its holder `GET` the object `key` until `expires_in` has passed.
+    pub async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
+        let cfg = presigning(key, expires_in)?;
+        let req = self.client.get_object().bucket(&self.bucket).key(key).presigned(cfg).await;
+        req.map(|r| r.uri().to_string()).map_err(|e| err("presign get", self.target(key), e))
     }
 
     /// Size of an object, or `None` if it does not exist.

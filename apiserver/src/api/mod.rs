@@ -102,6 +102,12 @@ impl ApiState {
     /// Every REST route: `/api/api-keys` (protected) and `/openapi.json` (public), with request
     /// metrics. Merge it next to the health routes and the gateway (see [`crate::app_with_api`]).
     pub fn router(&self) -> Router {
+        self.router_with(Router::new())
+    }
+
+    /// [`ApiState::router`] with `protected`: more REST routes, already behind
+    /// [`ApiState::protect`], counted by the same request metrics.
+    pub fn router_with(&self, protected: Router) -> Router {
         let keys = keys_router::routes(keys_router::KeysApi {
             keys: self.keys.clone(),
             writer: self.writer.clone(),
@@ -109,6 +115,7 @@ impl ApiState {
         });
         Router::new()
             .merge(self.protect(keys, Flavor::Ultralytics))
+            .merge(protected)
             .merge(openapi::routes())
             .layer(from_fn_with_state(self.metrics.clone(), metrics::track))
     }
@@ -140,6 +147,13 @@ pub struct ApiArgs {
     /// (categories: default, training, upload, predict, export, download).
     #[arg(long = "api-rate-limits", env = "OCELLUS_API_RATE_LIMITS", default_value = "", value_parser = Limits::with_overrides)]
     pub rate_limits: Limits,
+    /// Bucket holding datasets, checkpoints and artifacts (uploads go there).
+    #[arg(long = "s3-bucket", env = "OCELLUS_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3 endpoint that API clients reach, when it is not the apiserver's own (`OCELLUS_S3_ENDPOINT`,
+    /// often an in-cluster Service): presigned upload URLs name it.
+    #[arg(long = "s3-public-endpoint", env = "OCELLUS_S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
     /// Most rate-limit buckets kept in memory (one per active key and category).
     #[arg(long = "api-rate-limit-max-buckets", env = "OCELLUS_API_RATE_LIMIT_MAX_BUCKETS", default_value_t = ratelimit::DEFAULT_MAX_BUCKETS)]
     pub max_buckets: usize,

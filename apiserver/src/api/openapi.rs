@@ -39,11 +39,25 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         keys_router::list_keys,
         keys_router::revoke_key_by_query,
         keys_router::revoke_key,
+        crate::ultralytics::account_summary,
+        crate::ultralytics::datasets::list_own,
+        crate::ultralytics::datasets::create,
+        crate::ultralytics::datasets::ingest_by_id,
+        crate::ultralytics::datasets::list_or_retrieve_by_id,
+        crate::ultralytics::datasets::delete_by_id,
+        crate::ultralytics::datasets::retrieve,
+        crate::ultralytics::datasets::delete,
+        crate::ultralytics::datasets::ingest,
+        crate::ultralytics::upload::signed_url,
+        crate::ultralytics::upload::complete,
     ),
     components(schemas(ErrorBody, Role)),
     modifiers(&SecuritySchemes),
     security(("bearer" = []), ("basic" = []), ("api_key" = [])),
-    tags((name = "api-keys", description = "API keys of the caller's namespace (admin role)"))
+    tags(
+        (name = "api-keys", description = "API keys of the caller's namespace (admin role)"),
+        (name = "ultralytics", description = "The Ultralytics Platform API: the workspace (`owner`) is the key's namespace")
+    )
 )]
 pub struct ApiDoc;
 
@@ -111,5 +125,16 @@ mod tests {
         assert_eq!(sec["basic"]["scheme"], "basic");
         assert_eq!(sec["api_key"]["in"], "query");
         assert_eq!(sec["api_key"]["name"], "api_key");
+        for (path, method) in [
+            ("/api/account/summary", "get"),
+            ("/api/datasets", "post"),
+            ("/api/datasets/{owner}/{dataset}", "get"),
+            ("/api/datasets/{owner}/{dataset}/ingest", "post"),
+            ("/api/upload/signed-url", "post"),
+            ("/api/upload/complete", "post"),
+        ] {
+            assert!(doc["paths"][path].get(method).is_some(), "{method} {path} missing");
+        }
+        assert!(schemas["DatasetItem"]["properties"].get("_id").is_some(), "both key sets");
     }
 }

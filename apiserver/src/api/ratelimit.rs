@@ -77,6 +77,7 @@ const ROUTES: &[(&str, &str, Category)] = &[
     ("POST", "/api/upload/signed-url", Category::Upload),
     ("POST", "/api/upload/complete", Category::Upload),
     ("POST", "/api/datasets/ingest", Category::Upload),
+    ("POST", "/api/datasets/{}/{}/ingest", Category::Upload),
     ("POST", "/api/models/{}/predict", Category::Predict),
     ("POST", "/api/exports", Category::Export),
     ("GET", "/api/datasets/{}/export", Category::Export),

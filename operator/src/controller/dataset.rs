@@ -264,6 +264,25 @@ fn settle_ready(st: &mut DatasetStatus, generation: Option<i64>) {
     set(st, Health::Ready { reason: "Ingested".into(), message }, generation);
 }
 
+/// Status of a Dataset with no source (pure; no-op when it already says so).
+pub fn awaiting_source(st: &mut DatasetStatus, generation: Option<i64>) {
+    let waiting = st.common.conditions.iter().any(|c| c.reason.as_deref() == Some("AwaitingSource"));
+    if st.phase == DatasetPhase::Pending && waiting {
+        return;
+    }
+    st.phase = DatasetPhase::Pending;
+    st.job = Default::default();
+    st.progress = None;
+    set(
+        st,
+        Health::Progressing {
+            reason: "AwaitingSource".into(),
+            message: "no source yet: set spec.source (s3, https or upload)".into(),
+        },
+        generation,
+    );
+}
+
 /// Reconciles one Dataset.
 pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
@@ -277,6 +296,13 @@ pub async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Er
     let ingest_base = workload::job_name(&name, &format!("ingest-{hash}"));
     let ingested = st.ingested_hash.as_deref() == Some(hash.as_str());
 
+    if !ingested && ds.spec.source.is_empty() {
+        // Nothing to ingest yet (a Dataset created through the REST APIs before its upload):
+        // no Job; setting a source is a spec change, which wakes this controller.
+        awaiting_source(&mut st, generation);
+        write_status(&ds, &ctx, &st, &old).await?;
+        return Ok(Action::await_change());
+    }
     if !ingested {
         let current =
             st.job.job_name.as_deref().and_then(split_attempt).filter(|(b, _)| *b == ingest_base).map(|(_, n)| n);

@@ -113,3 +113,20 @@ fn the_last_frozen_version_leaves_the_dataset_ready_and_an_idle_one_unchanged() 
     settle_ready(&mut st, Some(1));
     assert_eq!(st, before, "a settled Dataset is rewritten on every reconcile");
 }
+
+#[test]
+fn a_dataset_without_a_source_waits_and_says_why() {
+    let mut d = ds();
+    d.spec.source = DatasetSource::default();
+    let yaml = serde_json::to_value(&d.spec).expect("json");
+    assert!(yaml.get("source").is_none(), "an empty source is not written: {yaml}");
+    let mut st = DatasetStatus::default();
+    awaiting_source(&mut st, Some(1));
+    assert_eq!(st.phase, DatasetPhase::Pending);
+    let progressing = st.common.conditions.iter().find(|c| c.type_ == "Progressing").expect("Progressing");
+    assert_eq!(progressing.reason.as_deref(), Some("AwaitingSource"));
+    assert!(!st.common.conditions.iter().any(|c| c.type_ == "Ready" && c.is_true()));
+    let before = st.clone();
+    awaiting_source(&mut st, Some(1));
+    assert_eq!(st, before, "a waiting Dataset is not rewritten on every reconcile");
+}

@@ -1,0 +1,188 @@
+//! The Ultralytics Platform REST API (`/api/...`), as the official `ultralytics-platform` SDK
+//! and the reference call it, mapped onto Ocellus resources. A workspace (`owner`) is the API
+//! key's namespace; any other owner is answered 404, as if it did not exist.
+//!
+//! Served so far (the rest of the surface is planned, issue #13):
+//! - `GET /api/account/summary`: the workspace, so that clients can infer their `owner`;
+//! - datasets ([`datasets`]): list, create, retrieve, delete and ingest, a `Dataset` each;
+//! - uploads ([`upload`]): presigned `PUT` URLs into the platform bucket, then `ingest`.
+//!
+//! Reads come from a reflector cache of Datasets, overlaid with this replica's own recent
+//! writes ([`Recent`]), so that a client reads what it just wrote. Writes go through
+//! [`Cluster`]: the Kubernetes API in the binary, memory in unit tests.
+
+pub mod cluster;
+pub mod datasets;
+pub mod upload;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use ocellus_crds::Dataset;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+pub use cluster::{Cluster, KubeCluster, MemoryCluster, Recent};
+
+use crate::api::{Action, ApiError, ApiState, Flavor, Principal};
+
+/// The `region` every response names: Ocellus runs where it is installed.
+pub const REGION: &str = "us";
+
+/// What the Ultralytics routes need. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct UltralyticsApi {
+    /// Datasets of every namespace, from the watch.
+    pub datasets: Store<Dataset>,
+    /// This replica's recent writes, read over the cache.
+    pub recent: Arc<Recent>,
+    /// Writes Datasets.
+    pub cluster: Arc<dyn Cluster>,
+    /// Presigns uploads; `None` when no object storage is configured.
+    pub uploads: Option<upload::Uploads>,
+    /// The platform bucket: `sourceUrl`s in it must stay under the caller's namespace.
+    pub platform_bucket: Option<String>,
+    /// Set once the Dataset watch has listed.
+    pub synced: Arc<AtomicBool>,
+}
+
+impl UltralyticsApi {
+    /// Whether the cache has listed: before, lists would be empty rather than wrong-but-empty.
+    pub fn is_ready(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The routes, behind `api`'s authentication and rate limits.
+    pub fn router(&self, api: &ApiState) -> Router {
+        let routes = Router::new()
+            .route("/api/account/summary", get(account_summary))
+            .merge(datasets::routes())
+            .merge(upload::routes())
+            .with_state(self.clone());
+        api.protect(routes, Flavor::Ultralytics)
+    }
+
+    /// A Dataset as this replica last saw it: its own write when the cache is older.
+    pub fn dataset(&self, namespace: &str, name: &str) -> Option<Arc<Dataset>> {
+        let cached = self.datasets.get(&reflector::ObjectRef::new(name).within(namespace));
+        self.recent.resolve(namespace, name, cached)
+    }
+
+    /// The Datasets of `namespace`, with this replica's recent writes.
+    pub fn datasets_in(&self, namespace: &str) -> Vec<Arc<Dataset>> {
+        let cached = self.datasets.state().into_iter().filter(|d| d.metadata.namespace.as_deref() == Some(namespace));
+        self.recent.merge(namespace, cached.collect())
+    }
+}
+
+/// Starts the Dataset watch (all namespaces) and returns the routes' state.
+pub fn start(
+    client: kube::Client,
+    uploads: Option<upload::Uploads>,
+    platform_bucket: Option<String>,
+) -> (UltralyticsApi, JoinHandle<()>) {
+    let (store, writer) = reflector::store::<Dataset>();
+    let api = kube::Api::<Dataset>::all(client.clone());
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    let synced = Arc::new(AtomicBool::new(false));
+    let flag = synced.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "Dataset watch failed; retrying"),
+            }
+        }
+    });
+    let state = UltralyticsApi {
+        datasets: store,
+        recent: Arc::new(Recent::default()),
+        cluster: Arc::new(KubeCluster::new(client)),
+        uploads,
+        platform_bucket,
+        synced,
+    };
+    (state, task)
+}
+
+/// The path's `owner` must be the key's namespace; any other is not found.
+pub fn own_workspace<'a>(principal: &'a Principal, owner: &str) -> Result<&'a str, ApiError> {
+    if owner == principal.namespace {
+        Ok(&principal.namespace)
+    } else {
+        Err(ApiError::NotFound(format!("workspace '{owner}'")))
+    }
+}
+
+/// RFC 3339 with milliseconds and `Z`, as the platform writes times.
+pub fn rfc3339(t: &Time) -> String {
+    let dt: DateTime<Utc> =
+        DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond() as u32).unwrap_or_default();
+    dt.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `GET /api/account/summary` response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountSummary {
+    /// The workspace: the key's namespace (clients use it as `owner`).
+    pub username: String,
+    /// Display name: the namespace.
+    pub name: String,
+    /// Always `team`: a namespace is shared.
+    pub account_type: String,
+    /// Always `enterprise`: self-hosted, no plan limits.
+    pub plan: String,
+    /// Always 0: no billing.
+    pub credits_cents: i64,
+    /// What the workspace holds.
+    pub counts: AccountCounts,
+    /// Always empty.
+    pub teams: Vec<serde_json::Value>,
+}
+
+/// Resource counts of a workspace.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountCounts {
+    /// Projects (not served yet: 0).
+    pub projects: usize,
+    /// Datasets.
+    pub datasets: usize,
+    /// Models (not served yet: 0).
+    pub models: usize,
+}
+
+/// The caller's workspace.
+#[utoipa::path(get, path = "/api/account/summary", tag = "ultralytics",
+    responses((status = 200, body = AccountSummary), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn account_summary(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+) -> Result<Json<AccountSummary>, ApiError> {
+    principal.require(Action::Read)?;
+    let ns = principal.namespace.clone();
+    Ok(Json(AccountSummary {
+        username: ns.clone(),
+        name: ns.clone(),
+        account_type: "team".into(),
+        plan: "enterprise".into(),
+        credits_cents: 0,
+        counts: AccountCounts { projects: 0, datasets: api.datasets_in(&ns).len(), models: 0 },
+        teams: vec![],
+    }))
+}
+
+#[cfg(test)]
+mod tests;

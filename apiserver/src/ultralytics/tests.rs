@@ -1,0 +1,272 @@
+//! The Ultralytics routes over a memory cluster: shapes, read-your-writes, roles, and that
+//! one workspace cannot reach another's datasets or uploads.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use chrono::Utc;
+use ocellus_crds::{DatasetCounts, DatasetPhase, DatasetStatus};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+use crate::api::keys::{KeyRecord, PlaintextKey};
+use crate::api::{KeyIndex, Keys, Limits, MemorySecrets, RateLimiter, Role};
+
+struct Fixture {
+    app: Router,
+    cluster: Arc<MemoryCluster>,
+    a_editor: PlaintextKey,
+    a_viewer: PlaintextKey,
+    b_editor: PlaintextKey,
+}
+
+fn fixture() -> Fixture {
+    let (a_editor, a_viewer, b_editor) =
+        (PlaintextKey::from_bytes([1; 20]), PlaintextKey::from_bytes([2; 20]), PlaintextKey::from_bytes([3; 20]));
+    let keys = Keys::from_index(KeyIndex::from_records([
+        KeyRecord::new(&a_editor, "team-a", Role::Editor, "a", Utc::now()),
+        KeyRecord::new(&a_viewer, "team-a", Role::Viewer, "av", Utc::now()),
+        KeyRecord::new(&b_editor, "team-b", Role::Editor, "b", Utc::now()),
+    ]));
+    let registry = prometheus::Registry::new();
+    let limiter = RateLimiter::new(Limits::with_overrides("upload=unlimited").expect("limits"), 100);
+    let api = ApiState::new(keys, Arc::new(MemorySecrets::new()), "rel".into(), limiter, &registry).expect("state");
+    let cluster = Arc::new(MemoryCluster::default());
+    let ul = UltralyticsApi {
+        datasets: cluster.store(),
+        recent: Arc::new(Recent::default()),
+        cluster: cluster.clone(),
+        uploads: None,
+        platform_bucket: Some("ocellus".into()),
+        synced: Arc::new(AtomicBool::new(true)),
+    };
+    let app = api.router_with(ul.router(&api));
+    Fixture { app, cluster, a_editor, a_viewer, b_editor }
+}
+
+async fn call(app: &Router, method: &str, uri: &str, key: &PlaintextKey, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req =
+        Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {}", key.expose()));
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req.body(body.map(|b| Body::from(b.to_string())).unwrap_or_default()).expect("request");
+    let r = app.clone().oneshot(req).await.expect("call");
+    let status = r.status();
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json", "{method} {uri}");
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.expect("body");
+    (status, serde_json::from_slice(&bytes).expect("json"))
+}
+
+#[tokio::test]
+async fn a_dataset_is_created_listed_and_read_back_in_both_key_sets() {
+    let f = fixture();
+    let body = json!({"dataset": "shapes", "name": "Shapes", "task": "detect", "description": "d", "visibility": null});
+    let (s, created) = call(&f.app, "POST", "/api/datasets", &f.a_editor, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("ds_"), "{id}");
+    assert_eq!(created["_id"], created["id"]);
+    assert_eq!((created["owner"].as_str(), created["dataset"].as_str()), (Some("team-a"), Some("shapes")));
+
+    let (s, list) = call(&f.app, "GET", "/api/datasets/team-a", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["total"], 1);
+    let item = &list["datasets"][0];
+    for (k, v) in [
+        ("id", json!(id)),
+        ("_id", json!(id)),
+        ("owner", json!("team-a")),
+        ("username", json!("team-a")),
+        ("dataset", json!("shapes")),
+        ("slug", json!("shapes")),
+        ("name", json!("Shapes")),
+        ("description", json!("d")),
+        ("visibility", json!("private")),
+        ("task", json!("detect")),
+        ("status", json!("ready")),
+        ("imageCount", json!(0)),
+    ] {
+        assert_eq!(item[k], v, "{k} in {item}");
+    }
+    // The reference's forms: no owner in the path, and the id in the path.
+    let (_, own) = call(&f.app, "GET", "/api/datasets?limit=5", &f.a_editor, None).await;
+    assert_eq!(own["datasets"][0]["id"], json!(id));
+    let (s, by_id) = call(&f.app, "GET", &format!("/api/datasets/{id}"), &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(by_id["dataset"]["slug"], "shapes");
+    let (s, one) = call(&f.app, "GET", "/api/datasets/team-a/shapes", &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::OK, "a viewer reads");
+    assert_eq!(one["dataset"]["id"], json!(id));
+    let (_, summary) = call(&f.app, "GET", "/api/account/summary", &f.a_viewer, None).await;
+    assert_eq!(summary["username"], "team-a");
+    assert_eq!(summary["counts"]["datasets"], 1);
+
+    // A slug from the name, a duplicate, and bad input.
+    let (s, c) = call(&f.app, "POST", "/api/datasets", &f.a_editor, Some(json!({"name": "My Parts (v2)"}))).await;
+    assert_eq!((s, c["dataset"].as_str()), (StatusCode::CREATED, Some("my-parts-v2")));
+    let (s, e) = call(&f.app, "POST", "/api/datasets", &f.a_editor, Some(json!({"dataset": "shapes"}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert!(e["error"].as_str().expect("error").contains("already exists"), "{e}");
+    let (s, e) = call(&f.app, "POST", "/api/datasets", &f.a_editor, Some(json!({"dataset": "Bad_Slug"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["error"].as_str().expect("error").contains("slug"), "{e}");
+    let (s, _) =
+        call(&f.app, "POST", "/api/datasets", &f.a_editor, Some(json!({"dataset": "x", "task": "depth"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "unknown task");
+    let (s, _) = call(&f.app, "POST", "/api/datasets", &f.a_viewer, Some(json!({"dataset": "y"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a viewer cannot create");
+
+    let (s, _) = call(&f.app, "DELETE", "/api/datasets/team-a/my-parts-v2", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&f.app, "GET", "/api/datasets/team-a/my-parts-v2", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "read your delete");
+}
+
+#[tokio::test]
+async fn one_workspace_cannot_reach_another() {
+    let f = fixture();
+    let (_, created) = call(&f.app, "POST", "/api/datasets", &f.a_editor, Some(json!({"dataset": "secret"}))).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let b = &f.b_editor;
+    let (_, list) = call(&f.app, "GET", "/api/datasets", b, None).await;
+    assert_eq!(list["total"], 0);
+    for (method, uri, body) in [
+        ("GET", "/api/datasets/team-a".to_string(), None),
+        ("GET", "/api/datasets/team-a/secret".to_string(), None),
+        ("GET", format!("/api/datasets/{id}"), None),
+        ("DELETE", "/api/datasets/team-a/secret".to_string(), None),
+        ("DELETE", format!("/api/datasets/{id}"), None),
+        ("POST", "/api/datasets/team-a/secret/ingest".to_string(), Some(json!({"sourceUrl": "https://x/a.zip"}))),
+        ("POST", "/api/datasets/ingest".to_string(), Some(json!({"datasetId": id, "sourceUrl": "https://x/a.zip"}))),
+        ("POST", "/api/datasets".to_string(), Some(json!({"dataset": "z", "owner": "team-a"}))),
+        // team-a's upload session, presented by team-b.
+        (
+            "POST",
+            "/api/upload/complete".to_string(),
+            Some(json!({"sessionId": upload::session_id("team-a/datasets/secret/uploads/00/a.zip")})),
+        ),
+    ] {
+        let (s, e) = call(&f.app, method, &uri, b, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {uri}: {e}");
+    }
+    let (s, _) = call(&f.app, "GET", "/api/datasets/team-a/secret", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::OK, "still there for its owner");
+    // An upload session of team-a's namespace cannot be ingested into team-b's dataset either.
+    call(&f.app, "POST", "/api/datasets", b, Some(json!({"dataset": "mine"}))).await;
+    let foreign = upload::session_id("team-a/datasets/secret/uploads/00/a.zip");
+    let (s, _) = call(&f.app, "POST", "/api/datasets/team-b/mine/ingest", b, Some(json!({"sessionId": foreign}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Nor can team-b point an ingest at team-a's objects in the platform bucket.
+    let (s, e) = call(
+        &f.app,
+        "POST",
+        "/api/datasets/team-b/mine/ingest",
+        b,
+        Some(json!({"sourceUrl": "s3://ocellus/team-a/datasets/secret/uploads/00/a.zip"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
+}
+
+#[tokio::test]
+async fn an_ingest_sets_the_source_and_the_status_follows_the_operator() {
+    let f = fixture();
+    let (_, created) = call(&f.app, "POST", "/api/datasets", &f.a_editor, Some(json!({"dataset": "parts"}))).await;
+    let id = created["id"].as_str().expect("id");
+    let key = "team-a/datasets/parts/uploads/0a0b/parts.zip";
+    let (s, r) = call(
+        &f.app,
+        "POST",
+        "/api/datasets/team-a/parts/ingest",
+        &f.a_editor,
+        Some(json!({"sessionId": upload::session_id(key)})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    assert_eq!(r, json!({"jobId": "parts-2", "status": "queued"}));
+    let d = f.cluster.store().get(&reflector::ObjectRef::new("parts").within("team-a")).expect("dataset");
+    assert_eq!(d.spec.source.upload.as_ref().expect("upload").objects, vec!["0a0b/parts.zip".to_string()]);
+    let (_, one) = call(&f.app, "GET", "/api/datasets/team-a/parts", &f.a_editor, None).await;
+    assert_eq!(one["dataset"]["status"], "processing", "the operator has not seen generation 2");
+
+    let mut st = DatasetStatus { phase: DatasetPhase::Ready, ingested_hash: Some("h".into()), ..Default::default() };
+    st.common.observed_generation = Some(2);
+    st.counts = Some(DatasetCounts {
+        images: 12,
+        classes: 2,
+        annotations: 30,
+        per_split: [("train".to_string(), 10), ("val".to_string(), 2)].into(),
+        per_class: vec![],
+    });
+    st.class_names = vec!["circle".into(), "square".into()];
+    f.cluster.set_status("team-a", "parts", st.clone());
+    let (_, one) = call(&f.app, "GET", &format!("/api/datasets/team-a/{id}"), &f.a_editor, None).await;
+    let item = &one["dataset"];
+    assert_eq!(item["status"], "ready", "{item}");
+    assert_eq!(item["imageCount"], 12);
+    assert_eq!(item["classNames"], json!(["circle", "square"]));
+    assert_eq!(item["splits"], json!({"train": 10, "val": 2, "test": 0, "labeled": 12}));
+
+    st.phase = DatasetPhase::Failed;
+    st.job.failure = Some(ocellus_crds::Failure { message: Some("no images found".into()), ..Default::default() });
+    f.cluster.set_status("team-a", "parts", st);
+    let (_, one) = call(&f.app, "GET", "/api/datasets/team-a/parts", &f.a_editor, None).await;
+    assert_eq!(one["dataset"]["status"], "failed");
+    assert_eq!(one["dataset"]["processingError"]["message"], "no images found");
+
+    // What an ingest cannot do is said, not ignored.
+    for (body, status) in [
+        (json!({}), StatusCode::BAD_REQUEST),
+        (json!({"sessionId": upload::session_id(key), "sourceUrl": "https://x/a.zip"}), StatusCode::BAD_REQUEST),
+        (json!({"sourceUrl": "ftp://x/a.zip"}), StatusCode::BAD_REQUEST),
+        (json!({"sourceUrl": "https://x/a.zip", "targetSplit": "val"}), StatusCode::NOT_IMPLEMENTED),
+        (json!({"sourceUrl": "https://x/a.zip", "conflictPolicy": "skip"}), StatusCode::NOT_IMPLEMENTED),
+        (json!({"sourceUrl": "https://x/a.zip", "conflictPolicy": "merge"}), StatusCode::BAD_REQUEST),
+        (json!({"sessionId": upload::session_id("team-a/datasets/other/uploads/0/a.zip")}), StatusCode::BAD_REQUEST),
+        (json!({"sessionId": "us_!!"}), StatusCode::NOT_FOUND),
+    ] {
+        let (s, e) = call(&f.app, "POST", "/api/datasets/team-a/parts/ingest", &f.a_editor, Some(body.clone())).await;
+        assert_eq!(s, status, "{body}: {e}");
+        assert!(e["error"].is_string() && e["code"].is_string(), "{e}");
+    }
+    let (s, r) = call(
+        &f.app,
+        "POST",
+        "/api/datasets/ingest",
+        &f.a_editor,
+        Some(json!({"datasetId": id, "sourceUrl": "s3://public-data/parts.zip", "conflictPolicy": "replace"})),
+    )
+    .await;
+    assert_eq!((s, r["jobId"].as_str()), (StatusCode::ACCEPTED, Some("parts-3")), "{r}");
+    // Uploads need object storage, which this server lacks.
+    let (s, e) = call(
+        &f.app,
+        "POST",
+        "/api/upload/signed-url",
+        &f.a_editor,
+        Some(json!({"assetType": "datasets", "assetId": id, "filename": "parts.zip"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{e}");
+}
+
+#[test]
+fn sessions_name_only_upload_keys_of_their_namespace() {
+    let key = "ns/datasets/d/uploads/abc/x.zip";
+    assert_eq!(upload::session_key(&upload::session_id(key), "ns").expect("own"), key);
+    for bad in [
+        "other/datasets/d/uploads/abc/x.zip",
+        "ns/datasets/d/uploads/../x.zip",
+        "ns/datasets/d/uploads/abc/sub/x.zip",
+        "ns/datasets/d/images/abc/x.zip",
+        "ns/models/m/uploads/abc/x.pt",
+    ] {
+        assert!(upload::session_key(&upload::session_id(bad), "ns").is_err(), "{bad}");
+    }
+    assert_eq!(datasets::slugify("  Hello, World!  "), "hello-world");
+    assert_eq!(datasets::slugify(&"x".repeat(80)).len(), 63);
+}
