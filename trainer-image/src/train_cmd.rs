@@ -94,6 +94,10 @@ pub struct TrainArgs {
     /// Turn mosaic off for this many final epochs.
     #[arg(long, env = "OCELLUS_CLOSE_MOSAIC", default_value_t = 10)]
     pub close_mosaic: usize,
+    /// Early stopping: stop after this many epochs without a better validation fitness
+    /// (mAP50-95, or the top-1/top-5 mean of classifiers); 0 never stops early.
+    #[arg(long, env = "OCELLUS_PATIENCE", default_value_t = 100)]
+    pub patience: usize,
     /// Mixed precision on CUDA (autocast and dynamic loss scaling).
     #[arg(long, env = "OCELLUS_AMP")]
     pub amp: bool,
@@ -149,7 +153,8 @@ async fn train(args: &TrainArgs, work: &Path) -> Result<Done, Failure> {
     let weights_key = out.save_weights("last", session.ema_var_store(), &info, work).await?;
     let reports = &session.progress.reports;
     Ok(Done::Finished(json!({"epochs": reports.len(), "resultsUri": out.uri("results.jsonl"),
-                             "weightsUri": out.store.uri(&weights_key), "metrics": reports.last()})))
+                             "weightsUri": out.store.uri(&weights_key), "metrics": reports.last(),
+                             "stoppedEarly": outcome == Outcome::EarlyStopped})))
 }
 
 fn architecture(name: &str) -> Result<Architecture, Failure> {
@@ -226,6 +231,7 @@ fn train_config(args: &TrainArgs, device: tch::Device) -> TrainConfig {
         momentum: args.momentum,
         amp: args.amp,
         close_mosaic: args.close_mosaic,
+        patience: args.patience,
     }
 }
 

@@ -264,12 +264,16 @@ pub fn plan(tj: &TrainingJob, obs: &Observed) -> Plan {
             st.job.completion_time = Some(now.clone());
             st.job.failure = None;
             let epochs = st.epoch.unwrap_or(0);
-            set(
-                &mut st,
-                Health::Ready { reason: "Succeeded".into(), message: format!("trained {epochs} epochs") },
-                generation,
-                now,
-            );
+            let hp = &tj.spec.hyperparameters;
+            let message = if epochs > 0 && epochs < hp.epochs && hp.patience > 0 {
+                format!(
+                    "stopped early after {epochs} of {} epochs: no better fitness in the last {} (patience)",
+                    hp.epochs, hp.patience
+                )
+            } else {
+                format!("trained {epochs} epochs")
+            };
+            set(&mut st, Health::Ready { reason: "Succeeded".into(), message }, generation, now);
             return done(st);
         }
         RunState::Failed(RunFailure { failure, retryable: false }) => {
@@ -504,6 +508,7 @@ pub fn build_job(
         format!("--lrf={}", hp.lrf),
         format!("--warmup-epochs={}", hp.warmup_epochs),
         format!("--seed={}", hp.seed),
+        format!("--patience={}", hp.patience.max(0)),
         format!("--checkpoint-interval={}", spec.checkpoint.interval_epochs.max(1)),
         format!("--device={}", if gpu { "cuda" } else { "cpu" }),
     ];

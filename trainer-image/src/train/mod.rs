@@ -57,6 +57,9 @@ pub struct TrainConfig {
     pub amp: bool,
     /// Turn mosaic off for this many final epochs (Ultralytics' `close_mosaic`).
     pub close_mosaic: usize,
+    /// Early stopping: stop after this many epochs without a better fitness (Ultralytics'
+    /// `patience`); 0 never stops early.
+    pub patience: usize,
 }
 
 /// The optimiser.
@@ -100,6 +103,7 @@ impl Default for TrainConfig {
             momentum: 0.937,
             amp: false,
             close_mosaic: 10,
+            patience: 100,
         }
     }
 }
@@ -145,6 +149,19 @@ impl EpochReport {
             _ => self.map50_95,
         }
     }
+}
+
+/// Epochs since the best one, by fitness per finished epoch, as Ultralytics' `EarlyStopping`
+/// counts them: an epoch is the new best when its fitness beats the best so far, or while the
+/// best so far is 0 (the early zero-fitness stage of training).
+pub fn epochs_without_improvement(fitness: &[f64]) -> usize {
+    let (mut best, mut best_i) = (0.0, 0);
+    for (i, f) in fitness.iter().enumerate() {
+        if *f > best || best == 0.0 {
+            (best, best_i) = (*f, i);
+        }
+    }
+    fitness.len().saturating_sub(best_i + 1)
 }
 
 /// Learning-rate factor of epoch `e` (0-based) of `epochs`.
@@ -198,5 +215,21 @@ impl Ema {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_stopping_counts_epochs_since_the_best_as_ultralytics() {
+        assert_eq!(epochs_without_improvement(&[]), 0);
+        assert_eq!(epochs_without_improvement(&[0.1, 0.2, 0.3]), 0);
+        assert_eq!(epochs_without_improvement(&[0.1, 0.3, 0.2, 0.25]), 2);
+        assert_eq!(epochs_without_improvement(&[0.3, 0.3]), 1, "equal is no improvement");
+        // While the best is 0, every epoch counts as the best (nothing learnt yet).
+        assert_eq!(epochs_without_improvement(&[0.0, 0.0, 0.0]), 0);
+        assert_eq!(epochs_without_improvement(&[0.0, 0.2, 0.0, 0.1]), 2);
     }
 }

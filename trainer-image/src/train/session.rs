@@ -75,6 +75,8 @@ pub enum Outcome {
     Finished,
     /// Stopped on request after finishing a step; checkpoint and resume.
     Paused,
+    /// Stopped early: `patience` epochs without a better fitness.
+    EarlyStopped,
 }
 
 /// The network a session trains.
@@ -463,6 +465,13 @@ impl Session {
             self.progress.seen = 0;
             self.progress.rng = rng.state();
             on_epoch(&report, best, self);
+            let fitness: Vec<f64> = self.progress.reports.iter().map(EpochReport::fitness).collect();
+            if cfg.patience > 0
+                && self.progress.epoch < cfg.epochs
+                && super::epochs_without_improvement(&fitness) >= cfg.patience
+            {
+                return Ok(Outcome::EarlyStopped);
+            }
             if stop.load(Ordering::SeqCst) && self.progress.epoch < cfg.epochs {
                 return Ok(Outcome::Paused);
             }
