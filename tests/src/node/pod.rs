@@ -440,7 +440,7 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
             Some(String::new())
         };
         if let Some(v) = value {
-            vars.insert(e.name.clone(), v);
+            vars.insert(e.name.clone(), spec::pod_local(&v, ip));
         }
     }
     // The pod's ServiceAccount token, as a kubeconfig: clients that honour KUBECONFIG act as the pod.
@@ -471,13 +471,16 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
         }
     }
 
-    let argv = spec::argv(
+    let argv: Vec<String> = spec::argv(
         &ctx.cfg.images,
         spec.image.as_deref().unwrap_or(""),
         spec.command.as_deref().unwrap_or(&[]),
         spec.args.as_deref().unwrap_or(&[]),
         &vars,
-    )?;
+    )?
+    .iter()
+    .map(|a| spec::pod_local(a, ip))
+    .collect();
     let cwd = spec
         .working_dir
         .as_ref()

@@ -91,6 +91,25 @@ pub struct StartError {
     pub message: String,
 }
 
+/// A listen address for "every address" (`0.0.0.0:<port>`) made the pod's own: in a real pod
+/// it binds the pod's network namespace only; here pods share the host's, and it would take the
+/// port on every loopback address, other pods' included.
+pub fn pod_local(value: &str, pod_ip: &str) -> String {
+    const ANY: &str = "0.0.0.0:";
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find(ANY) {
+        // Only a whole address: not the tail of `10.0.0.0:`.
+        let whole = !rest[..at].ends_with(|c: char| c.is_ascii_digit() || c == '.');
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { pod_ip } else { "0.0.0.0" });
+        out.push(':');
+        rest = &rest[at + ANY.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The argv of a container: the image's entrypoint unless `command` overrides it, then `args`,
 /// all expanded against `vars`.
 pub fn argv(
@@ -191,6 +210,9 @@ mod tests {
     #[test]
     fn expansion_follows_kubernetes_rules() {
         assert_eq!(expand("--listen=$(POD_IP):$(PORT)", &vars()), "--listen=127.0.3.4:8080");
+        assert_eq!(pod_local("0.0.0.0:8080", "127.0.3.4"), "127.0.3.4:8080", "a pod binds its own address");
+        assert_eq!(pod_local("--metrics=0.0.0.0:9090", "127.0.3.4"), "--metrics=127.0.3.4:9090");
+        assert_eq!(pod_local("10.0.0.0:80", "127.0.3.4"), "10.0.0.0:80");
         assert_eq!(expand("$(UNDEFINED) stays", &vars()), "$(UNDEFINED) stays");
         assert_eq!(expand("$$(POD_IP) is escaped", &vars()), "$(POD_IP) is escaped");
         assert_eq!(expand("a $ b $(", &vars()), "a $ b $(");
