@@ -104,6 +104,7 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown);
 
+    let tj_for_exports = trainingjobs.clone();
     let stores = Arc::new(training_job::Stores { datasets: datasets.clone(), trainingjobs });
     let ds_run = ds_ctl
         .run(
@@ -133,10 +134,10 @@ pub async fn run(
     let ex_run = ex_ctl
         .run(
             move |obj, ctx: Arc<Context>| {
-                let datasets = datasets.clone();
+                let (datasets, trainingjobs) = (datasets.clone(), tj_for_exports.clone());
                 async move {
                     let key = key_of(obj.as_ref());
-                    let r = export::reconcile(obj, ctx.clone(), &datasets).await;
+                    let r = export::reconcile(obj, ctx.clone(), &datasets, &trainingjobs).await;
                     finish(&ctx, export::CONTROLLER, &key, r)
                 }
             },

@@ -10,7 +10,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use ocellus_crds::{Artifact, Export, ExportFormat, ExportPhase, ExportSpec, ExportStatus, GpuRequest};
+use ocellus_crds::{
+    Artifact, Export, ExportFormat, ExportPhase, ExportSpec, ExportStatus, GpuRequest, TrainingJob, TrainingPhase,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -134,6 +136,35 @@ pub fn build_job(cfg: &WorkloadConfig, ex: &Export, job_name: &str, calibration_
     )
 }
 
+/// Whether the TrainingJob an Export reads may be exported (pure): only once it has
+/// Succeeded, so that `best` and `last` are the run's final weights, not an early epoch's.
+/// `Err((permanent, reason, message))` otherwise.
+pub fn training_gate(name: &str, tj: Option<&TrainingJob>) -> Result<(), (bool, &'static str, String)> {
+    let Some(tj) = tj else {
+        return Err((false, "WaitingForTrainingJob", format!("TrainingJob {name} does not exist")));
+    };
+    let st = tj.status.clone().unwrap_or_default();
+    match st.phase {
+        TrainingPhase::Succeeded => Ok(()),
+        TrainingPhase::Failed => Err((
+            true,
+            "TrainingFailed",
+            format!(
+                "TrainingJob {name} failed; to export the weights it saved anyway, use source.weightsUri \
+                 (s3://.../trainingjobs/{name}/weights/best.safetensors)"
+            ),
+        )),
+        phase => Err((
+            false,
+            "WaitingForTraining",
+            format!(
+                "TrainingJob {name} is {phase:?}{}: the export starts once it has succeeded",
+                st.epoch.zip(st.epochs).map(|(e, n)| format!(" (epoch {e} of {n})")).unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 fn set(st: &mut ExportStatus, health: Health, generation: Option<i64>) {
     set_health(&mut st.common.conditions, &health, generation, now());
 }
@@ -143,6 +174,7 @@ pub async fn reconcile(
     ex: Arc<Export>,
     ctx: Arc<Context>,
     datasets: &kube::runtime::reflector::Store<ocellus_crds::Dataset>,
+    trainingjobs: &kube::runtime::reflector::Store<TrainingJob>,
 ) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let ns = ex.namespace().unwrap_or_default();
@@ -172,6 +204,23 @@ pub async fn reconcile(
         return Ok(Action::await_change());
     }
 
+    // Dereference: a TrainingJob's weights are exported once it has succeeded (its watch
+    // wakes this Export), and they must exist (their sidecar is written last).
+    if let Some(r) = &ex.spec.source.training_job {
+        let tj = trainingjobs.get(&kube::runtime::reflector::ObjectRef::new(&r.name).within(&ns));
+        if let Err((permanent, reason, message)) = training_gate(&r.name, tj.as_deref()) {
+            let health = if permanent {
+                st.phase = ExportPhase::Failed;
+                Health::Failed { reason: reason.into(), message }
+            } else {
+                st.phase = ExportPhase::Pending;
+                Health::Progressing { reason: reason.into(), message }
+            };
+            set(&mut st, health, generation);
+            write_status(&ex, &ctx, &st, &old).await?;
+            return Ok(Action::await_change());
+        }
+    }
     // Dereference: the weights must exist (their sidecar is written last).
     let weights = weights_uri(&ctx.config, &ns, &ex.spec);
     if ctx.size(&ocellus_storage::location::sidecar(&weights)).await?.is_none() && ex.spec.source.training_job.is_some()

@@ -59,3 +59,29 @@ fn engine_exports_run_on_their_gpu_model() {
         Some(vec!["NVIDIA-H200".into()])
     );
 }
+
+#[test]
+fn a_training_job_is_exported_only_once_it_has_succeeded() {
+    let tj = |phase: ocellus_crds::TrainingPhase| {
+        let mut t: ocellus_crds::TrainingJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ocellus.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "shapes", "namespace": "ns"},
+            "spec": {"datasetRef": {"name": "d"}, "model": {"architecture": "yolov8n"}},
+        }))
+        .expect("tj");
+        t.status =
+            Some(ocellus_crds::TrainingJobStatus { phase, epoch: Some(3), epochs: Some(30), ..Default::default() });
+        t
+    };
+    use ocellus_crds::TrainingPhase::*;
+    assert_eq!(training_gate("shapes", Some(&tj(Succeeded))), Ok(()));
+    // Its `best` exists from the first epoch on: exporting it then would serve an early model.
+    let (permanent, reason, message) = training_gate("shapes", Some(&tj(Running))).expect_err("running");
+    assert_eq!((permanent, reason), (false, "WaitingForTraining"));
+    assert!(message.contains("epoch 3 of 30"), "{message}");
+    assert!(!training_gate("shapes", Some(&tj(Suspended))).expect_err("suspended").0);
+    assert_eq!(training_gate("shapes", None).expect_err("missing").1, "WaitingForTrainingJob");
+    let (permanent, reason, message) = training_gate("shapes", Some(&tj(Failed))).expect_err("failed");
+    assert_eq!((permanent, reason), (true, "TrainingFailed"));
+    assert!(message.contains("weightsUri"), "{message}");
+}
