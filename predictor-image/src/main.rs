@@ -99,7 +99,8 @@ struct ServeArgs {
     /// Download retries.
     #[arg(long, env = "OCELLUS_DOWNLOAD_RETRIES", default_value_t = 4)]
     download_retries: u32,
-    /// Where S3 models are downloaded.
+    /// Where S3 models are downloaded, each server in its own subdirectory (by process id): a
+    /// directory shared with another server (another model) never mixes their files.
     #[arg(long, env = "OCELLUS_MODEL_DIR", default_value = "/tmp/ocellus-model")]
     model_dir: PathBuf,
     /// Label Studio's URL, for task images given as relative URLs.
@@ -157,9 +158,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(3, &e.to_string()),
     };
+    let model_dir = args.model_dir.join(std::process::id().to_string());
     let (path, info) = match source::fetch(
         &args.model,
-        &args.model_dir,
+        &model_dir,
         Duration::from_secs(args.download_timeout),
         args.download_retries,
         args.model_sha256.as_deref(),
