@@ -103,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    let (ul, ul_watch) = ocellus_apiserver::ultralytics::start(client.clone(), uploads, config.api.s3_bucket.clone());
+    let (ul, ul_watches) = ocellus_apiserver::ultralytics::start(
+        client.clone(),
+        uploads,
+        config.api.s3_bucket.clone(),
+        Some(gateway.router()),
+    );
     // The gateway takes the same namespace-bound keys as the REST APIs.
     gateway.require_keys(api.keys.clone());
     let health = Health::new(registry);
@@ -126,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("serving HTTP");
     ready.abort();
-    for t in watches.tasks.into_iter().chain(api_tasks).chain([ul_watch]) {
+    for t in watches.tasks.into_iter().chain(api_tasks).chain(ul_watches) {
         t.abort();
     }
     served

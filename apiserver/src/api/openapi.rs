@@ -50,6 +50,9 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::ultralytics::datasets::ingest,
         crate::ultralytics::upload::signed_url,
         crate::ultralytics::upload::complete,
+        crate::ultralytics::deployments::list,
+        crate::ultralytics::deployments::retrieve,
+        crate::ultralytics::deployments::predict,
     ),
     components(schemas(ErrorBody, Role)),
     modifiers(&SecuritySchemes),
@@ -132,6 +135,8 @@ mod tests {
             ("/api/datasets/{owner}/{dataset}/ingest", "post"),
             ("/api/upload/signed-url", "post"),
             ("/api/upload/complete", "post"),
+            ("/api/deployments/{owner}/{deployment}", "get"),
+            ("/api/deployments/{owner}/{deployment}/predict", "post"),
         ] {
             assert!(doc["paths"][path].get(method).is_some(), "{method} {path} missing");
         }

@@ -79,6 +79,7 @@ const ROUTES: &[(&str, &str, Category)] = &[
     ("POST", "/api/datasets/ingest", Category::Upload),
     ("POST", "/api/datasets/{}/{}/ingest", Category::Upload),
     ("POST", "/api/models/{}/predict", Category::Predict),
+    ("POST", "/api/deployments/{}/{}/predict", Category::Predict),
     ("POST", "/api/exports", Category::Export),
     ("GET", "/api/datasets/{}/export", Category::Export),
     ("POST", "/api/datasets/{}/export", Category::Export),

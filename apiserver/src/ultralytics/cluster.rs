@@ -106,6 +106,8 @@ impl Cluster for KubeCluster {
 pub struct MemoryCluster {
     writer: Mutex<reflector::store::Writer<Dataset>>,
     store: Store<Dataset>,
+    md_writer: Mutex<reflector::store::Writer<ocellus_crds::ModelDeployment>>,
+    md_store: Store<ocellus_crds::ModelDeployment>,
     next_uid: Mutex<u64>,
 }
 
@@ -119,7 +121,15 @@ impl Default for MemoryCluster {
     fn default() -> Self {
         let (store, mut writer) = reflector::store::<Dataset>();
         writer.apply_watcher_event(&watcher::Event::InitDone);
-        MemoryCluster { writer: Mutex::new(writer), store, next_uid: Mutex::new(1) }
+        let (md_store, mut md_writer) = reflector::store::<ocellus_crds::ModelDeployment>();
+        md_writer.apply_watcher_event(&watcher::Event::InitDone);
+        MemoryCluster {
+            writer: Mutex::new(writer),
+            store,
+            md_writer: Mutex::new(md_writer),
+            md_store,
+            next_uid: Mutex::new(1),
+        }
     }
 }
 
@@ -127,6 +137,16 @@ impl MemoryCluster {
     /// The store this cluster feeds.
     pub fn store(&self) -> Store<Dataset> {
         self.store.clone()
+    }
+
+    /// The ModelDeployment store this cluster feeds.
+    pub fn deployment_store(&self) -> Store<ocellus_crds::ModelDeployment> {
+        self.md_store.clone()
+    }
+
+    /// Adds or replaces a ModelDeployment, as if applied and reconciled.
+    pub fn put_deployment(&self, md: ocellus_crds::ModelDeployment) {
+        self.md_writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Apply(md));
     }
 
     fn get(&self, namespace: &str, name: &str) -> Option<Dataset> {

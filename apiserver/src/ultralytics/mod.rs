@@ -5,7 +5,9 @@
 //! Served so far (the rest of the surface is planned, issue #13):
 //! - `GET /api/account/summary`: the workspace, so that clients can infer their `owner`;
 //! - datasets ([`datasets`]): list, create, retrieve, delete and ingest, a `Dataset` each;
-//! - uploads ([`upload`]): presigned `PUT` URLs into the platform bucket, then `ingest`.
+//! - uploads ([`upload`]): presigned `PUT` URLs into the platform bucket, then `ingest`;
+//! - deployments ([`deployments`]): the workspace's ModelDeployments, and predictions through
+//!   the gateway.
 //!
 //! Reads come from a reflector cache of Datasets, overlaid with this replica's own recent
 //! writes ([`Recent`]), so that a client reads what it just wrote. Writes go through
@@ -13,6 +15,7 @@
 
 pub mod cluster;
 pub mod datasets;
+pub mod deployments;
 pub mod upload;
 
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use ocellus_crds::Dataset;
+use ocellus_crds::{Dataset, ModelDeployment};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
@@ -42,6 +45,10 @@ pub const REGION: &str = "us";
 pub struct UltralyticsApi {
     /// Datasets of every namespace, from the watch.
     pub datasets: Store<Dataset>,
+    /// ModelDeployments of every namespace, from the watch.
+    pub deployments: Store<ModelDeployment>,
+    /// The serving gateway's routes, which predictions are handed to; `None`: predictions 501.
+    pub gateway: Option<Router>,
     /// This replica's recent writes, read over the cache.
     pub recent: Arc<Recent>,
     /// Writes Datasets.
@@ -65,6 +72,7 @@ impl UltralyticsApi {
         let routes = Router::new()
             .route("/api/account/summary", get(account_summary))
             .merge(datasets::routes())
+            .merge(deployments::routes())
             .merge(upload::routes())
             .with_state(self.clone());
         api.protect(routes, Flavor::Ultralytics)
@@ -76,6 +84,11 @@ impl UltralyticsApi {
         self.recent.resolve(namespace, name, cached)
     }
 
+    /// The ModelDeployments of `namespace`.
+    pub fn deployments_in(&self, namespace: &str) -> Vec<Arc<ModelDeployment>> {
+        self.deployments.state().into_iter().filter(|d| d.metadata.namespace.as_deref() == Some(namespace)).collect()
+    }
+
     /// The Datasets of `namespace`, with this replica's recent writes.
     pub fn datasets_in(&self, namespace: &str) -> Vec<Arc<Dataset>> {
         let cached = self.datasets.state().into_iter().filter(|d| d.metadata.namespace.as_deref() == Some(namespace));
@@ -83,36 +96,63 @@ impl UltralyticsApi {
     }
 }
 
-/// Starts the Dataset watch (all namespaces) and returns the routes' state.
+/// Starts the Dataset and ModelDeployment watches (all namespaces) and returns the routes'
+/// state; `gateway` is the serving gateway's router, for predictions.
 pub fn start(
     client: kube::Client,
     uploads: Option<upload::Uploads>,
     platform_bucket: Option<String>,
-) -> (UltralyticsApi, JoinHandle<()>) {
-    let (store, writer) = reflector::store::<Dataset>();
-    let api = kube::Api::<Dataset>::all(client.clone());
-    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    gateway: Option<Router>,
+) -> (UltralyticsApi, Vec<JoinHandle<()>>) {
     let synced = Arc::new(AtomicBool::new(false));
-    let flag = synced.clone();
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "Dataset watch failed; retrying"),
-            }
-        }
-    });
+    let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (datasets, dw) = reflector::store::<Dataset>();
+    let (deployments, mw) = reflector::store::<ModelDeployment>();
+    let tasks = vec![
+        watch("Dataset", kube::Api::<Dataset>::all(client.clone()), dw, listed.clone(), synced.clone()),
+        watch("ModelDeployment", kube::Api::<ModelDeployment>::all(client.clone()), mw, listed, synced.clone()),
+    ];
     let state = UltralyticsApi {
-        datasets: store,
+        datasets,
+        deployments,
+        gateway,
         recent: Arc::new(Recent::default()),
         cluster: Arc::new(KubeCluster::new(client)),
         uploads,
         platform_bucket,
         synced,
     };
-    (state, task)
+    (state, tasks)
+}
+
+/// One reflector; `synced` is set once both watches have listed.
+fn watch<K>(
+    kind: &'static str,
+    api: kube::Api<K>,
+    writer: reflector::store::Writer<K>,
+    listed: Arc<std::sync::atomic::AtomicUsize>,
+    synced: Arc<AtomicBool>,
+) -> JoinHandle<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        let mut first = true;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::InitDone) if first => {
+                    first = false;
+                    if listed.fetch_add(1, Ordering::AcqRel) + 1 == 2 {
+                        synced.store(true, Ordering::Release);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, kind, "watch failed; retrying"),
+            }
+        }
+    })
 }
 
 /// The path's `owner` must be the key's namespace; any other is not found.

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::Utc;
-use ocellus_crds::{DatasetCounts, DatasetPhase, DatasetStatus};
+use ocellus_crds::{DatasetCounts, DatasetPhase, DatasetStatus, DeploymentPhase};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -37,6 +37,8 @@ fn fixture() -> Fixture {
     let cluster = Arc::new(MemoryCluster::default());
     let ul = UltralyticsApi {
         datasets: cluster.store(),
+        deployments: cluster.deployment_store(),
+        gateway: None,
         recent: Arc::new(Recent::default()),
         cluster: cluster.clone(),
         uploads: None,
@@ -269,4 +271,135 @@ fn sessions_name_only_upload_keys_of_their_namespace() {
     }
     assert_eq!(datasets::slugify("  Hello, World!  "), "hello-world");
     assert_eq!(datasets::slugify(&"x".repeat(80)).len(), 63);
+}
+
+#[tokio::test]
+async fn gateway_paths_still_reach_the_gateway_beside_these_routes() {
+    let f = fixture();
+    let registry = prometheus::Registry::new();
+    let (gateway, _wakes) = crate::Gateway::new(crate::gateway::GatewayConfig::default(), &registry).expect("gateway");
+    gateway.index().mark_synced();
+    let health = ocellus_common::Health::new(registry);
+    let keys =
+        Keys::from_index(KeyIndex::from_records([KeyRecord::new(&f.a_editor, "demo", Role::Editor, "a", Utc::now())]));
+    let api = ApiState::new(
+        keys,
+        Arc::new(MemorySecrets::new()),
+        "rel".into(),
+        RateLimiter::new(Limits::default(), 10),
+        &prometheus::Registry::new(),
+    )
+    .expect("state");
+    let ul = UltralyticsApi {
+        datasets: f.cluster.store(),
+        deployments: f.cluster.deployment_store(),
+        gateway: None,
+        recent: Arc::new(Recent::default()),
+        cluster: f.cluster.clone(),
+        uploads: None,
+        platform_bucket: None,
+        synced: Arc::new(AtomicBool::new(true)),
+    };
+    let app = crate::app_with_apis(crate::AppState { health, gateway }, api, ul);
+    for path in ["/demo/shapes/predict", "/api2/shapes/predict", "/datasets/x/predict"] {
+        let req = Request::post(path)
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.a_editor.expose()))
+            .body(Body::empty())
+            .expect("req");
+        let r = app.clone().oneshot(req).await.expect("call");
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.expect("body");
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(String::from_utf8_lossy(&body).contains("not found"), "{path}: the gateway's own 404, got {body:?}");
+    }
+}
+
+fn model_deployment(ns: &str, name: &str, phase: DeploymentPhase, replicas: i32) -> ocellus_crds::ModelDeployment {
+    let mut md: ocellus_crds::ModelDeployment = serde_json::from_value(json!({
+        "apiVersion": "ocellus.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": ns, "uid": "11111111-2222-4333-8444-555555555555", "generation": 1,
+                     "creationTimestamp": "2026-12-01T10:00:00Z"},
+        "spec": {"model": {"export": {"name": "e"}}, "resources": {"cpu": "500m", "memory": "1536Mi"},
+                 "scaling": {"minReplicas": 0, "maxReplicas": 3}},
+    }))
+    .expect("md");
+    let mut st = ocellus_crds::ModelDeploymentStatus { phase, replicas, ..Default::default() };
+    st.model_version = Some("8a6453233793".into());
+    md.status = Some(st);
+    md
+}
+
+#[tokio::test]
+async fn deployments_are_listed_read_and_predicted_through_the_gateway() {
+    let f = fixture();
+    f.cluster.put_deployment(model_deployment("team-a", "shapes", DeploymentPhase::ScaledToZero, 0));
+    f.cluster.put_deployment(model_deployment("team-a", "old", DeploymentPhase::Stopped, 1));
+    f.cluster.put_deployment(model_deployment("team-b", "theirs", DeploymentPhase::Ready, 1));
+    let (s, list) = call(&f.app, "GET", "/api/deployments/team-a", &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["total"], 2);
+    let shapes = &list["deployments"][1];
+    assert_eq!(shapes["deployment"], "shapes");
+    assert_eq!(shapes["status"], "ready", "at zero, the next request wakes it");
+    assert_eq!(shapes["resources"], json!({"cpu": 0.5, "memoryGi": 1.5, "minInstances": 0, "maxInstances": 3}));
+    assert_eq!(shapes["serviceUrl"], "http://localhost/team-a/shapes");
+    assert_eq!(list["deployments"][0]["status"], "stopping", "stopped, a replica still up");
+    let (_, only) = call(&f.app, "GET", "/api/deployments/team-a?status=ready", &f.a_viewer, None).await;
+    assert_eq!(only["total"], 1);
+    let id = shapes["id"].as_str().expect("id");
+    let (s, one) = call(&f.app, "GET", &format!("/api/deployments/team-a/{id}"), &f.a_viewer, None).await;
+    assert_eq!((s, one["deployment"]["deployment"].as_str()), (StatusCode::OK, Some("shapes")));
+    for uri in ["/api/deployments/team-b", "/api/deployments/team-b/theirs", "/api/deployments/team-a/theirs"] {
+        let (s, _) = call(&f.app, "GET", uri, &f.a_viewer, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}");
+    }
+    let (s, _) = call(&f.app, "POST", "/api/deployments/team-b/theirs/predict", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another workspace's deployment");
+    let (s, e) = call(&f.app, "POST", "/api/deployments/team-a/shapes/predict", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "no gateway in this fixture: {e}");
+}
+
+#[tokio::test]
+async fn a_prediction_is_handed_to_the_gateway_under_the_deployment_path() {
+    let f = fixture();
+    f.cluster.put_deployment(model_deployment("team-a", "shapes", DeploymentPhase::ScaledToZero, 0));
+    // A stand-in gateway that echoes the path and query it was handed, and whether a key came.
+    let gateway = Router::new().route(
+        "/{ns}/{name}/{*rest}",
+        axum::routing::any(|req: axum::extract::Request| async move {
+            let auth = req.headers().contains_key(header::AUTHORIZATION);
+            axum::Json(json!({"uri": req.uri().to_string(), "auth": auth}))
+        }),
+    );
+    let keys = Keys::from_index(KeyIndex::from_records([KeyRecord::new(
+        &f.a_editor,
+        "team-a",
+        Role::Editor,
+        "a",
+        Utc::now(),
+    )]));
+    let api = ApiState::new(
+        keys,
+        Arc::new(MemorySecrets::new()),
+        "rel".into(),
+        RateLimiter::new(Limits::default(), 10),
+        &prometheus::Registry::new(),
+    )
+    .expect("state");
+    let ul = UltralyticsApi {
+        datasets: f.cluster.store(),
+        deployments: f.cluster.deployment_store(),
+        gateway: Some(gateway),
+        recent: Arc::new(Recent::default()),
+        cluster: f.cluster.clone(),
+        uploads: None,
+        platform_bucket: None,
+        synced: Arc::new(AtomicBool::new(true)),
+    };
+    let app = api.router_with(ul.router(&api));
+    let (s, echoed) =
+        call(&app, "POST", "/api/deployments/team-a/shapes/predict?conf=0.3", &f.a_editor, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(echoed["uri"], "/team-a/shapes/predict?conf=0.3");
+    assert_eq!(echoed["auth"], true, "the gateway checks the key itself (and removes it)");
 }
