@@ -40,12 +40,15 @@ log "running the operator end to end (examples on the local cluster, the libtorc
 # `-p ocellus-operator` alone does not rebuild the trainer: target/debug/ocellus-trainer stays the libtorch build.
 cargo test --locked -p ocellus-operator --features e2e --test e2e --no-fail-fast
 
+log "running the demo (hack/demo.sh, the main job) in short: 3 epochs, then --exit"
+cargo test --locked -p ocellus-tests --features demo --test demo --no-fail-fast
+
 log_disk
 # Lints last, so that a failing test is reported first. Clippy ships with rustup's default
 # profile; a toolchain without it skips this step (it cannot be installed offline).
 if cargo clippy --version >/dev/null 2>&1; then
   log "clippy (warnings are errors)"
-  cargo clippy --locked --workspace --all-targets --features ocellus-trainer/torch,ocellus-predictor/torch,ocellus-operator/e2e -- -D warnings
+  cargo clippy --locked --workspace --all-targets --features ocellus-trainer/torch,ocellus-predictor/torch,ocellus-operator/e2e,ocellus-tests/demo -- -D warnings
 else
   log "clippy is not installed with this toolchain: lints skipped"
 fi

@@ -205,6 +205,9 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         let ns = c.namespace(&client, "e2e").await.expect("namespace");
         s3_secret(&client, &ns).await;
         let operator = start_operator(&c, &s3, "a");
+        // Status snapshots for the GitOps health fixtures (tests/fixtures/status/), when asked.
+        let recorder = std::env::var_os("OCELLUS_STATUS_FIXTURES")
+            .map(|d| tokio::spawn(ocellus_tests::status::record(client.clone(), ns.clone(), d.into())));
 
         examples(&dir.join("examples"));
         stdout_ok(&c.kubectl(&["apply", "-n", &ns, "--validate=false", "-f", &dir.join("examples").display().to_string()]));
@@ -272,6 +275,11 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
             (st.phase == ExportPhase::Succeeded).then_some(e)
         })
         .await;
+        // Applied together with the TrainingJob, the Export waited for it to finish: it serves
+        // the run's final `best`, not an early epoch's.
+        let export_started = ex.status.as_ref().and_then(|s| s.job.start_time.clone()).expect("export start");
+        let trained = tj.status.as_ref().and_then(|s| s.job.completion_time.clone()).expect("training end");
+        assert!(export_started.0 >= trained.0, "the export started at {:?}, before training ended at {:?}", export_started.0, trained.0);
         let artifact = ex.status.clone().and_then(|s| s.artifact).expect("artifact");
         let key = artifact.uri.strip_prefix(&format!("s3://{BUCKET}/")).expect("platform bucket");
         let bytes = Store::new(&s3.config(), BUCKET).get(key).await.expect("artifact in S3");
@@ -329,6 +337,9 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         let s3_endpoint = s3.endpoint().to_string();
         let serve = Serve { artifact_uri: &artifact.uri, sha256: &artifact.sha256, jpeg: &samples[0].jpeg, s3_endpoint: &s3_endpoint, archive: &archive };
         serving(&c, &client, &ns, serve).await;
+        if let Some(r) = recorder {
+            r.abort();
+        }
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
@@ -455,6 +466,13 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
         .await
         .expect("query key");
     assert_eq!(query_form.status(), 200, "the api_key query parameter is accepted");
+    // The Ultralytics SDK lists the namespace's ModelDeployments and predicts through one.
+    let sdk = ultralytics_sdk_predict(&gw, &key, jpeg);
+    assert!(sdk["names"].as_array().is_some_and(|n| n.contains(&serde_json::json!("shapes"))), "{sdk}");
+    assert_eq!(sdk["one"]["status"], "ready", "{sdk}");
+    assert_eq!(sdk["one"]["serviceUrl"], format!("{}/{ns}/shapes", gw.url()));
+    assert_eq!(sdk["predicted"]["metadata"]["task"], "detect", "{sdk}");
+    assert_eq!(sdk["predicted"]["images"][0]["results"], direct["images"][0]["results"], "{sdk}");
     let started = |p: &Pod| {
         let s = p.status.clone()?;
         let running = s.container_statuses?.first()?.state.clone()?.running?.started_at?.0;
@@ -679,6 +697,23 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     })
     .await;
     assert!(cond.message.as_deref().is_some_and(|m| m.contains("nvidia.com/gpu")), "{cond:?}");
+
+    // A model the platform cannot fetch yet (https): Failed at once, saying so, with no pods.
+    let remote: ModelDeployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ocellus.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "remote"},
+        "spec": {"model": {"uri": "https://models.example.com/shapes.onnx", "format": "onnx"}},
+    }))
+    .expect("md");
+    mds.create(&PostParams::default(), &remote).await.expect("create");
+    let failed = eventually("remote Failed", Duration::from_secs(30), || async {
+        let st = mds.get("remote").await.ok()?.status?;
+        (st.phase == DeploymentPhase::Failed).then_some(st)
+    })
+    .await;
+    let stalled = failed.common.conditions.iter().find(|c| c.type_ == "Stalled" && c.is_true()).expect("Stalled");
+    assert!(stalled.message.as_deref().is_some_and(|m| m.contains("https:// is planned")), "{stalled:?}");
+    assert!(Api::<Deployment>::namespaced(client.clone(), ns).get_opt("remote").await.expect("get").is_none());
 }
 
 /// A TrainingJob suspended while it trains and resumed: the attempt's pod saves `last` on SIGTERM
@@ -768,12 +803,28 @@ while True:
         break
     assert time.time() < deadline, d
     time.sleep(1)
+# An archive with no images: the ingest fails, and the dataset says why.
+import io, zipfile
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w") as z:
+    z.writestr("notes/readme.txt", "no images here")
+broken = p.datasets.create(dataset="sdk-broken", name="broken")
+url = p.upload.signed_url(body={"assetType": "datasets", "assetId": broken["id"], "filename": "broken.zip"})
+assert httpx.put(url["uploadUrl"], content=buf.getvalue()).status_code in (200, 204)
+p.datasets.ingest(owner, "sdk-broken", body={"sessionId": url["sessionId"]})
+while True:
+    b = p.datasets.retrieve(owner, "sdk-broken")["dataset"]
+    if b["status"] != "processing":
+        break
+    assert time.time() < deadline, b
+    time.sleep(1)
+assert b["status"] == "failed" and b["processingError"]["message"], b
 try:
     p.datasets.retrieve("another-workspace", "sdk-shapes")
     raise SystemExit("another workspace's dataset was answered")
 except APIError as e:
     assert getattr(e, "status_code", None) == 404, e
-print(json.dumps({"owner": owner, "dataset": d, "list": p.datasets.list(owner)}))
+print(json.dumps({"owner": owner, "dataset": d, "broken": b, "list": p.datasets.list(owner)}))
 "#;
 
 async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, archive: &std::path::Path) {
@@ -793,6 +844,8 @@ async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, arc
     assert_eq!(d["imageCount"], 40, "{d}");
     assert_eq!(d["classNames"], serde_json::json!(fixtures::SHAPES), "{d}");
     assert_eq!(d["splits"]["labeled"], 40);
+    let why = v["broken"]["processingError"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("image"), "the failed ingest's message: {}", v["broken"]);
     assert!(v["list"]["datasets"].as_array().expect("list").iter().any(|x| x["dataset"] == "sdk-shapes"), "{v}");
     // On the cluster: a Dataset with the upload as its source, marked as the apiserver's.
     let ds = Api::<Dataset>::namespaced(client.clone(), ns).get("sdk-shapes").await.expect("dataset");
@@ -800,4 +853,35 @@ async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, arc
     assert!(objects.len() == 1 && objects[0].ends_with("/shapes.zip"), "{objects:?}");
     assert_eq!(ds.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("ocellus-apiserver"));
     assert_eq!(ds.status.as_ref().map(|s| s.phase), Some(DatasetPhase::Ready));
+}
+
+/// `deployments.list`, `retrieve` and `predict` of the Ultralytics SDK, at `conf` 0.01 (as the
+/// direct call above).
+const SDK_DEPLOY_SCRIPT: &str = r#"
+import json, os, sys
+from ultralytics_platform import Platform
+
+p = Platform(base_url=os.environ["ULTRALYTICS_PLATFORM_URL"], api_key=os.environ["ULTRALYTICS_API_KEY"])
+owner = p.account.summary()["username"]
+names = [d["deployment"] for d in p.deployments.list(owner)["deployments"]]
+one = p.deployments.retrieve(owner, "shapes")["deployment"]
+with open(sys.argv[1], "rb") as f:
+    predicted = p.deployments.predict(owner, "shapes", body={"file": f, "conf": 0.01}, timeout=300)
+print(json.dumps({"names": names, "one": one, "predicted": predicted}))
+"#;
+
+fn ultralytics_sdk_predict(gw: &Process, key: &str, jpeg: &[u8]) -> serde_json::Value {
+    let image = std::env::temp_dir().join(format!("ocellus-e2e-sdk-{}.jpg", std::process::id()));
+    std::fs::write(&image, jpeg).expect("image");
+    let out = std::process::Command::new(ocellus_tests::require_tool("ocellus-python"))
+        .args(["-c", SDK_DEPLOY_SCRIPT, &image.display().to_string()])
+        .env("ULTRALYTICS_PLATFORM_URL", gw.url())
+        .env("ULTRALYTICS_API_KEY", key)
+        .env("YOLO_CONFIG_DIR", std::env::temp_dir())
+        .output()
+        .expect("python");
+    let _ = std::fs::remove_file(&image);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).expect("the script's JSON")
 }

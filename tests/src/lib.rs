@@ -40,6 +40,8 @@ pub mod manifests;
 #[cfg(feature = "cluster")]
 pub mod node;
 pub mod proc;
+#[cfg(feature = "cluster")]
+pub mod status;
 
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut f: F) -> T
