@@ -827,9 +827,11 @@ except APIError as e:
 print(json.dumps({"owner": owner, "dataset": d, "broken": b, "list": p.datasets.list(owner)}))
 "#;
 
-async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, archive: &std::path::Path) {
+/// Runs a Python `script` of the Ultralytics SDK against the apiserver `gw` with `key`, `arg`
+/// as its argument; what it prints is JSON.
+fn run_sdk(script: &str, arg: &std::path::Path, gw: &Process, key: &str) -> serde_json::Value {
     let out = std::process::Command::new(ocellus_tests::require_tool("ocellus-python"))
-        .args(["-c", SDK_DATASET_SCRIPT, &archive.display().to_string()])
+        .args(["-c", script, &arg.display().to_string()])
         .env("ULTRALYTICS_PLATFORM_URL", gw.url())
         .env("ULTRALYTICS_API_KEY", key)
         .env("YOLO_CONFIG_DIR", std::env::temp_dir())
@@ -837,7 +839,11 @@ async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, arc
         .expect("python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
+    serde_json::from_str(stdout.trim()).expect("the script's JSON")
+}
+
+async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, archive: &std::path::Path) {
+    let v = run_sdk(SDK_DATASET_SCRIPT, archive, gw, key);
     assert_eq!(v["owner"], ns);
     let d = &v["dataset"];
     assert_eq!(d["status"], "ready", "{d}");
@@ -873,15 +879,7 @@ print(json.dumps({"names": names, "one": one, "predicted": predicted}))
 fn ultralytics_sdk_predict(gw: &Process, key: &str, jpeg: &[u8]) -> serde_json::Value {
     let image = std::env::temp_dir().join(format!("ocellus-e2e-sdk-{}.jpg", std::process::id()));
     std::fs::write(&image, jpeg).expect("image");
-    let out = std::process::Command::new(ocellus_tests::require_tool("ocellus-python"))
-        .args(["-c", SDK_DEPLOY_SCRIPT, &image.display().to_string()])
-        .env("ULTRALYTICS_PLATFORM_URL", gw.url())
-        .env("ULTRALYTICS_API_KEY", key)
-        .env("YOLO_CONFIG_DIR", std::env::temp_dir())
-        .output()
-        .expect("python");
+    let v = run_sdk(SDK_DEPLOY_SCRIPT, &image, gw, key);
     let _ = std::fs::remove_file(&image);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.trim()).expect("the script's JSON")
+    v
 }

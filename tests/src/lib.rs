@@ -83,3 +83,13 @@ pub fn run_json_cli(bin: &std::path::Path, args: &[&str], s3: &s3::S3Server) -> 
 
 pub mod fixtures;
 pub mod s3;
+
+/// Waits for Ctrl-C or SIGTERM (how the foreground tools are stopped).
+pub async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

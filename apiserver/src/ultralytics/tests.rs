@@ -23,6 +23,28 @@ struct Fixture {
     b_editor: PlaintextKey,
 }
 
+/// The routes' state over `cluster`, with `gateway` for predictions.
+fn state(cluster: &Arc<MemoryCluster>, gateway: Option<Router>, platform_bucket: Option<&str>) -> UltralyticsApi {
+    UltralyticsApi {
+        datasets: cluster.store(),
+        deployments: cluster.deployment_store(),
+        gateway,
+        recent: Arc::new(Recent::default()),
+        cluster: cluster.clone(),
+        uploads: None,
+        platform_bucket: platform_bucket.map(String::from),
+        synced: Arc::new(AtomicBool::new(true)),
+    }
+}
+
+/// The shared API state with one editor key of `ns`.
+fn api_with(key: &PlaintextKey, ns: &str) -> ApiState {
+    let keys = Keys::from_index(KeyIndex::from_records([KeyRecord::new(key, ns, Role::Editor, "a", Utc::now())]));
+    let limiter = RateLimiter::new(Limits::default(), 10);
+    ApiState::new(keys, Arc::new(MemorySecrets::new()), "rel".into(), limiter, &prometheus::Registry::new())
+        .expect("state")
+}
+
 fn fixture() -> Fixture {
     let (a_editor, a_viewer, b_editor) =
         (PlaintextKey::from_bytes([1; 20]), PlaintextKey::from_bytes([2; 20]), PlaintextKey::from_bytes([3; 20]));
@@ -35,16 +57,7 @@ fn fixture() -> Fixture {
     let limiter = RateLimiter::new(Limits::with_overrides("upload=unlimited").expect("limits"), 100);
     let api = ApiState::new(keys, Arc::new(MemorySecrets::new()), "rel".into(), limiter, &registry).expect("state");
     let cluster = Arc::new(MemoryCluster::default());
-    let ul = UltralyticsApi {
-        datasets: cluster.store(),
-        deployments: cluster.deployment_store(),
-        gateway: None,
-        recent: Arc::new(Recent::default()),
-        cluster: cluster.clone(),
-        uploads: None,
-        platform_bucket: Some("ocellus".into()),
-        synced: Arc::new(AtomicBool::new(true)),
-    };
+    let ul = state(&cluster, None, Some("ocellus"));
     let app = api.router_with(ul.router(&api));
     Fixture { app, cluster, a_editor, a_viewer, b_editor }
 }
@@ -280,26 +293,7 @@ async fn gateway_paths_still_reach_the_gateway_beside_these_routes() {
     let (gateway, _wakes) = crate::Gateway::new(crate::gateway::GatewayConfig::default(), &registry).expect("gateway");
     gateway.index().mark_synced();
     let health = ocellus_common::Health::new(registry);
-    let keys =
-        Keys::from_index(KeyIndex::from_records([KeyRecord::new(&f.a_editor, "demo", Role::Editor, "a", Utc::now())]));
-    let api = ApiState::new(
-        keys,
-        Arc::new(MemorySecrets::new()),
-        "rel".into(),
-        RateLimiter::new(Limits::default(), 10),
-        &prometheus::Registry::new(),
-    )
-    .expect("state");
-    let ul = UltralyticsApi {
-        datasets: f.cluster.store(),
-        deployments: f.cluster.deployment_store(),
-        gateway: None,
-        recent: Arc::new(Recent::default()),
-        cluster: f.cluster.clone(),
-        uploads: None,
-        platform_bucket: None,
-        synced: Arc::new(AtomicBool::new(true)),
-    };
+    let (api, ul) = (api_with(&f.a_editor, "demo"), state(&f.cluster, None, None));
     let app = crate::app_with_apis(crate::AppState { health, gateway }, api, ul);
     for path in ["/demo/shapes/predict", "/api2/shapes/predict", "/datasets/x/predict"] {
         let req = Request::post(path)
@@ -371,31 +365,7 @@ async fn a_prediction_is_handed_to_the_gateway_under_the_deployment_path() {
             axum::Json(json!({"uri": req.uri().to_string(), "auth": auth}))
         }),
     );
-    let keys = Keys::from_index(KeyIndex::from_records([KeyRecord::new(
-        &f.a_editor,
-        "team-a",
-        Role::Editor,
-        "a",
-        Utc::now(),
-    )]));
-    let api = ApiState::new(
-        keys,
-        Arc::new(MemorySecrets::new()),
-        "rel".into(),
-        RateLimiter::new(Limits::default(), 10),
-        &prometheus::Registry::new(),
-    )
-    .expect("state");
-    let ul = UltralyticsApi {
-        datasets: f.cluster.store(),
-        deployments: f.cluster.deployment_store(),
-        gateway: Some(gateway),
-        recent: Arc::new(Recent::default()),
-        cluster: f.cluster.clone(),
-        uploads: None,
-        platform_bucket: None,
-        synced: Arc::new(AtomicBool::new(true)),
-    };
+    let (api, ul) = (api_with(&f.a_editor, "team-a"), state(&f.cluster, Some(gateway), None));
     let app = api.router_with(ul.router(&api));
     let (s, echoed) =
         call(&app, "POST", "/api/deployments/team-a/shapes/predict?conf=0.3", &f.a_editor, Some(json!({}))).await;

@@ -91,14 +91,7 @@ fn main() -> Result<()> {
             "the platform keeps running (kubectl --kubeconfig {}); Ctrl-C stops it",
             args.out.join("kubeconfig").display()
         ));
-        cluster.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            Ok::<_, std::io::Error>(())
-        })?;
+        cluster.block_on(ocellus_tests::stop_signal())?;
     }
     say("stopping the cluster and the S3 server");
     drop(cluster);

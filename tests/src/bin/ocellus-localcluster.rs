@@ -44,14 +44,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::copy(cluster.kubeconfig(), &tmp)?;
     std::fs::rename(&tmp, &args.kubeconfig)?;
     say(&format!("ready: kubeconfig {} (cluster {})", args.kubeconfig.display(), cluster.id()));
-    cluster.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        Ok::<_, std::io::Error>(())
-    })?;
+    cluster.block_on(ocellus_tests::stop_signal())?;
     say("stopping");
     drop(cluster);
     let _ = std::fs::remove_file(&args.kubeconfig);
