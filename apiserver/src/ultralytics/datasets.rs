@@ -37,11 +37,14 @@ pub const MAX_LIMIT: usize = 1000;
 
 pub(super) fn routes() -> Router<UltralyticsApi> {
     Router::new()
-        .route("/api/datasets", get(list_own).post(create))
-        .route("/api/datasets/ingest", post(ingest_by_id))
-        .route("/api/datasets/{owner}", get(list_or_retrieve_by_id).delete(delete_by_id))
-        .route("/api/datasets/{owner}/{dataset}", get(retrieve).delete(delete))
-        .route("/api/datasets/{owner}/{dataset}/ingest", post(ingest))
+        .route("/api/datasets", get(list_own).post(create).fallback(super::compat::fallback))
+        .route("/api/datasets/ingest", post(ingest_by_id).fallback(super::compat::fallback))
+        .route(
+            "/api/datasets/{owner}",
+            get(list_or_retrieve_by_id).delete(delete_by_id).fallback(super::compat::fallback),
+        )
+        .route("/api/datasets/{owner}/{dataset}", get(retrieve).delete(delete).fallback(super::compat::fallback))
+        .route("/api/datasets/{owner}/{dataset}/ingest", post(ingest).fallback(super::compat::fallback))
 }
 
 /// A dataset as lists and `retrieve` show it.

@@ -28,9 +28,9 @@ use crate::api::{Action, ApiError, Principal};
 
 pub(super) fn routes() -> Router<UltralyticsApi> {
     Router::new()
-        .route("/api/deployments/{owner}", get(list))
-        .route("/api/deployments/{owner}/{deployment}", get(retrieve))
-        .route("/api/deployments/{owner}/{deployment}/predict", post(predict))
+        .route("/api/deployments/{owner}", get(list).fallback(super::compat::fallback))
+        .route("/api/deployments/{owner}/{deployment}", get(retrieve).fallback(super::compat::fallback))
+        .route("/api/deployments/{owner}/{deployment}/predict", post(predict).fallback(super::compat::fallback))
 }
 
 /// A deployment as lists and `retrieve` show it.

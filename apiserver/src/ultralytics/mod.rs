@@ -14,6 +14,7 @@
 //! [`Cluster`]: the Kubernetes API in the binary, memory in unit tests.
 
 pub mod cluster;
+pub mod compat;
 pub mod datasets;
 pub mod deployments;
 pub mod upload;
@@ -70,7 +71,8 @@ impl UltralyticsApi {
     /// The routes, behind `api`'s authentication and rate limits.
     pub fn router(&self, api: &ApiState) -> Router {
         let routes = Router::new()
-            .route("/api/account/summary", get(account_summary))
+            .route("/api/account/summary", get(account_summary).fallback(compat::fallback))
+            .route("/api/{*rest}", axum::routing::any(compat::fallback))
             .merge(datasets::routes())
             .merge(deployments::routes())
             .merge(upload::routes())

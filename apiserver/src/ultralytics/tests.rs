@@ -373,3 +373,27 @@ async fn a_prediction_is_handed_to_the_gateway_under_the_deployment_path() {
     assert_eq!(echoed["uri"], "/team-a/shapes/predict?conf=0.3");
     assert_eq!(echoed["auth"], true, "the gateway checks the key itself (and removes it)");
 }
+
+#[tokio::test]
+async fn routes_the_platform_has_and_ocellus_does_not_answer_in_the_error_shape() {
+    let f = fixture();
+    for (method, uri, status) in [
+        ("GET", "/api/projects/team-a", StatusCode::NOT_IMPLEMENTED),
+        ("POST", "/api/training/start", StatusCode::NOT_IMPLEMENTED),
+        ("GET", "/api/billing/usage-summary", StatusCode::NOT_IMPLEMENTED),
+        ("GET", "/api/trash", StatusCode::NOT_IMPLEMENTED),
+        ("GET", "/api/datasets/team-a/x/class-stats", StatusCode::NOT_IMPLEMENTED),
+        // A served path, another method: creating and changing deployments.
+        ("POST", "/api/deployments/team-a", StatusCode::NOT_IMPLEMENTED),
+        ("PATCH", "/api/deployments/team-a/d", StatusCode::NOT_IMPLEMENTED),
+        ("PATCH", "/api/datasets/team-a/x", StatusCode::NOT_IMPLEMENTED),
+        ("GET", "/api/nothing-like-it", StatusCode::NOT_FOUND),
+    ] {
+        let (s, e) = call(&f.app, method, uri, &f.a_viewer, None).await;
+        assert_eq!(s, status, "{method} {uri}: {e}");
+        assert!(e["error"].is_string() && e["code"].is_string(), "{method} {uri}: {e}");
+    }
+    // Behind authentication, like every route.
+    let r = f.app.clone().oneshot(Request::get("/api/projects/team-a").body(Body::empty()).expect("r")).await;
+    assert_eq!(r.expect("call").status(), StatusCode::UNAUTHORIZED);
+}

@@ -58,7 +58,9 @@ impl Uploads {
 }
 
 pub(super) fn routes() -> Router<UltralyticsApi> {
-    Router::new().route("/api/upload/signed-url", post(signed_url)).route("/api/upload/complete", post(complete))
+    Router::new()
+        .route("/api/upload/signed-url", post(signed_url).fallback(super::compat::fallback))
+        .route("/api/upload/complete", post(complete).fallback(super::compat::fallback))
 }
 
 /// Where a dataset's uploads live: `<namespace>/datasets/<dataset>/uploads/`, the prefix the

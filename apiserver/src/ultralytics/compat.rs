@@ -1,0 +1,105 @@
+//! What the Ultralytics Platform serves and Ocellus does not: every other `/api/...` request is
+//! answered in the API's error shape, never with an empty 404 or 405. [`TABLE`] is the
+//! compatibility table (docs/ultralytics-compatibility.md lists it; a test keeps them equal).
+
+use axum::extract::Request;
+
+use crate::api::{ApiError, Principal};
+
+/// Why a platform route is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// On the way (issue #13): the platform's projects, models, training and exports.
+    Planned,
+    /// A feature of the hosted platform that a self-hosted one does not have.
+    NotOffered,
+}
+
+/// The platform's routes that Ocellus answers 501, by path prefix (after `/api/`), with the
+/// family's name and why.
+pub const TABLE: &[(&str, &str, Gap)] = &[
+    ("projects", "projects", Gap::Planned),
+    ("models", "models (training runs, files, exports, predictions by model)", Gap::Planned),
+    ("training", "training (start)", Gap::Planned),
+    ("exports", "exports", Gap::Planned),
+    ("webhooks", "training callbacks of the `ultralytics` package", Gap::Planned),
+    ("images", "dataset images and labels", Gap::Planned),
+    ("billing", "billing", Gap::NotOffered),
+    ("explore", "explore (public search)", Gap::NotOffered),
+    ("workflows", "agents (workflows)", Gap::NotOffered),
+    ("trash", "trash", Gap::NotOffered),
+    ("users", "user profiles and follows", Gap::NotOffered),
+    ("storage", "storage usage", Gap::NotOffered),
+    ("activity", "activity feed", Gap::NotOffered),
+    ("integrations", "Roboflow import", Gap::NotOffered),
+];
+
+/// Sub-resources of served families that are not served, by path suffix.
+pub const SUFFIXES: &[(&str, &str, Gap)] = &[
+    ("/class-stats", "dataset class statistics", Gap::Planned),
+    ("/export", "dataset export (NDJSON download)", Gap::Planned),
+    ("/images", "dataset images", Gap::Planned),
+    ("/embeddings", "dataset embeddings", Gap::NotOffered),
+    ("/clone", "dataset clone", Gap::Planned),
+    ("/health", "deployment health", Gap::Planned),
+    ("/logs", "deployment logs", Gap::Planned),
+    ("/metrics", "deployment metrics", Gap::Planned),
+];
+
+/// The answer to an `/api/...` request no route serves (pure).
+pub fn answer(method: &str, path: &str) -> ApiError {
+    let rest = path.strip_prefix("/api/").unwrap_or(path);
+    let family = rest.split('/').next().unwrap_or_default();
+    let gap = TABLE.iter().find(|(prefix, _, _)| *prefix == family).map(|(_, what, gap)| (*what, *gap)).or_else(|| {
+        let trimmed = rest.trim_end_matches('/');
+        SUFFIXES
+            .iter()
+            .find(|(s, _, _)| trimmed.ends_with(s) || trimmed.contains(&format!("{s}/")))
+            .map(|(_, w, g)| (*w, *g))
+    });
+    match gap {
+        Some((what, Gap::Planned)) => ApiError::NotImplemented { what: format!("{method} {path}: {what} (planned)") },
+        Some((what, Gap::NotOffered)) => {
+            ApiError::NotImplemented { what: format!("{method} {path}: {what} (a hosted-platform feature)") }
+        }
+        // A served path with another method: say which methods are (e.g. creating deployments).
+        None if ["datasets", "deployments", "upload", "account", "api-keys"].contains(&family) => {
+            ApiError::NotImplemented { what: format!("{method} {path}") }
+        }
+        None => ApiError::NotFound(format!("route {method} {path}")),
+    }
+}
+
+/// Every `/api/...` request that no other route takes (behind authentication, like them).
+pub async fn fallback(_principal: Principal, req: Request) -> ApiError {
+    answer(req.method().as_str(), req.uri().path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unserved_routes_say_why() {
+        let msg = |m: &str, p: &str| answer(m, p).to_string();
+        assert!(msg("GET", "/api/projects/team-a").contains("projects (planned)"));
+        assert!(msg("POST", "/api/training/start").contains("(planned)"));
+        assert!(msg("GET", "/api/billing/transactions").contains("hosted-platform"));
+        assert!(msg("GET", "/api/datasets/team-a/shapes/class-stats").contains("class statistics (planned)"));
+        assert!(msg("GET", "/api/deployments/team-a/d/logs").contains("deployment logs"));
+        assert!(matches!(answer("POST", "/api/deployments/team-a"), ApiError::NotImplemented { .. }));
+        assert!(matches!(answer("GET", "/api/no-such-thing"), ApiError::NotFound(_)));
+    }
+}
+
+#[cfg(test)]
+mod doc_tests {
+    #[test]
+    fn the_compatibility_table_in_the_docs_lists_every_gap() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ultralytics-compatibility.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/ultralytics-compatibility.md");
+        for (_, what, _) in super::TABLE.iter().chain(super::SUFFIXES) {
+            assert!(doc.contains(&format!("| {what} |")), "docs/ultralytics-compatibility.md lacks {what:?}");
+        }
+    }
+}
