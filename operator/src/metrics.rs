@@ -1,7 +1,7 @@
 //! Prometheus metrics of the controllers: reconciles, their duration and errors, by controller
 //! and error kind. No object names in labels: their number is unbounded.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// The controllers' metrics.
 #[derive(Clone, Debug)]
@@ -16,6 +16,10 @@ pub struct Metrics {
     pub scale_decisions: IntCounterVec,
     /// Replica changes the autoscaler made, by direction.
     pub scale_changes: IntCounterVec,
+    /// Ocellus resources by kind and phase (a census of the watch caches).
+    pub resources: IntGaugeVec,
+    /// Training epochs completed, as TrainingJob statuses report them.
+    pub epochs: IntCounter,
 }
 
 impl Metrics {
@@ -50,7 +54,14 @@ impl Metrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(scale_decisions.clone()))?;
         registry.register(Box::new(scale_changes.clone()))?;
-        Ok(Metrics { reconciles, duration, errors, scale_decisions, scale_changes })
+        let resources = IntGaugeVec::new(
+            Opts::new("ocellus_resources", "Ocellus resources, by kind and phase"),
+            &["kind", "phase"],
+        )?;
+        let epochs = IntCounter::new("ocellus_training_epochs_total", "Training epochs completed by TrainingJobs")?;
+        registry.register(Box::new(resources.clone()))?;
+        registry.register(Box::new(epochs.clone()))?;
+        Ok(Metrics { reconciles, duration, errors, scale_decisions, scale_changes, resources, epochs })
     }
 
     /// Counts a reconcile of `controller` and returns a timer that records its duration on drop.
@@ -64,6 +75,37 @@ impl Metrics {
         self.scale_decisions.with_label_values(&[reason]).inc();
     }
 
+    /// Replaces the census of `kind`: how many objects are in each phase.
+    pub fn census(&self, kind: &str, phases: impl Iterator<Item = String>) {
+        let mut counts = std::collections::BTreeMap::<String, i64>::new();
+        for p in phases {
+            *counts.entry(p).or_default() += 1;
+        }
+        // Phases no object is in any more read 0 rather than their last count.
+        for (labels, _) in self.resources_of(kind) {
+            if !counts.contains_key(labels.as_str()) {
+                self.resources.with_label_values(&[kind, &labels]).set(0);
+            }
+        }
+        for (phase, n) in counts {
+            self.resources.with_label_values(&[kind, &phase]).set(n);
+        }
+    }
+
+    fn resources_of(&self, kind: &str) -> Vec<(String, i64)> {
+        use prometheus::core::Collector;
+        self.resources
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.name() == "kind" && l.value() == kind))
+            .filter_map(|m| {
+                let phase = m.get_label().iter().find(|l| l.name() == "phase")?.value().to_string();
+                Some((phase, m.get_gauge().get_value() as i64))
+            })
+            .collect()
+    }
+
     /// Counts a replica change (`up` or `down`).
     pub fn scaled(&self, direction: &str) {
         self.scale_changes.with_label_values(&[direction]).inc();
@@ -72,5 +114,23 @@ impl Metrics {
     /// Counts a failed reconcile.
     pub fn error(&self, controller: &str, kind: &str) {
         self.errors.with_label_values(&[controller, kind]).inc();
+    }
+}
+
+#[cfg(test)]
+mod census_tests {
+    use super::*;
+
+    #[test]
+    fn a_census_counts_by_phase_and_zeroes_phases_left_empty() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).expect("metrics");
+        m.census("TrainingJob", ["Running", "Running", "Pending"].into_iter().map(String::from));
+        let get = |phase: &str| m.resources.with_label_values(&["TrainingJob", phase]).get();
+        assert_eq!((get("Running"), get("Pending")), (2, 1));
+        m.census("TrainingJob", ["Succeeded", "Running"].into_iter().map(String::from));
+        assert_eq!((get("Running"), get("Pending"), get("Succeeded")), (1, 0, 1));
+        let text = ocellus_common::render_metrics(&registry).expect("render");
+        assert!(text.contains(r#"ocellus_resources{kind="TrainingJob",phase="Succeeded"} 1"#), "{text}");
     }
 }

@@ -102,7 +102,42 @@ pub async fn run(
                 .map(|md| ObjectRef::from(md.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .graceful_shutdown_on(shutdown);
+        .graceful_shutdown_on(shutdown.clone());
+
+    // A census of the caches every 10 s: ocellus_resources{kind, phase}.
+    let census = {
+        let (ctx, ds, tj, ex, md) =
+            (ctx.clone(), datasets.clone(), trainingjobs.clone(), export_store.clone(), serving.deployments.clone());
+        async move {
+            let count = async {
+                loop {
+                    let m = &ctx.metrics;
+                    let phase = |p: Option<String>| p.unwrap_or_else(|| "None".into());
+                    m.census(
+                        "Dataset",
+                        ds.state().iter().map(|o| phase(o.status.as_ref().map(|s| format!("{:?}", s.phase)))),
+                    );
+                    m.census(
+                        "TrainingJob",
+                        tj.state().iter().map(|o| phase(o.status.as_ref().map(|s| format!("{:?}", s.phase)))),
+                    );
+                    m.census(
+                        "Export",
+                        ex.state().iter().map(|o| phase(o.status.as_ref().map(|s| format!("{:?}", s.phase)))),
+                    );
+                    m.census(
+                        "ModelDeployment",
+                        md.state().iter().map(|o| phase(o.status.as_ref().map(|s| format!("{:?}", s.phase)))),
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                }
+            };
+            tokio::select! {
+                _ = count => {}
+                _ = shutdown => {}
+            }
+        }
+    };
 
     let tj_for_exports = trainingjobs.clone();
     let stores = Arc::new(training_job::Stores { datasets: datasets.clone(), trainingjobs });
@@ -159,5 +194,5 @@ pub async fn run(
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    tokio::join!(ds_run, tj_run, ex_run, md_run);
+    tokio::join!(ds_run, tj_run, ex_run, md_run, census);
 }

@@ -231,3 +231,116 @@ fn the_bootstrap_api_key_is_passed_by_reference_and_can_be_turned_off() {
     let env = api["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env").clone();
     assert!(!env.iter().any(|e| e["name"] == "OCELLUS_BOOTSTRAP_API_KEY"));
 }
+
+/// Metric names the components register: string literals `ocellus_...` in their sources, and the
+/// predictor's names under its registry prefix `ocellus_predictor_`.
+fn exported_metrics() -> std::collections::BTreeSet<String> {
+    let root = ocellus_tests::repo_root();
+    let mut names = std::collections::BTreeSet::new();
+    let mut files = vec![];
+    for dir in ["operator/src", "apiserver/src", "common/src"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("dir").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map(String::from).collect()
+    };
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read");
+        for w in text.split('"').skip(1).step_by(2) {
+            if w.starts_with("ocellus_") && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                names.insert(w.to_string());
+            }
+        }
+    }
+    let predictor = std::fs::read_to_string(root.join("predictor-image/src/metrics.rs")).expect("predictor metrics");
+    for w in predictor.split("::new(").skip(1) {
+        if let Some(name) = w
+            .trim_start()
+            .strip_prefix("Opts::new(")
+            .or(Some(w.trim_start()))
+            .and_then(|r| r.trim_start().strip_prefix('"'))
+        {
+            let name: String = name.chars().take_while(|c| *c != '"').collect();
+            if words(&name).len() == 1 && !name.is_empty() {
+                names.insert(format!("ocellus_predictor_{name}"));
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_that_a_component_exports() {
+    let exported = exported_metrics();
+    assert!(exported.contains("ocellus_predictor_request_duration_seconds"), "{exported:?}");
+    assert!(exported.contains("ocellus_operator_reconciles_total"), "{exported:?}");
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(ocellus_tests::repo_root().join("charts/ocellus/dashboards/ocellus.json"))
+            .expect("dashboard"),
+    )
+    .expect("json");
+    let mut queried = 0;
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("expr");
+            for w in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("ocellus_"))
+            {
+                let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| w.strip_suffix(s)).unwrap_or(w);
+                assert!(
+                    exported.contains(w) || exported.contains(base),
+                    "panel {:?} queries {w}, which no component exports",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried} metric references");
+}
+
+#[test]
+fn monitors_and_the_dashboard_render_when_enabled() {
+    let objects = render(&[
+        "--set",
+        "s3.existingSecret=my-s3",
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        "metrics.dashboard.enabled=true",
+    ]);
+    let kinds: Vec<(String, String)> = objects
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or_default().to_string(),
+                o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for name in ["rel-ocellus-operator", "rel-ocellus-apiserver", "rel-ocellus-predictors"] {
+        assert!(kinds.contains(&("PodMonitor".to_string(), name.to_string())), "{name} missing: {kinds:?}");
+    }
+    let cm = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "rel-ocellus-dashboard")
+        .expect("dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dash: Value =
+        serde_json::from_str(cm["data"]["ocellus.json"].as_str().expect("json")).expect("the dashboard parses");
+    assert_eq!(dash["uid"], "ocellus");
+    // Off by default: no Prometheus Operator CRDs needed.
+    let default = render(&["--set", "s3.existingSecret=my-s3"]);
+    assert!(!default.iter().any(|o| o["kind"] == "PodMonitor" || o["metadata"]["name"] == "rel-ocellus-dashboard"));
+}

@@ -728,6 +728,11 @@ async fn write_status(
         return Ok(());
     }
     apply_status(&ctx.client, tj, new, MANAGER).await?;
+    if let (Some(n), o) = (new.epoch, old.epoch.unwrap_or(0))
+        && n > o
+    {
+        ctx.metrics.epochs.inc_by((n - o) as u64);
+    }
     let phase_changed = new.phase != old.phase || tj.status.is_none();
     let reason_changed = headline(new) != headline(old);
     if phase_changed || reason_changed {
