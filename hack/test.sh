@@ -13,7 +13,7 @@ hack/setup.sh torch
 log "checking formatting (rustfmt.toml)"
 cargo fmt --all --check
 
-log "checking that the committed CRD YAML is up to date"
+log "checking that the committed CRD YAML and reference pages are up to date"
 cargo run -q --locked -p ocellus-crds --bin crdgen -- --check
 
 # Layers point one way: workloads and pure libraries never link Kubernetes (tests included).

@@ -5,6 +5,7 @@ pub mod common;
 pub mod dataset;
 pub mod export;
 pub mod model_deployment;
+pub mod reference;
 pub mod training_job;
 
 pub use common::*;
@@ -41,3 +42,6 @@ pub fn render_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml:
 
 /// The directories crdgen writes to, relative to the repository root.
 pub const OUTPUT_DIRS: [&str; 2] = ["crds/yaml", "charts/ocellus/crds"];
+
+/// Where [`reference::render`] pages go, one per kind (`<plural>.md`).
+pub const REFERENCE_DIR: &str = "docs/reference";

@@ -1,4 +1,5 @@
-//! Writes the CRD YAML into `crds/yaml/` and `charts/ocellus/crds/`.
+//! Writes the CRD YAML into `crds/yaml/` and `charts/ocellus/crds/`, and each kind's reference
+//! page into `docs/reference/`.
 //!
 //! `crdgen` writes the files; `crdgen --check` exits non-zero when a committed file differs.
 
@@ -17,15 +18,23 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        for dir in ocellus_crds::OUTPUT_DIRS {
-            let path = root.join(dir).join(file);
+        let page = ocellus_crds::reference::render(&crd);
+        let page_file = format!("{}.md", crd.spec.names.plural);
+        let outputs = ocellus_crds::OUTPUT_DIRS.iter().map(|dir| (*dir, file.to_string(), &yaml)).chain([(
+            ocellus_crds::REFERENCE_DIR,
+            page_file,
+            &page,
+        )]);
+        for (dir, file, content) in outputs {
+            let path = root.join(dir).join(&file);
             let current = std::fs::read_to_string(&path).unwrap_or_default();
-            if current == yaml {
+            if &current == content {
                 continue;
             }
             if check {
                 stale.push(path.display().to_string());
-            } else if let Err(e) = std::fs::create_dir_all(root.join(dir)).and_then(|_| std::fs::write(&path, &yaml)) {
+            } else if let Err(e) = std::fs::create_dir_all(root.join(dir)).and_then(|_| std::fs::write(&path, content))
+            {
                 eprintln!("crdgen: cannot write {}: {e}", path.display());
                 return ExitCode::FAILURE;
             } else {
