@@ -186,7 +186,65 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     let logs = ok(run("kubectl", &c, &["logs", "-n", "ocellus-system", "deploy/ocellus-apiserver"]));
     assert!(!logs.contains(&key[3..]), "the bootstrap key reached the apiserver's logs");
 
+    // An upgrade to changed values rolls the pods, keeps the bootstrap key, and is ready again.
+    let chart = root.join("charts/ocellus").display().to_string();
+    ok(run(
+        "helm",
+        &c,
+        &[
+            "upgrade",
+            "ocellus",
+            &chart,
+            "--skip-crds",
+            "-n",
+            "ocellus-system",
+            "--reuse-values",
+            "--set",
+            "apiserver.logLevel=debug",
+            "--set",
+            "operator.logLevel=debug",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+    ));
+    let env = ok(run(
+        "kubectl",
+        &c,
+        &[
+            "get",
+            "deploy",
+            "ocellus-apiserver",
+            "-n",
+            "ocellus-system",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[?(@.name=='OCELLUS_LOG')].value}",
+        ],
+    ));
+    assert_eq!(env.trim(), "debug", "the upgrade's values reached the pods");
+    let kept = ok(run(
+        "kubectl",
+        &c,
+        &["get", "secret", "ocellus-bootstrap-api-key", "-n", "ocellus-system", "-o", "jsonpath={.data.api-key}"],
+    ));
+    assert_eq!(b64(kept.trim()), key, "an upgrade replaced the bootstrap key");
+
+    // Uninstall leaves nothing of the release behind (the CRDs, installed apart, stay).
     ok(run("helm", &c, &["uninstall", "ocellus", "-n", "ocellus-system", "--wait", "--timeout", "60s"]));
     let left = ok(run("kubectl", &c, &["get", "pods", "-n", "ocellus-system", "-o", "name"]));
     assert_eq!(left.trim(), "", "pods left after uninstall");
+    let selector = "app.kubernetes.io/instance=ocellus";
+    for kind in [
+        "deployments,services,secrets,configmaps,serviceaccounts,roles,rolebindings",
+        "clusterroles,clusterrolebindings",
+    ] {
+        let orphans = ok(run("kubectl", &c, &["get", kind, "-A", "-l", selector, "-o", "name"]));
+        assert_eq!(orphans.trim(), "", "left after uninstall: {orphans}");
+    }
+    // What stays, on purpose: the hashed API key records (a reinstall keeps its keys).
+    let secrets =
+        ok(run("kubectl", &c, &["get", "secrets", "-n", "ocellus-system", "-l", "!ocellus.dev/api-key", "-o", "name"]));
+    assert!(secrets.lines().all(|s| s.starts_with("secret/default-token-")), "left after uninstall: {secrets}");
+    let crds = ok(run("kubectl", &c, &["get", "crd", "-o", "name"]));
+    assert!(crds.contains("datasets.ocellus.dev"), "uninstall removed the CRDs: {crds}");
 }
