@@ -180,15 +180,7 @@ async fn run(c: &LocalCluster, s3: &S3Server, args: &Args) -> Result<String> {
             "180s",
         ],
     )?;
-    let pods = Api::<Pod>::namespaced(client.clone(), SYSTEM);
-    let lp = ListParams::default().labels("app.kubernetes.io/component=apiserver");
-    let ip = pods
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .find_map(|p| p.status?.pod_ip)
-        .ok_or_else(|| anyhow!("the apiserver pod has no IP"))?;
+    let ip = pod_ip(&client, SYSTEM, "app.kubernetes.io/component=apiserver").await?;
     let base = format!("http://{ip}:8000");
     let secret = Api::<Secret>::namespaced(client.clone(), SYSTEM).get("ocellus-bootstrap-api-key").await?;
     let key = secret
@@ -243,15 +235,7 @@ async fn run(c: &LocalCluster, s3: &S3Server, args: &Args) -> Result<String> {
     };
     let cold_start_s = t.elapsed().as_secs_f64();
     say(&format!("cold start: the first request through the gateway answered in {cold_start_s:.1} s"));
-    let pods = Api::<Pod>::namespaced(client.clone(), NS);
-    let lp = ListParams::default().labels("ocellus.dev/kind=ModelDeployment,ocellus.dev/name=shapes");
-    let pod_ip = pods
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .find_map(|p| p.status?.pod_ip)
-        .ok_or_else(|| anyhow!("no predictor pod"))?;
+    let pod_ip = pod_ip(&client, NS, "ocellus.dev/kind=ModelDeployment,ocellus.dev/name=shapes").await?;
     let direct = predict(&http, &format!("http://{pod_ip}:8080/predict"), None, &held_out.jpeg).await?;
     let (dets, direct_dets) = (detections(&via_gateway), detections(&direct));
     let matches = same_detections(&dets, &direct_dets);
@@ -288,6 +272,12 @@ async fn run(c: &LocalCluster, s3: &S3Server, args: &Args) -> Result<String> {
     std::fs::write(args.out.join("report.md"), &text)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(text)
+}
+
+/// The IP of a pod of `namespace` matching `selector`.
+async fn pod_ip(client: &Client, namespace: &str, selector: &str) -> Result<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&ListParams::default().labels(selector)).await?;
+    pods.items.into_iter().find_map(|p| p.status?.pod_ip).ok_or_else(|| anyhow!("no pod with an IP matches {selector}"))
 }
 
 fn tempdir() -> Result<PathBuf> {
