@@ -37,5 +37,13 @@ fn the_demo_uploads_trains_exports_serves_and_reports() {
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(md.contains("mAP50-95") && md.contains("curl"), "{md}");
     assert!(!out.join("kubeconfig").exists(), "the kubeconfig of a stopped cluster is left behind");
+    // Nothing the cluster started outlives the demo (its processes carry the cluster's marker).
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let id = stderr
+        .lines()
+        .find_map(|l| l.split("local cluster ").nth(1)?.split_whitespace().next())
+        .expect("the cluster's id in the demo's output");
+    let left = ocellus_tests::proc::processes_with_marker(id);
+    assert!(left.is_empty(), "processes of the demo's cluster left running: {left:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
