@@ -108,7 +108,7 @@ pub struct MemoryCluster {
     store: Store<Dataset>,
     md_writer: Mutex<reflector::store::Writer<ocellus_crds::ModelDeployment>>,
     md_store: Store<ocellus_crds::ModelDeployment>,
-    next_uid: Mutex<u64>,
+    next_uid: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryCluster {
@@ -128,7 +128,7 @@ impl Default for MemoryCluster {
             store,
             md_writer: Mutex::new(md_writer),
             md_store,
-            next_uid: Mutex::new(1),
+            next_uid: std::sync::atomic::AtomicU64::new(1),
         }
     }
 }
@@ -174,11 +174,8 @@ impl Cluster for MemoryCluster {
             if self.get(&ns, &name).is_some() {
                 return Err(ApiError::Conflict(format!("dataset '{name}' already exists")));
             }
-            let uid = {
-                let mut n = self.next_uid.lock().expect("uid");
-                *n += 1;
-                format!("00000000-0000-4000-8000-{:012x}", *n)
-            };
+            let n = self.next_uid.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let uid = format!("00000000-0000-4000-8000-{n:012x}");
             dataset.metadata.uid = Some(uid);
             dataset.metadata.generation = Some(1);
             dataset.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));

@@ -9,8 +9,8 @@
 //! - deployments ([`deployments`]): the workspace's ModelDeployments, and predictions through
 //!   the gateway.
 //!
-//! Reads come from a reflector cache of Datasets, overlaid with this replica's own recent
-//! writes ([`Recent`]), so that a client reads what it just wrote. Writes go through
+//! Reads come from reflector caches of Datasets and ModelDeployments, the Datasets overlaid with
+//! this replica's own recent writes ([`Recent`]), so that a client reads what it just wrote. Writes go through
 //! [`Cluster`]: the Kubernetes API in the binary, memory in unit tests.
 
 pub mod cluster;
@@ -58,7 +58,7 @@ pub struct UltralyticsApi {
     pub uploads: Option<upload::Uploads>,
     /// The platform bucket: `sourceUrl`s in it must stay under the caller's namespace.
     pub platform_bucket: Option<String>,
-    /// Set once the Dataset watch has listed.
+    /// Set once the Dataset and ModelDeployment watches have both listed.
     pub synced: Arc<AtomicBool>,
 }
 

@@ -300,6 +300,11 @@ async fn json_of(r: reqwest::Response, what: &str) -> Result<Value> {
 /// signed URL, `PUT` (no credentials), complete, ingest, then poll until the operator is done.
 async fn upload(http: &reqwest::Client, base: &str, key: &str, archive: Vec<u8>) -> Result<Value> {
     let auth = format!("Bearer {key}");
+    // A JSON POST to the API with the key; its JSON answer.
+    let post = |path: &str, body: Value, what: &'static str| {
+        let req = http.post(format!("{base}{path}")).header("authorization", &auth).json(&body);
+        async move { json_of(req.send().await?, what).await }
+    };
     let owner = json_of(
         http.get(format!("{base}/api/account/summary")).header("authorization", &auth).send().await?,
         "summary",
@@ -308,23 +313,17 @@ async fn upload(http: &reqwest::Client, base: &str, key: &str, archive: Vec<u8>)
         .as_str()
         .unwrap_or(NS)
         .to_string();
-    let created = json_of(
-        http.post(format!("{base}/api/datasets"))
-            .header("authorization", &auth)
-            .json(&json!({"dataset": "shapes", "name": "Shapes", "task": "detect", "classNames": SHAPES}))
-            .send()
-            .await?,
+    let created = post(
+        "/api/datasets",
+        json!({"dataset": "shapes", "name": "Shapes", "task": "detect", "classNames": SHAPES}),
         "create dataset",
     )
     .await?;
     let size = archive.len();
-    let signed = json_of(
-        http.post(format!("{base}/api/upload/signed-url"))
-            .header("authorization", &auth)
-            .json(&json!({"assetType": "datasets", "assetId": created["id"], "filename": "shapes.zip",
-                          "contentType": "application/zip", "totalBytes": size}))
-            .send()
-            .await?,
+    let signed = post(
+        "/api/upload/signed-url",
+        json!({"assetType": "datasets", "assetId": created["id"], "filename": "shapes.zip",
+               "contentType": "application/zip", "totalBytes": size}),
         "signed URL",
     )
     .await?;
@@ -333,24 +332,8 @@ async fn upload(http: &reqwest::Client, base: &str, key: &str, archive: Vec<u8>)
     if !put.status().is_success() {
         bail!("PUT to the presigned URL: HTTP {}", put.status());
     }
-    json_of(
-        http.post(format!("{base}/api/upload/complete"))
-            .header("authorization", &auth)
-            .json(&json!({"sessionId": signed["sessionId"]}))
-            .send()
-            .await?,
-        "complete",
-    )
-    .await?;
-    json_of(
-        http.post(format!("{base}/api/datasets/{owner}/shapes/ingest"))
-            .header("authorization", &auth)
-            .json(&json!({"sessionId": signed["sessionId"]}))
-            .send()
-            .await?,
-        "ingest",
-    )
-    .await?;
+    post("/api/upload/complete", json!({"sessionId": signed["sessionId"]}), "complete").await?;
+    post(&format!("/api/datasets/{owner}/shapes/ingest"), json!({"sessionId": signed["sessionId"]}), "ingest").await?;
     say(&format!("uploaded shapes.zip ({} kB) through the REST API; ingesting", size / 1024));
     let d = until("the dataset ingested", Duration::from_secs(300), || async {
         let r = http.get(format!("{base}/api/datasets/{owner}/shapes")).header("authorization", &auth).send().await?;
