@@ -232,4 +232,25 @@ mod tests {
         assert!((e.map50 - 1.0).abs() < 1e-9);
         assert!((e.map50_95 - 0.1).abs() < 1e-9, "{e:?}");
     }
+
+    /// The AP is pycocotools' (precision envelope sampled at 101 recall points, each taking the
+    /// precision at the first recall at or above it), not Ultralytics' `compute_ap` (the envelope
+    /// linearly interpolated at 101 points and integrated with the trapezoidal rule, which gives
+    /// 0.8283 here). On the benchmark's models that choice moves mAP50-95 by about 0.002.
+    #[test]
+    fn ap_is_cocoeval_step_interpolation_not_ultralytics_trapezoid() {
+        // Ranked TP, FP, TP over two ground truths: recall 0.5, 0.5, 1; precision 1, 1/2, 2/3.
+        let img = ImageResult {
+            gts: vec![GroundTruth { bbox: b(0.0, 0.0), class: 0 }, GroundTruth { bbox: b(50.0, 50.0), class: 0 }],
+            dets: vec![
+                Detection { bbox: b(0.0, 0.0), score: 0.9, class: 0 },
+                Detection { bbox: b(100.0, 100.0), score: 0.8, class: 0 },
+                Detection { bbox: b(50.0, 50.0), score: 0.7, class: 0 },
+            ],
+        };
+        let e = evaluate(&[img], 1, 100);
+        // Recall points 0.00..0.50 take precision 1, 0.51..1.00 the envelope's 2/3.
+        let coco = (51.0 + 50.0 * 2.0 / 3.0) / 101.0;
+        assert!((e.map50 - coco).abs() < 1e-9 && (e.map50_95 - coco).abs() < 1e-9, "{e:?}");
+    }
 }
