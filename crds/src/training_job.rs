@@ -104,7 +104,7 @@ pub enum Optimizer {
     /// `AdamW`: Adam with decoupled weight decay.
     AdamW,
     /// `auto`: as Ultralytics, SGD for runs of more than 10,000 iterations, AdamW for shorter ones, with the learning
-    /// rate chosen to suit.
+    /// rate chosen to suit and the biases' warm-up starting at 0.
     #[default]
     #[serde(rename = "auto")]
     Auto,
@@ -127,7 +127,7 @@ pub struct Hyperparameters {
     #[serde(default = "default_batch")]
     #[schemars(range(min = 1, max = 1024))]
     pub batch: i32,
-    /// Optimiser: `SGD` (Nesterov momentum), `AdamW`, or `auto` (default), which as Ultralytics picks SGD for runs of more than 10,000 iterations and AdamW otherwise, and chooses the learning rate itself.
+    /// Optimiser: `SGD` (Nesterov momentum), `AdamW`, or `auto` (default), which as Ultralytics picks SGD for runs of more than 10,000 iterations and AdamW otherwise (momentum 0.9, biases warmed up from 0), and chooses the learning rate itself. `SGD` and `AdamW` use momentum (AdamW's beta1) 0.937 and warm the biases up from 0.1.
     #[serde(default)]
     pub optimizer: Optimizer,
     /// Learning rate after warm-up, 0 to 1; default 0.01 (suits SGD; AdamW usually wants about 0.001–0.002). Ignored with `optimizer: auto`.

@@ -72,6 +72,10 @@ pub struct TrainArgs {
     /// Warm-up epochs.
     #[arg(long, env = "OCELLUS_WARMUP_EPOCHS", default_value_t = 3.0)]
     pub warmup_epochs: f64,
+    /// Learning rate biases start warm-up with (Ultralytics' `warmup_bias_lr`; it uses 0 when it
+    /// picks the optimizer itself, `optimizer=auto`).
+    #[arg(long, env = "OCELLUS_WARMUP_BIAS_LR", default_value_t = 0.1)]
+    pub warmup_bias_lr: f64,
     /// Seed.
     #[arg(long, env = "OCELLUS_SEED", default_value_t = 0)]
     pub seed: u64,
@@ -88,7 +92,7 @@ pub struct TrainArgs {
     /// `AdamW` or `SGD` (Nesterov momentum).
     #[arg(long, env = "OCELLUS_OPTIMIZER", default_value = "AdamW")]
     pub optimizer: Optimizer,
-    /// SGD momentum.
+    /// SGD momentum, and AdamW's beta1 (as Ultralytics).
     #[arg(long, env = "OCELLUS_MOMENTUM", default_value_t = 0.937)]
     pub momentum: f64,
     /// Turn mosaic off for this many final epochs.
@@ -222,6 +226,7 @@ fn train_config(args: &TrainArgs, device: tch::Device) -> TrainConfig {
         lrf: args.lrf,
         cos_lr: args.cos_lr,
         warmup_epochs: args.warmup_epochs,
+        warmup_bias_lr: args.warmup_bias_lr,
         weight_decay: 0.0005,
         seed: args.seed,
         workers: args.workers.max(1),

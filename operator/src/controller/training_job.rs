@@ -494,6 +494,8 @@ pub fn build_job(
         Optimizer::Sgd => ("SGD", hp.lr0, 0.937),
         Optimizer::AdamW => ("AdamW", hp.lr0, 0.937),
     };
+    // Ultralytics starts the biases' warm-up at 0.1, or at 0 when it picks the optimizer itself.
+    let warmup_bias_lr = if hp.optimizer == Optimizer::Auto { 0.0 } else { 0.1 };
     let mut args: Vec<String> = vec![
         "train".into(),
         format!("--manifest={}", dataset.manifest_uri),
@@ -507,6 +509,7 @@ pub fn build_job(
         format!("--momentum={momentum}"),
         format!("--lrf={}", hp.lrf),
         format!("--warmup-epochs={}", hp.warmup_epochs),
+        format!("--warmup-bias-lr={warmup_bias_lr}"),
         format!("--seed={}", hp.seed),
         format!("--patience={}", hp.patience.max(0)),
         format!("--checkpoint-interval={}", spec.checkpoint.interval_epochs.max(1)),

@@ -39,6 +39,9 @@ pub struct TrainConfig {
     pub cos_lr: bool,
     /// Warm-up epochs (at least 100 iterations).
     pub warmup_epochs: f64,
+    /// Learning rate biases start warm-up with, falling to `lr0` (Ultralytics' `warmup_bias_lr`:
+    /// 0.1, and 0 under `optimizer=auto`).
+    pub warmup_bias_lr: f64,
     /// Decoupled weight decay of convolution weights.
     pub weight_decay: f64,
     /// Seed.
@@ -51,7 +54,8 @@ pub struct TrainConfig {
     pub augment: Option<Augment>,
     /// Optimiser.
     pub optimizer: Optimizer,
-    /// SGD momentum (after warm-up, which ramps it up from 0.8), as Ultralytics' `momentum`.
+    /// SGD momentum (after warm-up, which ramps it up from 0.8) and AdamW's beta1, as
+    /// Ultralytics' `momentum`.
     pub momentum: f64,
     /// Mixed precision: autocast on CUDA, with dynamic loss scaling.
     pub amp: bool,
@@ -94,6 +98,7 @@ impl Default for TrainConfig {
             lrf: 0.01,
             cos_lr: false,
             warmup_epochs: 3.0,
+            warmup_bias_lr: 0.1,
             weight_decay: 0.0005,
             seed: 0,
             workers: 2,

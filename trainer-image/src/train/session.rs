@@ -126,11 +126,8 @@ impl std::fmt::Debug for Session {
     }
 }
 
-const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
-/// Learning rate biases start warm-up with (Ultralytics' `warmup_bias_lr`).
-const WARMUP_BIAS_LR: f64 = 0.1;
 /// SGD momentum at the start of warm-up (Ultralytics' `warmup_momentum`).
 const WARMUP_MOMENTUM: f64 = 0.8;
 
@@ -307,11 +304,13 @@ impl Session {
                 let step_lr = if n.ends_with(".bias") { lr_bias } else { lr };
                 match cfg.optimizer {
                     Optimizer::AdamW => {
+                        // beta1 is the momentum, as Ultralytics' `AdamW(betas=(momentum, 0.999))`.
+                        let beta1 = cfg.momentum;
                         let m = self.m.get_mut(&n).expect("moment");
-                        let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
+                        let _ = m.g_mul_scalar_(beta1).g_add_(&(&g * (1.0 - beta1)));
                         let v = self.v.get_mut(&n).expect("moment");
                         let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
-                        let mhat = &self.m[&n] / (1.0 - BETA1.powf(t));
+                        let mhat = &self.m[&n] / (1.0 - beta1.powf(t));
                         let vhat = &self.v[&n] / (1.0 - BETA2.powf(t));
                         if p.dim() == 4 {
                             let _ = p.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
@@ -398,13 +397,13 @@ impl Session {
                 let bi = skip + j;
                 let b = b?;
                 let it = self.progress.iteration;
-                // Warm-up as Ultralytics: weights ramp up from 0, biases down from 0.1.
+                // Warm-up as Ultralytics: weights ramp up from 0, biases from `warmup_bias_lr`.
                 // (and SGD's momentum up from 0.8).
                 let (lr, lr_bias, momentum) = if it < warmup_iters {
                     let f = it as f64 / warmup_iters as f64;
                     (
                         target_lr * f,
-                        WARMUP_BIAS_LR + (target_lr - WARMUP_BIAS_LR) * f,
+                        cfg.warmup_bias_lr + (target_lr - cfg.warmup_bias_lr) * f,
                         WARMUP_MOMENTUM + (cfg.momentum - WARMUP_MOMENTUM) * f,
                     )
                 } else {

@@ -198,6 +198,7 @@ fn the_job_carries_the_hyperparameters_and_kueue_suspends_it() {
     }
     // `optimizer: auto` as Ultralytics: AdamW with lr fitted to 3 classes for a short run, SGD for a long one.
     assert!(args.iter().any(|x| x == "--lr0=0.001429"), "{args:?}");
+    assert!(args.iter().any(|x| x == "--warmup-bias-lr=0"), "auto starts the bias warm-up at 0: {args:?}");
     assert_eq!(auto_optimizer(100_000, 80, 16, 300).0, "SGD");
 }
 
