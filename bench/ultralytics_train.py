@@ -1,15 +1,39 @@
-"""Peer for the trainer benchmark: Ultralytics trains yolov8n.yaml from scratch on the same data."""
+"""Peer for the trainer benchmark (run by bench/train.sh, one process per step so that each is
+timed the same way as ours):
+
+    python bench/ultralytics_train.py train DATA_YAML EPOCHS IMGSZ BATCH PROJECT
+        Ultralytics trains yolov8n.yaml from scratch; prints {"save_dir", "last"} as JSON. Nothing
+        but the training runs (its per-epoch validation and the final validation of best.pt are
+        part of Ultralytics' training and cannot be turned off without changing the recipe).
+    python bench/ultralytics_train.py export WEIGHTS IMGSZ [dynamic]
+        exports WEIGHTS to ONNX (batch 1, fixed size, like `ocellus-trainer export`; with `dynamic`,
+        dynamic batch and size, which rectangular validation batches need); prints the path.
+    python bench/ultralytics_train.py val MODEL DATA_YAML IMGSZ PROJECT
+        Ultralytics' own validator on MODEL (its defaults: conf 0.001, IoU 0.7, max_det 300);
+        prints its mAP50 and mAP50-95 and the settings it ran with.
+"""
 import json
 import sys
-import time
 
 from ultralytics import YOLO
 
-data, epochs, imgsz, batch, project = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-model = YOLO("yolov8n.yaml")
-t0 = time.perf_counter()
-model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=2, plots=False, amp=False,
-            project=project, name="run", exist_ok=True, verbose=False, seed=0, deterministic=True)
-elapsed = time.perf_counter() - t0
-res = model.val(data=data, imgsz=imgsz, batch=batch, device="cpu", plots=False, verbose=False, project=project, name="val", exist_ok=True)
-print(json.dumps({"seconds": elapsed, "map50": float(res.box.map50), "map50_95": float(res.box.map)}))
+mode = sys.argv[1]
+if mode == "train":
+    data, epochs, imgsz, batch, project = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    model = YOLO("yolov8n.yaml")
+    # workers=2 as ours; on a CPU Ultralytics itself lowers it to 0 (loads in the main process).
+    model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=2, plots=False, amp=False,
+                project=project, name="run", exist_ok=True, verbose=False, seed=0, deterministic=True)
+    save_dir = model.trainer.save_dir
+    print(json.dumps({"save_dir": str(save_dir), "last": str(save_dir / "weights" / "last.pt")}))
+elif mode == "export":
+    weights, imgsz, dynamic = sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["dynamic"]
+    path = YOLO(weights).export(format="onnx", imgsz=imgsz, batch=1, dynamic=dynamic, device="cpu", verbose=False)
+    print(json.dumps({"onnx": str(path)}))
+elif mode == "val":
+    model, data, imgsz, project = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    v = YOLO(model, task="detect").val(data=data, imgsz=imgsz, device="cpu", plots=False, verbose=False,
+                                       project=project, name="val", exist_ok=True)
+    print(json.dumps({"map50": float(v.box.map50), "map50_95": float(v.box.map)}))
+else:
+    sys.exit(f"unknown mode {mode}: train or export")
