@@ -412,6 +412,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     let key = format!("ul_{:0>40x}", nanos);
     let gw = start_apiserver(c, ns, &key, s3_endpoint).await;
     ultralytics_sdk(client, &gw, &key, ns, archive).await;
+    ultralytics_sdk_training(client, &gw, &key, ns, jpeg).await;
     let http = reqwest::Client::builder()
         .default_headers(
             [(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().expect("header"))].into_iter().collect(),
@@ -859,6 +860,123 @@ async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, arc
     assert!(objects.len() == 1 && objects[0].ends_with("/shapes.zip"), "{objects:?}");
     assert_eq!(ds.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("ocellus-apiserver"));
     assert_eq!(ds.status.as_ref().map(|s| s.phase), Some(DatasetPhase::Ready));
+}
+
+/// Training and export through the Ultralytics SDK, on the dataset the script above ingested:
+/// a project, a model, `training.start`, progress polled as the `ul` CLI does until the
+/// operator's run completes, the checkpoint and the ONNX export downloaded from their presigned
+/// URLs, another workspace refused, and the project deleted with everything in it.
+const SDK_TRAIN_SCRIPT: &str = r#"
+import json, os, sys, time
+import httpx
+from ultralytics_platform import Platform, APIError
+
+p = Platform(base_url=os.environ["ULTRALYTICS_PLATFORM_URL"], api_key=os.environ["ULTRALYTICS_API_KEY"])
+owner = p.account.summary()["username"]
+
+def wait(what, get, done, limit=300):
+    deadline, seen = time.time() + limit, []
+    while True:
+        v = get()
+        seen.append(v)
+        if done(v):
+            return v, seen
+        assert time.time() < deadline, (what, v)
+        time.sleep(1)
+
+assert p.projects.create(project="sdk-vision", name="SDK vision", visibility="private")["project"] == "sdk-vision"
+m = p.models.create(body={"project": "sdk-vision", "model": "shapes-n", "name": "Shapes n", "task": "detect"})
+untrained = p.models.training(owner, "sdk-vision", "shapes-n")
+started = p.training.start(model_id=m["id"], train_args={"model": "yolov8n.yaml", "data": f"ul://{owner}/datasets/sdk-shapes",
+                                                        "epochs": 2, "imgsz": 96, "batch": 8, "seed": 1})
+active = ("pending", "untrained", "queued", "starting", "running")
+job, polls = wait("training", lambda: p.models.training(owner, "sdk-vision", "shapes-n")["job"],
+                  lambda j: j is not None and j["status"] not in active, limit=420)
+model = p.models.retrieve(owner, "sdk-vision", "shapes-n")["model"]
+files = p.models.files(owner, "sdk-vision", "shapes-n")["files"]
+best = httpx.get(files[0]["downloadUrl"])
+ex = p.exports.create(owner, "sdk-vision", "shapes-n", format="onnx", args={"imgsz": 96})
+export, _ = wait("export", lambda: p.exports.retrieve(owner, "sdk-vision", "shapes-n", ex["id"])["export"],
+                 lambda e: e["status"] not in ("queued", "starting", "running"))
+onnx = httpx.get(export["file"]["downloadUrl"]) if export["status"] == "completed" else None
+# Deployed (the ONNX export, served by ONNX Runtime), predicted through, stopped, deleted.
+dep = p.deployments.create(owner, project="sdk-vision", model="shapes-n", deployment="sdk-shapes-n", name="SDK shapes n",
+                           region="us", cpu=1, memory_gi=2)
+ready, _ = wait("deployment", lambda: p.deployments.retrieve(owner, "sdk-shapes-n")["deployment"],
+                lambda d: d["status"] in ("ready", "failed"))
+with open(sys.argv[1], "rb") as f:
+    predicted = p.deployments.predict(owner, "sdk-shapes-n", body={"file": f, "conf": 0.01}, timeout=300)
+stopped = p.deployments.update(owner, "sdk-shapes-n", body={"action": "stop"})
+p.deployments.delete(owner, "sdk-shapes-n")
+project = p.projects.retrieve(owner, "sdk-vision")
+try:
+    p.models.retrieve("another-workspace", "sdk-vision", "shapes-n")
+    raise SystemExit("another workspace's model was answered")
+except APIError as e:
+    assert getattr(e, "status_code", None) == 404, e
+deleted = p.projects.delete(owner, "sdk-vision")
+print(json.dumps({"created": m, "untrained": untrained, "started": started, "job": job,
+                  "progress": [j["progress"]["currentEpoch"] for j in polls if j], "model": model, "files": files,
+                  "best_bytes": len(best.content), "best_status": best.status_code, "export": export,
+                  "onnx_bytes": len(onnx.content) if onnx else 0, "onnx_head": onnx.content[:2].hex() if onnx else "",
+                  "deployment": dep, "ready": ready, "predicted": predicted, "stopped": stopped,
+                  "project": project, "deleted": deleted}))
+"#;
+
+async fn ultralytics_sdk_training(client: &Client, gw: &Process, key: &str, ns: &str, jpeg: &[u8]) {
+    let image = std::env::temp_dir().join(format!("ocellus-e2e-sdk-train-{}.jpg", std::process::id()));
+    std::fs::write(&image, jpeg).expect("image");
+    let v = run_sdk(SDK_TRAIN_SCRIPT, &image, gw, key);
+    let _ = std::fs::remove_file(&image);
+    assert_eq!(v["untrained"], serde_json::json!({"job": null}), "{v}");
+    assert_eq!(v["started"]["status"], "starting");
+    let job = &v["job"];
+    assert_eq!(job["status"], "completed", "training through the SDK: {job}");
+    assert_eq!((job["progress"]["currentEpoch"].as_i64(), job["progress"]["totalEpochs"].as_i64()), (Some(2), Some(2)));
+    assert!(job["timing"]["elapsedMs"].as_i64().is_some_and(|ms| ms > 0), "{job}");
+    assert!(job["epochMetrics"]["metrics/mAP50-95(B)"].is_number(), "{job}");
+    let m = &v["model"];
+    assert_eq!(
+        (m["status"].as_str(), m["task"].as_str(), m["hasWeights"].as_bool()),
+        (Some("completed"), Some("detect"), Some(true)),
+        "{m}"
+    );
+    assert_eq!(m["dataset"]["dataset"], "sdk-shapes");
+    assert!(m["metrics"]["metrics/mAP50(B)"].is_number(), "{m}");
+    let files = v["files"].as_array().expect("files");
+    assert_eq!(files.len(), 2, "best and last: {files:?}");
+    assert_eq!(v["best_status"], 200);
+    assert_eq!(v["best_bytes"].as_u64(), files[0]["size"].as_u64(), "the presigned download is the checkpoint");
+    let e = &v["export"];
+    assert_eq!(e["status"], "completed", "export through the SDK: {e}");
+    assert_eq!(e["file"]["downloadFilename"], "shapes-n.onnx");
+    assert_eq!(v["onnx_bytes"].as_i64(), e["file"]["size"].as_i64(), "{e}");
+    assert!(
+        v["onnx_head"].as_str().is_some_and(|h| h.starts_with("08")),
+        "an ONNX ModelProto starts with its ir_version field: {v}"
+    );
+    assert_eq!(
+        (v["deployment"]["deployment"].as_str(), v["deployment"]["status"].as_str()),
+        (Some("sdk-shapes-n"), Some("creating"))
+    );
+    assert_eq!(v["ready"]["status"], "ready", "the deployment of the SDK model: {}", v["ready"]);
+    assert_eq!(v["ready"]["name"], "SDK shapes n");
+    assert_eq!(v["predicted"]["metadata"]["task"], "detect", "{}", v["predicted"]);
+    assert!(v["predicted"]["images"][0]["results"].is_array(), "{}", v["predicted"]);
+    assert_eq!(v["stopped"]["status"], "stopping");
+    assert_eq!(v["project"]["models"][0]["model"], "shapes-n");
+    assert_eq!(v["deleted"], serde_json::json!({"success": true, "cascadedModels": 1}));
+    // The project went with everything in it: the garbage collector deletes the model's
+    // TrainingJob and Export by their owner references.
+    let tjs: Api<TrainingJob> = Api::namespaced(client.clone(), ns);
+    let exports: Api<Export> = Api::namespaced(client.clone(), ns);
+    let by_model = ListParams::default().labels("ocellus.dev/model=shapes-n");
+    eventually("the SDK model's TrainingJob and Export collected", Duration::from_secs(60), || async {
+        let t = tjs.list(&by_model).await.ok()?.items.len();
+        let e = exports.list(&by_model).await.ok()?.items.len();
+        (t == 0 && e == 0).then_some(())
+    })
+    .await;
 }
 
 /// `deployments.list`, `retrieve` and `predict` of the Ultralytics SDK, at `conf` 0.01 (as the

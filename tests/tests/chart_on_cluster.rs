@@ -123,6 +123,8 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
     assert!(can("apiserver", "get", "secrets", "ocellus-system"));
     assert!(!can("apiserver", "get", "secrets", "team-a"));
     assert!(!can("apiserver", "create", "jobs", "team-a"));
+    assert!(can("apiserver", "create", "configmaps", "team-a"), "Ultralytics projects and models are records");
+    assert!(!can("apiserver", "update", "configmaps", "team-a"), "records are never changed");
 
     // The bootstrap admin API key: the one the install notes print, kept in its Secret; the
     // apiserver stores only its hash, accepts it, and never logs it.

@@ -80,10 +80,13 @@ const ROUTES: &[(&str, &str, Category)] = &[
     ("POST", "/api/datasets/{}/{}/ingest", Category::Upload),
     ("POST", "/api/models/{}/predict", Category::Predict),
     ("POST", "/api/deployments/{}/{}/predict", Category::Predict),
+    ("POST", "/api/models/{}/{}/{}/predict", Category::Predict),
     ("POST", "/api/exports", Category::Export),
+    ("POST", "/api/models/{}/{}/{}/exports", Category::Export),
     ("GET", "/api/datasets/{}/export", Category::Export),
     ("POST", "/api/datasets/{}/export", Category::Export),
     ("GET", "/api/models/{}/download", Category::Download),
+    ("GET", "/api/models/{}/{}/{}/files", Category::Download),
 ];
 
 impl Category {

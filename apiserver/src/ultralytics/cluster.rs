@@ -6,11 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use ocellus_crds::{Dataset, DatasetSource};
+use ocellus_crds::{Dataset, DatasetSource, Export, ModelDeployment, TrainingJob};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::api::ApiError;
 use crate::api::keys::FIELD_MANAGER;
@@ -18,7 +21,8 @@ use crate::api::keys::FIELD_MANAGER;
 /// How long a write of this replica overrides an older cached object.
 const RECENT_FOR: Duration = Duration::from_secs(60);
 
-/// Creates, changes and deletes Datasets.
+/// Creates, changes and deletes what the Ultralytics routes write: Datasets, the project and
+/// model records (ConfigMaps), TrainingJobs and Exports.
 pub trait Cluster: Send + Sync + std::fmt::Debug {
     /// Creates `dataset` (its namespace set); 409 when the name is taken.
     fn create_dataset(&self, dataset: Dataset) -> BoxFuture<'_, Result<Dataset, ApiError>>;
@@ -31,6 +35,34 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Dataset, ApiError>>;
     /// Deletes a Dataset (its Jobs go with it by owner reference).
     fn delete_dataset<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// Creates a project or model record; 409 when the name is taken.
+    fn create_record(&self, record: ConfigMap) -> BoxFuture<'_, Result<ConfigMap, ApiError>>;
+    /// Deletes a record; what it owns (models, TrainingJobs, Exports) goes with it.
+    fn delete_record<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// Creates a TrainingJob; 409 when the name is taken.
+    fn create_training_job(&self, job: TrainingJob) -> BoxFuture<'_, Result<TrainingJob, ApiError>>;
+    /// Deletes a TrainingJob (its Jobs and Exports go with it).
+    fn delete_training_job<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// Creates an Export; 409 when the name is taken.
+    fn create_export(&self, export: Export) -> BoxFuture<'_, Result<Export, ApiError>>;
+    /// Deletes an Export.
+    fn delete_export<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// Creates a ModelDeployment; 409 when the name is taken.
+    fn create_deployment(&self, md: ModelDeployment) -> BoxFuture<'_, Result<ModelDeployment, ApiError>>;
+    /// Applies a JSON merge patch (RFC 7386) to a ModelDeployment.
+    fn patch_deployment<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        patch: serde_json::Value,
+    ) -> BoxFuture<'a, Result<ModelDeployment, ApiError>>;
+    /// Deletes a ModelDeployment (its predictor Deployment goes with it).
+    fn delete_deployment<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>>;
+}
+
+/// What a kind is called in errors.
+fn what<K: kube::Resource<DynamicType = ()>>(name: &str) -> String {
+    format!("{} '{name}'", K::kind(&()).to_lowercase())
 }
 
 /// [`Cluster`] on the Kubernetes API, as field manager `ocellus-apiserver`.
@@ -59,18 +91,40 @@ fn not_found_as(e: kube::Error, what: String) -> ApiError {
     }
 }
 
+impl KubeCluster {
+    async fn create<K>(&self, obj: K) -> Result<K, ApiError>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let api = Api::<K>::namespaced(self.client.clone(), &ns);
+        let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        api.create(&pp, &obj).await.map_err(|e| match &e {
+            kube::Error::Api(s) if s.code == 409 => ApiError::Conflict(format!("{} already exists", what::<K>(&name))),
+            _ => ApiError::from(e),
+        })
+    }
+
+    async fn delete<K>(&self, namespace: &str, name: &str) -> Result<(), ApiError>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + DeserializeOwned,
+    {
+        let api = Api::<K>::namespaced(self.client.clone(), namespace);
+        api.delete(name, &DeleteParams::background()).await.map(|_| ()).map_err(|e| not_found_as(e, what::<K>(name)))
+    }
+}
+
 impl Cluster for KubeCluster {
     fn create_dataset(&self, dataset: Dataset) -> BoxFuture<'_, Result<Dataset, ApiError>> {
-        Box::pin(async move {
-            let ns = dataset.metadata.namespace.clone().unwrap_or_default();
-            let name = dataset.metadata.name.clone().unwrap_or_default();
-            let api = Api::<Dataset>::namespaced(self.client.clone(), &ns);
-            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            api.create(&pp, &dataset).await.map_err(|e| match &e {
-                kube::Error::Api(s) if s.code == 409 => ApiError::Conflict(format!("dataset '{name}' already exists")),
-                _ => ApiError::from(e),
-            })
-        })
+        Box::pin(self.create(dataset))
     }
 
     fn set_dataset_source<'a>(
@@ -91,23 +145,124 @@ impl Cluster for KubeCluster {
     }
 
     fn delete_dataset<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.delete::<Dataset>(namespace, name))
+    }
+
+    fn create_record(&self, record: ConfigMap) -> BoxFuture<'_, Result<ConfigMap, ApiError>> {
+        Box::pin(self.create(record))
+    }
+
+    fn delete_record<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.delete::<ConfigMap>(namespace, name))
+    }
+
+    fn create_training_job(&self, job: TrainingJob) -> BoxFuture<'_, Result<TrainingJob, ApiError>> {
+        Box::pin(self.create(job))
+    }
+
+    fn delete_training_job<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.delete::<TrainingJob>(namespace, name))
+    }
+
+    fn create_export(&self, export: Export) -> BoxFuture<'_, Result<Export, ApiError>> {
+        Box::pin(self.create(export))
+    }
+
+    fn delete_export<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.delete::<Export>(namespace, name))
+    }
+
+    fn create_deployment(&self, md: ModelDeployment) -> BoxFuture<'_, Result<ModelDeployment, ApiError>> {
+        Box::pin(self.create(md))
+    }
+
+    fn patch_deployment<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        patch: serde_json::Value,
+    ) -> BoxFuture<'a, Result<ModelDeployment, ApiError>> {
         Box::pin(async move {
-            let api = Api::<Dataset>::namespaced(self.client.clone(), namespace);
-            api.delete(name, &DeleteParams::background())
+            let api = Api::<ModelDeployment>::namespaced(self.client.clone(), namespace);
+            let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.patch(name, &pp, &Patch::Merge(&patch))
                 .await
-                .map(|_| ())
-                .map_err(|e| not_found_as(e, format!("dataset '{name}'")))
+                .map_err(|e| not_found_as(e, what::<ModelDeployment>(name)))
         })
+    }
+
+    fn delete_deployment<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.delete::<ModelDeployment>(namespace, name))
     }
 }
 
-/// [`Cluster`] in memory, feeding a reflector store as a watch would: for tests without a
-/// cluster. [`MemoryCluster::set_status`] plays the operator.
+/// `target` with the JSON merge patch `patch` applied (RFC 7386: objects merge, `null` removes,
+/// anything else replaces).
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// One kind's reflector store and its writer, in memory.
+struct MemStore<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    writer: Mutex<reflector::store::Writer<K>>,
+    store: Store<K>,
+}
+
+impl<K> Default for MemStore<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn default() -> Self {
+        let (store, mut writer) = reflector::store::<K>();
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        MemStore { writer: Mutex::new(writer), store }
+    }
+}
+
+impl<K> MemStore<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn get(&self, namespace: &str, name: &str) -> Option<K> {
+        self.store.get(&reflector::ObjectRef::new(name).within(namespace)).map(|o| (*o).clone())
+    }
+
+    fn put(&self, o: &K) {
+        self.writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Apply(o.clone()));
+    }
+
+    fn remove(&self, o: K) {
+        self.writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Delete(o));
+    }
+
+    /// Objects with an owner reference to `uid`.
+    fn owned_by(&self, uid: &str) -> Vec<K> {
+        let owned = |o: &K| o.meta().owner_references.iter().flatten().any(|r| r.uid == uid);
+        self.store.state().into_iter().filter(|o| owned(o)).map(|o| (*o).clone()).collect()
+    }
+}
+
+/// [`Cluster`] in memory, feeding reflector stores as watches would: for tests without a
+/// cluster. [`MemoryCluster::set_status`] and its siblings play the operator; deletes cascade
+/// along owner references as Kubernetes' garbage collector would.
+#[derive(Default)]
 pub struct MemoryCluster {
-    writer: Mutex<reflector::store::Writer<Dataset>>,
-    store: Store<Dataset>,
-    md_writer: Mutex<reflector::store::Writer<ocellus_crds::ModelDeployment>>,
-    md_store: Store<ocellus_crds::ModelDeployment>,
+    datasets: MemStore<Dataset>,
+    deployments: MemStore<ModelDeployment>,
+    records: MemStore<ConfigMap>,
+    training_jobs: MemStore<TrainingJob>,
+    exports: MemStore<Export>,
     next_uid: std::sync::atomic::AtomicU64,
 }
 
@@ -117,71 +272,119 @@ impl std::fmt::Debug for MemoryCluster {
     }
 }
 
-impl Default for MemoryCluster {
-    fn default() -> Self {
-        let (store, mut writer) = reflector::store::<Dataset>();
-        writer.apply_watcher_event(&watcher::Event::InitDone);
-        let (md_store, mut md_writer) = reflector::store::<ocellus_crds::ModelDeployment>();
-        md_writer.apply_watcher_event(&watcher::Event::InitDone);
-        MemoryCluster {
-            writer: Mutex::new(writer),
-            store,
-            md_writer: Mutex::new(md_writer),
-            md_store,
-            next_uid: std::sync::atomic::AtomicU64::new(1),
-        }
-    }
-}
-
 impl MemoryCluster {
-    /// The store this cluster feeds.
+    /// The Dataset store this cluster feeds.
     pub fn store(&self) -> Store<Dataset> {
-        self.store.clone()
+        self.datasets.store.clone()
     }
 
     /// The ModelDeployment store this cluster feeds.
-    pub fn deployment_store(&self) -> Store<ocellus_crds::ModelDeployment> {
-        self.md_store.clone()
+    pub fn deployment_store(&self) -> Store<ModelDeployment> {
+        self.deployments.store.clone()
+    }
+
+    /// The record (ConfigMap) store this cluster feeds.
+    pub fn record_store(&self) -> Store<ConfigMap> {
+        self.records.store.clone()
+    }
+
+    /// The TrainingJob store this cluster feeds.
+    pub fn training_job_store(&self) -> Store<TrainingJob> {
+        self.training_jobs.store.clone()
+    }
+
+    /// The Export store this cluster feeds.
+    pub fn export_store(&self) -> Store<Export> {
+        self.exports.store.clone()
     }
 
     /// Adds or replaces a ModelDeployment, as if applied and reconciled.
-    pub fn put_deployment(&self, md: ocellus_crds::ModelDeployment) {
-        self.md_writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Apply(md));
-    }
-
-    fn get(&self, namespace: &str, name: &str) -> Option<Dataset> {
-        self.store.get(&reflector::ObjectRef::new(name).within(namespace)).map(|d| (*d).clone())
-    }
-
-    fn put(&self, d: &Dataset) {
-        self.writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Apply(d.clone()));
+    pub fn put_deployment(&self, md: ModelDeployment) {
+        self.deployments.put(&md);
     }
 
     /// Replaces the status of a Dataset, as the operator would.
     pub fn set_status(&self, namespace: &str, name: &str, status: ocellus_crds::DatasetStatus) {
-        if let Some(mut d) = self.get(namespace, name) {
+        if let Some(mut d) = self.datasets.get(namespace, name) {
             d.status = Some(status);
-            self.put(&d);
+            self.datasets.put(&d);
+        }
+    }
+
+    /// Replaces the status of a TrainingJob, as the operator would.
+    pub fn set_training_status(&self, namespace: &str, name: &str, status: ocellus_crds::TrainingJobStatus) {
+        if let Some(mut t) = self.training_jobs.get(namespace, name) {
+            t.status = Some(status);
+            self.training_jobs.put(&t);
+        }
+    }
+
+    /// Replaces the status of an Export, as the operator would.
+    pub fn set_export_status(&self, namespace: &str, name: &str, status: ocellus_crds::ExportStatus) {
+        if let Some(mut e) = self.exports.get(namespace, name) {
+            e.status = Some(status);
+            self.exports.put(&e);
+        }
+    }
+
+    /// A new uid, creation time and first generation, as the API server sets them.
+    fn admit<K: kube::Resource>(&self, o: &mut K) {
+        let n = self.next_uid.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let meta = o.meta_mut();
+        meta.uid = Some(format!("00000000-0000-4000-8000-{n:012x}"));
+        meta.generation = Some(1);
+        meta.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    }
+
+    fn create<K>(&self, store: &MemStore<K>, mut o: K) -> Result<K, ApiError>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (ns, name) = (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default());
+        if store.get(&ns, &name).is_some() {
+            return Err(ApiError::Conflict(format!("{} already exists", what::<K>(&name))));
+        }
+        self.admit(&mut o);
+        store.put(&o);
+        Ok(o)
+    }
+
+    fn delete<K>(&self, store: &MemStore<K>, namespace: &str, name: &str) -> Result<(), ApiError>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let o = store.get(namespace, name).ok_or_else(|| ApiError::NotFound(what::<K>(name)))?;
+        let uid = o.meta().uid.clone().unwrap_or_default();
+        store.remove(o);
+        self.collect_garbage(&uid);
+        Ok(())
+    }
+
+    /// Deletes what `uid` owned, and what that owned.
+    fn collect_garbage(&self, uid: &str) {
+        let mut orphans = vec![uid.to_string()];
+        while let Some(owner) = orphans.pop() {
+            let uid_of =
+                |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.uid.clone().unwrap_or_default();
+            for o in self.records.owned_by(&owner) {
+                orphans.push(uid_of(&o.metadata));
+                self.records.remove(o);
+            }
+            for o in self.training_jobs.owned_by(&owner) {
+                orphans.push(uid_of(&o.metadata));
+                self.training_jobs.remove(o);
+            }
+            for o in self.exports.owned_by(&owner) {
+                orphans.push(uid_of(&o.metadata));
+                self.exports.remove(o);
+            }
         }
     }
 }
 
 impl Cluster for MemoryCluster {
-    fn create_dataset(&self, mut dataset: Dataset) -> BoxFuture<'_, Result<Dataset, ApiError>> {
-        Box::pin(async move {
-            let ns = dataset.metadata.namespace.clone().unwrap_or_default();
-            let name = dataset.metadata.name.clone().unwrap_or_default();
-            if self.get(&ns, &name).is_some() {
-                return Err(ApiError::Conflict(format!("dataset '{name}' already exists")));
-            }
-            let n = self.next_uid.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let uid = format!("00000000-0000-4000-8000-{n:012x}");
-            dataset.metadata.uid = Some(uid);
-            dataset.metadata.generation = Some(1);
-            dataset.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-            self.put(&dataset);
-            Ok(dataset)
-        })
+    fn create_dataset(&self, dataset: Dataset) -> BoxFuture<'_, Result<Dataset, ApiError>> {
+        Box::pin(async move { self.create(&self.datasets, dataset) })
     }
 
     fn set_dataset_source<'a>(
@@ -191,80 +394,148 @@ impl Cluster for MemoryCluster {
         source: DatasetSource,
     ) -> BoxFuture<'a, Result<Dataset, ApiError>> {
         Box::pin(async move {
-            let mut d = self.get(namespace, name).ok_or_else(|| ApiError::NotFound(format!("dataset '{name}'")))?;
+            let mut d = self.datasets.get(namespace, name).ok_or_else(|| ApiError::NotFound(what::<Dataset>(name)))?;
             d.spec.source = source;
             d.metadata.generation = Some(d.metadata.generation.unwrap_or(1) + 1);
-            self.put(&d);
+            self.datasets.put(&d);
             Ok(d)
         })
     }
 
     fn delete_dataset<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { self.delete(&self.datasets, namespace, name) })
+    }
+
+    fn create_record(&self, record: ConfigMap) -> BoxFuture<'_, Result<ConfigMap, ApiError>> {
+        Box::pin(async move { self.create(&self.records, record) })
+    }
+
+    fn delete_record<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { self.delete(&self.records, namespace, name) })
+    }
+
+    fn create_training_job(&self, job: TrainingJob) -> BoxFuture<'_, Result<TrainingJob, ApiError>> {
+        Box::pin(async move { self.create(&self.training_jobs, job) })
+    }
+
+    fn delete_training_job<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { self.delete(&self.training_jobs, namespace, name) })
+    }
+
+    fn create_export(&self, export: Export) -> BoxFuture<'_, Result<Export, ApiError>> {
+        Box::pin(async move { self.create(&self.exports, export) })
+    }
+
+    fn delete_export<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { self.delete(&self.exports, namespace, name) })
+    }
+
+    fn create_deployment(&self, md: ModelDeployment) -> BoxFuture<'_, Result<ModelDeployment, ApiError>> {
+        Box::pin(async move { self.create(&self.deployments, md) })
+    }
+
+    fn patch_deployment<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        patch: serde_json::Value,
+    ) -> BoxFuture<'a, Result<ModelDeployment, ApiError>> {
         Box::pin(async move {
-            let d = self.get(namespace, name).ok_or_else(|| ApiError::NotFound(format!("dataset '{name}'")))?;
-            self.writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Delete(d));
-            Ok(())
+            let md = self
+                .deployments
+                .get(namespace, name)
+                .ok_or_else(|| ApiError::NotFound(what::<ModelDeployment>(name)))?;
+            let mut v = serde_json::to_value(&md).map_err(ApiError::internal)?;
+            merge_patch(&mut v, &patch);
+            let mut changed: ModelDeployment =
+                serde_json::from_value(v).map_err(|e| ApiError::bad_request("body", e.to_string()))?;
+            if changed.spec != md.spec {
+                changed.metadata.generation = Some(md.metadata.generation.unwrap_or(1) + 1);
+            }
+            self.deployments.put(&changed);
+            Ok(changed)
         })
+    }
+
+    fn delete_deployment<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { self.delete(&self.deployments, namespace, name) })
     }
 }
 
 /// A write of this replica: the object it returned, or the uid it deleted.
-#[derive(Debug, Clone)]
-enum Written {
-    Object(Arc<Dataset>),
+#[derive(Debug)]
+enum Written<K> {
+    Object(Arc<K>),
     Deleted(Option<String>),
 }
 
-/// This replica's recent Dataset writes by namespace and name, kept [`RECENT_FOR`]: a client
-/// that created or changed a Dataset reads it back at once, though the watch is a moment late.
-#[derive(Debug, Default)]
-pub struct Recent {
-    writes: Mutex<HashMap<(String, String), (Instant, Written)>>,
+impl<K> Clone for Written<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Written::Object(o) => Written::Object(o.clone()),
+            Written::Deleted(u) => Written::Deleted(u.clone()),
+        }
+    }
 }
 
-impl Recent {
-    /// Records a created or changed Dataset.
-    pub fn wrote(&self, d: Dataset) {
-        let key = (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default());
-        self.insert(key, Written::Object(Arc::new(d)));
+/// This replica's recent writes of one kind by namespace and name, kept [`RECENT_FOR`]: a
+/// client that created or changed an object reads it back at once, though the watch is a moment
+/// late.
+#[derive(Debug)]
+pub struct Recent<K> {
+    writes: Mutex<HashMap<NamespacedName, (Instant, Written<K>)>>,
+}
+
+/// Namespace and name.
+type NamespacedName = (String, String);
+
+impl<K> Default for Recent<K> {
+    fn default() -> Self {
+        Recent { writes: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: kube::Resource> Recent<K> {
+    /// Records a created or changed object.
+    pub fn wrote(&self, o: K) {
+        let key = (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default());
+        self.insert(key, Written::Object(Arc::new(o)));
     }
 
-    /// Records a deletion of the Dataset with `uid`.
+    /// Records a deletion of the object with `uid`.
     pub fn deleted(&self, namespace: &str, name: &str, uid: Option<String>) {
         self.insert((namespace.into(), name.into()), Written::Deleted(uid));
     }
 
-    fn insert(&self, key: (String, String), w: Written) {
+    fn insert(&self, key: NamespacedName, w: Written<K>) {
         let mut writes = self.writes.lock().expect("recent");
         let now = Instant::now();
         writes.retain(|_, (t, _)| now.duration_since(*t) < RECENT_FOR);
         writes.insert(key, (now, w));
     }
 
-    fn fresh(&self, namespace: &str, name: &str) -> Option<Written> {
+    fn fresh(&self, namespace: &str, name: &str) -> Option<Written<K>> {
         let writes = self.writes.lock().expect("recent");
         let (t, w) = writes.get(&(namespace.to_string(), name.to_string()))?;
         (t.elapsed() < RECENT_FOR).then(|| w.clone())
     }
 
     /// The newer of the cached object and this replica's write.
-    pub fn resolve(&self, namespace: &str, name: &str, cached: Option<Arc<Dataset>>) -> Option<Arc<Dataset>> {
+    pub fn resolve(&self, namespace: &str, name: &str, cached: Option<Arc<K>>) -> Option<Arc<K>> {
         match self.fresh(namespace, name) {
             None => cached,
-            Some(Written::Deleted(uid)) => cached.filter(|c| c.metadata.uid != uid),
+            Some(Written::Deleted(uid)) => cached.filter(|c| c.meta().uid != uid),
             Some(Written::Object(mine)) => match cached {
-                Some(c) if c.metadata.uid == mine.metadata.uid && c.metadata.generation >= mine.metadata.generation => {
-                    Some(c)
-                }
+                Some(c) if c.meta().uid == mine.meta().uid && c.meta().generation >= mine.meta().generation => Some(c),
                 _ => Some(mine),
             },
         }
     }
 
     /// `cached` (one namespace's objects) with this replica's writes applied.
-    pub fn merge(&self, namespace: &str, cached: Vec<Arc<Dataset>>) -> Vec<Arc<Dataset>> {
-        let mut by_name: std::collections::BTreeMap<String, Option<Arc<Dataset>>> =
-            cached.into_iter().map(|d| (d.metadata.name.clone().unwrap_or_default(), Some(d))).collect();
+    pub fn merge(&self, namespace: &str, cached: Vec<Arc<K>>) -> Vec<Arc<K>> {
+        let mut by_name: std::collections::BTreeMap<String, Option<Arc<K>>> =
+            cached.into_iter().map(|d| (d.meta().name.clone().unwrap_or_default(), Some(d))).collect();
         let mine: Vec<String> = {
             let writes = self.writes.lock().expect("recent");
             writes.keys().filter(|(ns, _)| ns == namespace).map(|(_, n)| n.clone()).collect()

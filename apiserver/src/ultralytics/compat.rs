@@ -9,7 +9,7 @@ use crate::api::{ApiError, Principal};
 /// Why a platform route is not served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gap {
-    /// On the way (issue #13): the platform's projects, models, training and exports.
+    /// On the way (issue #13).
     Planned,
     /// A feature of the hosted platform that a self-hosted one does not have.
     NotOffered,
@@ -18,10 +18,10 @@ pub enum Gap {
 /// The platform's routes that Ocellus answers 501, by path prefix (after `/api/`), with the
 /// family's name and why.
 pub const TABLE: &[(&str, &str, Gap)] = &[
-    ("projects", "projects", Gap::Planned),
-    ("models", "models (training runs, files, exports, predictions by model)", Gap::Planned),
-    ("training", "training (start)", Gap::Planned),
-    ("exports", "exports", Gap::Planned),
+    ("projects", "project updates and clones", Gap::Planned),
+    ("models", "model updates, clones, checkpoint uploads, predictions by model and similar images", Gap::Planned),
+    ("training", "GPU availability", Gap::Planned),
+    ("exports", "exports by id (the reference's `/api/exports`)", Gap::Planned),
     ("webhooks", "training callbacks of the `ultralytics` package", Gap::Planned),
     ("images", "dataset images and labels", Gap::Planned),
     ("billing", "billing", Gap::NotOffered),
@@ -63,7 +63,9 @@ pub fn answer(method: &str, path: &str) -> ApiError {
             ApiError::NotImplemented { what: format!("{method} {path}: {what} (a hosted-platform feature)") }
         }
         // A served path with another method: say which methods are (e.g. creating deployments).
-        None if ["datasets", "deployments", "upload", "account", "api-keys"].contains(&family) => {
+        None if ["datasets", "deployments", "upload", "account", "api-keys", "projects", "models"]
+            .contains(&family) =>
+        {
             ApiError::NotImplemented { what: format!("{method} {path}") }
         }
         None => ApiError::NotFound(format!("route {method} {path}")),
@@ -82,8 +84,9 @@ mod tests {
     #[test]
     fn unserved_routes_say_why() {
         let msg = |m: &str, p: &str| answer(m, p).to_string();
-        assert!(msg("GET", "/api/projects/team-a").contains("projects (planned)"));
-        assert!(msg("POST", "/api/training/start").contains("(planned)"));
+        assert!(msg("PATCH", "/api/projects/team-a/p").contains("project updates and clones (planned)"));
+        assert!(msg("GET", "/api/training/gpu-availability").contains("GPU availability (planned)"));
+        assert!(msg("POST", "/api/models/team-a/p/m/predict").contains("predictions by model"));
         assert!(msg("GET", "/api/billing/transactions").contains("hosted-platform"));
         assert!(msg("GET", "/api/datasets/team-a/shapes/class-stats").contains("class statistics (planned)"));
         assert!(msg("GET", "/api/deployments/team-a/d/logs").contains("deployment logs"));

@@ -7,29 +7,46 @@
 //!   `/{owner}/{deployment}/predict`, so it is held while the deployment wakes from zero, like
 //!   any gateway request. The key stays with the apiserver: the gateway removes it.
 //!
-//! Creating, updating and deleting deployments need the platform's models (projects), which are
-//! planned; until then they are created as ModelDeployments.
+//! - `POST /api/deployments/{owner} {project, model, deployment?, name?, cpu?, memoryGi?}`: a
+//!   ModelDeployment serving the model's newest completed ONNX export, else its `best` weights
+//!   (which the operator exports to TorchScript first), one replica, labelled with the project
+//!   and model;
+//! - `PATCH /api/deployments/{owner}/{deployment}`: `{action: stop|start}` sets `spec.stopped`,
+//!   `{action: resize, cpu?, memoryGi?}` the pods' resources, `{action: replace, project, model}`
+//!   the model, `{name}` the display name;
+//! - `DELETE /api/deployments/{owner}/{deployment}`.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
-use ocellus_crds::{DeploymentPhase, ModelDeployment};
+use ocellus_crds::{
+    CheckpointKind, DeploymentPhase, ExportFormat, ExportPhase, LocalRef, ModelDeployment, ModelDeploymentSpec,
+    ModelSource, PredictorResources, TrainingJobCheckpointRef,
+};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use super::datasets::{DISPLAY_NAME, MANAGED_BY, Success};
+use super::models::MODEL;
+use super::projects::PROJECT;
 use super::{REGION, UltralyticsApi, own_workspace, rfc3339};
-use crate::api::{Action, ApiError, Principal};
+use crate::api::{Action, ApiError, ApiJson, Principal};
 
 pub(super) fn routes() -> Router<UltralyticsApi> {
     Router::new()
-        .route("/api/deployments/{owner}", get(list).fallback(super::compat::fallback))
-        .route("/api/deployments/{owner}/{deployment}", get(retrieve).fallback(super::compat::fallback))
+        .route("/api/deployments/{owner}", get(list).post(create).fallback(super::compat::fallback))
+        .route(
+            "/api/deployments/{owner}/{deployment}",
+            get(retrieve).patch(update).delete(delete).fallback(super::compat::fallback),
+        )
         .route("/api/deployments/{owner}/{deployment}/predict", post(predict).fallback(super::compat::fallback))
 }
 
@@ -122,7 +139,7 @@ pub fn deployment_item(md: &ModelDeployment, origin: &str) -> DeploymentItem {
         id: format!("dp_{}", md.metadata.uid.as_deref().unwrap_or_default().replace('-', "")),
         owner: ns.clone(),
         deployment: name.clone(),
-        name: name.clone(),
+        name: md.annotations().get(DISPLAY_NAME).cloned().unwrap_or_else(|| name.clone()),
         status: status_of(md).into(),
         status_message: st.common.conditions.iter().find(|c| c.type_ == "Ready").and_then(|c| c.message.clone()),
         region: REGION.into(),
@@ -254,4 +271,253 @@ pub async fn predict(
     parts.uri = uri.parse().map_err(|_| ApiError::bad_request("path", "not a valid URI"))?;
     let forwarded = Request::from_parts(parts, Body::new(body));
     gateway.oneshot(forwarded).await.map_err(|e| match e {})
+}
+
+/// `POST /api/deployments/{owner}` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateDeployment {
+    /// The model's project.
+    pub project: String,
+    /// The model (trained: its `best` weights are served).
+    pub model: String,
+    /// The deployment's name: lowercase letters, digits and dashes, at most 63. Default: from
+    /// `name`, else the model's slug.
+    pub deployment: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Accepted; Ocellus serves where it is installed.
+    pub region: Option<String>,
+    /// CPU cores per pod, 0.1 to 64; default 1.
+    pub cpu: Option<f64>,
+    /// Memory per pod in GiB, 0.5 to 512; default 2.
+    pub memory_gi: Option<f64>,
+}
+
+fn check_cpu(cpu: f64) -> Result<String, ApiError> {
+    if (0.1..=64.0).contains(&cpu) {
+        Ok(format!("{}m", (cpu * 1000.0).round() as i64))
+    } else {
+        Err(ApiError::bad_request("cpu", format!("must be from 0.1 to 64 cores, not {cpu}")))
+    }
+}
+
+fn check_memory(gi: f64) -> Result<String, ApiError> {
+    if (0.5..=512.0).contains(&gi) {
+        Ok(format!("{}Mi", (gi * 1024.0).round() as i64))
+    } else {
+        Err(ApiError::bad_request("memoryGi", format!("must be from 0.5 to 512 GiB, not {gi}")))
+    }
+}
+
+/// The model source of a trained platform model: its newest completed ONNX export (served by
+/// ONNX Runtime), else its TrainingJob's `best` weights (which the operator exports to
+/// TorchScript).
+fn model_source(api: &UltralyticsApi, ns: &str, project: &str, model: &str) -> Result<ModelSource, ApiError> {
+    let record = super::models::find(api, ns, project, model)?;
+    let tj = super::models::training_job_of(api, &record).ok_or_else(|| {
+        ApiError::Conflict(format!("model '{project}/{model}' has not been trained: start its training first"))
+    })?;
+    let onnx = super::models::exports_of(api, &tj).into_iter().find(|e| {
+        e.spec.format == ExportFormat::Onnx && e.status.as_ref().is_some_and(|s| s.phase == ExportPhase::Succeeded)
+    });
+    Ok(ModelSource {
+        export: onnx.as_ref().map(|e| LocalRef { name: e.name_any() }),
+        training_job: match &onnx {
+            Some(_) => None,
+            None => Some(TrainingJobCheckpointRef { name: tj.name_any(), checkpoint: CheckpointKind::Best }),
+        },
+        uri: None,
+        format: None,
+        sha256: None,
+        class_names: vec![],
+    })
+}
+
+/// The ModelDeployment a create request asks for (pure), serving `source`.
+pub fn build(ns: &str, body: &CreateDeployment, source: ModelSource) -> Result<ModelDeployment, ApiError> {
+    let slug = match (&body.deployment, &body.name) {
+        (Some(d), _) => d.clone(),
+        (None, Some(n)) => super::datasets::slugify(n),
+        (None, None) => body.model.clone(),
+    };
+    if !crate::api::keys::is_namespace_name(&slug) {
+        return Err(ApiError::bad_request(
+            "deployment",
+            format!("'{slug}' is not a valid name: 1 to 63 lowercase letters, digits and dashes"),
+        ));
+    }
+    let mut resources = PredictorResources::default();
+    if let Some(c) = body.cpu {
+        resources.cpu = check_cpu(c)?;
+    }
+    if let Some(m) = body.memory_gi {
+        resources.memory = check_memory(m)?;
+    }
+    let mut md = ModelDeployment::new(
+        &slug,
+        ModelDeploymentSpec {
+            model: source,
+            backend: Default::default(),
+            resources,
+            scaling: Default::default(),
+            batching: Default::default(),
+            inference: Default::default(),
+            scheduling: Default::default(),
+            stopped: false,
+            duration_hours: None,
+        },
+    );
+    md.metadata.namespace = Some(ns.into());
+    md.metadata.labels = Some(
+        [(MANAGED_BY.0, MANAGED_BY.1), (PROJECT, body.project.as_str()), (MODEL, body.model.as_str())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    md.metadata.annotations =
+        Some([(DISPLAY_NAME.to_string(), body.name.clone().unwrap_or_else(|| slug.clone()))].into_iter().collect());
+    Ok(md)
+}
+
+/// Deploys a trained model.
+#[utoipa::path(post, path = "/api/deployments/{owner}", tag = "ultralytics",
+    params(("owner" = String, Path)), request_body = CreateDeployment,
+    responses((status = 201, body = Object), (status = 400, body = crate::api::error::ErrorBody),
+        (status = 404, body = crate::api::error::ErrorBody), (status = 409, body = crate::api::error::ErrorBody),
+        crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path(owner): Path<String>,
+    ApiJson(body): ApiJson<CreateDeployment>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(Action::Write)?;
+    let ns = own_workspace(&principal, &owner)?.to_string();
+    let source = model_source(&api, &ns, &body.project, &body.model)?;
+    let md = build(&ns, &body, source)?;
+    let created = api.cluster.create_deployment(md).await?;
+    let item = deployment_item(&created, "");
+    api.recent_deployments.wrote(created);
+    tracing::info!(namespace = %ns, deployment = %item.deployment, key = %principal.key_id, "deployment created");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": item.id, "deployment": item.deployment, "status": "creating",
+            "message": "the model is exported and its predictor started", "region": REGION})),
+    ))
+}
+
+/// `PATCH /api/deployments/{owner}/{deployment}` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateDeployment {
+    /// `stop`, `start`, `resize` (with `cpu`, `memoryGi`) or `replace` (with `project`, `model`).
+    pub action: Option<String>,
+    /// A new display name.
+    pub name: Option<String>,
+    /// `resize`: CPU cores per pod.
+    pub cpu: Option<f64>,
+    /// `resize`: memory per pod in GiB.
+    pub memory_gi: Option<f64>,
+    /// `replace`: the new model's project.
+    pub project: Option<String>,
+    /// `replace`: the new model.
+    pub model: Option<String>,
+}
+
+/// The merge patch an update asks for (pure), given the new model's source for `replace`.
+pub fn update_patch(body: &UpdateDeployment, replacement: Option<ModelSource>) -> Result<Value, ApiError> {
+    let mut patch = json!({});
+    if let Some(n) = &body.name {
+        patch["metadata"] = json!({"annotations": {DISPLAY_NAME: n}});
+    }
+    match body.action.as_deref() {
+        None if body.name.is_some() => {}
+        None => return Err(ApiError::bad_request("action", "give an action (stop, start, resize, replace) or a name")),
+        Some("stop") => patch["spec"] = json!({"stopped": true}),
+        Some("start") => patch["spec"] = json!({"stopped": false}),
+        Some("resize") => {
+            let mut r = json!({});
+            if let Some(c) = body.cpu {
+                r["cpu"] = json!(check_cpu(c)?);
+            }
+            if let Some(m) = body.memory_gi {
+                r["memory"] = json!(check_memory(m)?);
+            }
+            if r.as_object().is_some_and(|o| o.is_empty()) {
+                return Err(ApiError::bad_request("cpu", "resize needs cpu or memoryGi"));
+            }
+            patch["spec"] = json!({"resources": r});
+        }
+        Some("replace") => {
+            let source =
+                replacement.ok_or_else(|| ApiError::bad_request("model", "replace needs project and model"))?;
+            // Name every source field: the merge patch replaces the model whole.
+            patch["spec"] = json!({"model": {"export": null, "uri": null, "format": null, "sha256": null,
+                "trainingJob": source.training_job}});
+            if let (Some(p), Some(m)) = (&body.project, &body.model) {
+                patch["metadata"]["labels"] = json!({PROJECT: p, MODEL: m});
+            }
+        }
+        Some(a) => {
+            return Err(ApiError::bad_request(
+                "action",
+                format!("'{a}' is not supported: stop, start, resize or replace"),
+            ));
+        }
+    }
+    Ok(patch)
+}
+
+/// Stops, starts, resizes, renames or re-points a deployment.
+#[utoipa::path(patch, path = "/api/deployments/{owner}/{deployment}", tag = "ultralytics",
+    params(("owner" = String, Path), ("deployment" = String, Path)), request_body = UpdateDeployment,
+    responses((status = 200, body = Object), (status = 400, body = crate::api::error::ErrorBody),
+        (status = 404, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, deployment)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateDeployment>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Action::Write)?;
+    let ns = own_workspace(&principal, &owner)?.to_string();
+    let md = find(&api, &ns, &deployment)?;
+    let replacement = match (body.action.as_deref(), &body.project, &body.model) {
+        (Some("replace"), Some(p), Some(m)) => Some(model_source(&api, &ns, p, m)?),
+        _ => None,
+    };
+    let patch = update_patch(&body, replacement)?;
+    let changed = api.cluster.patch_deployment(&ns, &md.name_any(), patch).await?;
+    let item = deployment_item(&changed, "");
+    api.recent_deployments.wrote(changed);
+    let status = match body.action.as_deref() {
+        Some("stop") => "stopping",
+        Some("start" | "resize" | "replace") => "deploying",
+        _ => item.status.as_str(),
+    };
+    tracing::info!(namespace = %ns, deployment = %item.deployment, action = ?body.action, key = %principal.key_id, "deployment updated");
+    Ok(Json(json!({"success": true, "status": status, "message": "updated", "deployment": item.deployment})))
+}
+
+/// Deletes a deployment (its predictor pods go with it).
+#[utoipa::path(delete, path = "/api/deployments/{owner}/{deployment}", tag = "ultralytics",
+    params(("owner" = String, Path), ("deployment" = String, Path)),
+    responses((status = 200, body = Success), (status = 404, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, deployment)): Path<(String, String)>,
+) -> Result<Json<Success>, ApiError> {
+    principal.require(Action::Write)?;
+    let ns = own_workspace(&principal, &owner)?.to_string();
+    let md = find(&api, &ns, &deployment)?;
+    let name = md.name_any();
+    api.cluster.delete_deployment(&ns, &name).await?;
+    api.recent_deployments.deleted(&ns, &name, md.metadata.uid.clone());
+    tracing::info!(namespace = %ns, deployment = %name, key = %principal.key_id, "deployment deleted");
+    Ok(Json(Success { success: true }))
 }

@@ -6,17 +6,21 @@
 //! - `GET /api/account/summary`: the workspace, so that clients can infer their `owner`;
 //! - datasets ([`datasets`]): list, create, retrieve, delete and ingest, a `Dataset` each;
 //! - uploads ([`upload`]): presigned `PUT` URLs into the platform bucket, then `ingest`;
+//! - projects ([`projects`]) and models ([`models`]): records (ConfigMaps) in the namespace;
+//!   `training/start` creates a model's `TrainingJob`, model exports are `Export`s of it;
 //! - deployments ([`deployments`]): the workspace's ModelDeployments, and predictions through
 //!   the gateway.
 //!
-//! Reads come from reflector caches of Datasets and ModelDeployments, the Datasets overlaid with
-//! this replica's own recent writes ([`Recent`]), so that a client reads what it just wrote. Writes go through
-//! [`Cluster`]: the Kubernetes API in the binary, memory in unit tests.
+//! Reads come from reflector caches, overlaid with this replica's own recent writes
+//! ([`Recent`]), so that a client reads what it just wrote. Writes go through [`Cluster`]: the
+//! Kubernetes API in the binary, memory in unit tests.
 
 pub mod cluster;
 pub mod compat;
 pub mod datasets;
 pub mod deployments;
+pub mod models;
+pub mod projects;
 pub mod upload;
 
 use std::sync::Arc;
@@ -27,10 +31,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use ocellus_crds::{Dataset, ModelDeployment};
+use ocellus_crds::{Dataset, Export, ModelDeployment, TrainingJob};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
@@ -48,17 +53,31 @@ pub struct UltralyticsApi {
     pub datasets: Store<Dataset>,
     /// ModelDeployments of every namespace, from the watch.
     pub deployments: Store<ModelDeployment>,
+    /// Project and model records (ConfigMaps labelled `ocellus.dev/record`), from the watch.
+    pub records: Store<ConfigMap>,
+    /// TrainingJobs of every namespace, from the watch.
+    pub training_jobs: Store<TrainingJob>,
+    /// Exports of every namespace, from the watch.
+    pub exports: Store<Export>,
     /// The serving gateway's routes, which predictions are handed to; `None`: predictions 501.
     pub gateway: Option<Router>,
-    /// This replica's recent writes, read over the cache.
-    pub recent: Arc<Recent>,
+    /// This replica's recent Dataset writes, read over the cache.
+    pub recent: Arc<Recent<Dataset>>,
+    /// This replica's recent record writes.
+    pub recent_records: Arc<Recent<ConfigMap>>,
+    /// This replica's recent TrainingJob writes.
+    pub recent_jobs: Arc<Recent<TrainingJob>>,
+    /// This replica's recent Export writes.
+    pub recent_exports: Arc<Recent<Export>>,
+    /// This replica's recent ModelDeployment writes.
+    pub recent_deployments: Arc<Recent<ModelDeployment>>,
     /// Writes Datasets.
     pub cluster: Arc<dyn Cluster>,
     /// Presigns uploads; `None` when no object storage is configured.
     pub uploads: Option<upload::Uploads>,
     /// The platform bucket: `sourceUrl`s in it must stay under the caller's namespace.
     pub platform_bucket: Option<String>,
-    /// Set once the Dataset and ModelDeployment watches have both listed.
+    /// Set once every watch has listed.
     pub synced: Arc<AtomicBool>,
 }
 
@@ -75,6 +94,8 @@ impl UltralyticsApi {
             .route("/api/{*rest}", axum::routing::any(compat::fallback))
             .merge(datasets::routes())
             .merge(deployments::routes())
+            .merge(projects::routes())
+            .merge(models::routes())
             .merge(upload::routes())
             .with_state(self.clone());
         api.protect(routes, Flavor::Ultralytics)
@@ -86,9 +107,35 @@ impl UltralyticsApi {
         self.recent.resolve(namespace, name, cached)
     }
 
-    /// The ModelDeployments of `namespace`.
+    /// A project or model record as this replica last saw it.
+    pub fn record(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        let cached = self.records.get(&reflector::ObjectRef::new(name).within(namespace));
+        self.recent_records.resolve(namespace, name, cached)
+    }
+
+    /// The project and model records of `namespace`, with this replica's recent writes.
+    pub fn records_in(&self, namespace: &str) -> Vec<Arc<ConfigMap>> {
+        let cached = self.records.state().into_iter().filter(|c| c.metadata.namespace.as_deref() == Some(namespace));
+        self.recent_records.merge(namespace, cached.collect())
+    }
+
+    /// A TrainingJob as this replica last saw it.
+    pub fn training_job(&self, namespace: &str, name: &str) -> Option<Arc<TrainingJob>> {
+        let cached = self.training_jobs.get(&reflector::ObjectRef::new(name).within(namespace));
+        self.recent_jobs.resolve(namespace, name, cached)
+    }
+
+    /// The Exports of `namespace`, with this replica's recent writes.
+    pub fn exports_in(&self, namespace: &str) -> Vec<Arc<Export>> {
+        let cached = self.exports.state().into_iter().filter(|e| e.metadata.namespace.as_deref() == Some(namespace));
+        self.recent_exports.merge(namespace, cached.collect())
+    }
+
+    /// The ModelDeployments of `namespace`, with this replica's recent writes.
     pub fn deployments_in(&self, namespace: &str) -> Vec<Arc<ModelDeployment>> {
-        self.deployments.state().into_iter().filter(|d| d.metadata.namespace.as_deref() == Some(namespace)).collect()
+        let cached =
+            self.deployments.state().into_iter().filter(|d| d.metadata.namespace.as_deref() == Some(namespace));
+        self.recent_deployments.merge(namespace, cached.collect())
     }
 
     /// The Datasets of `namespace`, with this replica's recent writes.
@@ -98,8 +145,9 @@ impl UltralyticsApi {
     }
 }
 
-/// Starts the Dataset and ModelDeployment watches (all namespaces) and returns the routes'
-/// state; `gateway` is the serving gateway's router, for predictions.
+/// Starts the watches (all namespaces) of Datasets, ModelDeployments, TrainingJobs, Exports and
+/// the project and model records, and returns the routes' state; `gateway` is the serving
+/// gateway's router, for predictions.
 pub fn start(
     client: kube::Client,
     uploads: Option<upload::Uploads>,
@@ -110,15 +158,37 @@ pub fn start(
     let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (datasets, dw) = reflector::store::<Dataset>();
     let (deployments, mw) = reflector::store::<ModelDeployment>();
+    let (records, rw) = reflector::store::<ConfigMap>();
+    let (training_jobs, tw) = reflector::store::<TrainingJob>();
+    let (exports, ew) = reflector::store::<Export>();
+    let all = watcher::Config::default();
     let tasks = vec![
-        watch("Dataset", kube::Api::<Dataset>::all(client.clone()), dw, listed.clone(), synced.clone()),
-        watch("ModelDeployment", kube::Api::<ModelDeployment>::all(client.clone()), mw, listed, synced.clone()),
+        watch("Dataset", kube::Api::all(client.clone()), all.clone(), dw, listed.clone(), synced.clone()),
+        watch("ModelDeployment", kube::Api::all(client.clone()), all.clone(), mw, listed.clone(), synced.clone()),
+        watch("TrainingJob", kube::Api::all(client.clone()), all.clone(), tw, listed.clone(), synced.clone()),
+        watch("Export", kube::Api::all(client.clone()), all, ew, listed.clone(), synced.clone()),
+        // Only the records: the apiserver never reads other ConfigMaps.
+        watch(
+            "ConfigMap",
+            kube::Api::all(client.clone()),
+            watcher::Config::default().labels(projects::RECORD),
+            rw,
+            listed,
+            synced.clone(),
+        ),
     ];
     let state = UltralyticsApi {
         datasets,
         deployments,
+        records,
+        training_jobs,
+        exports,
         gateway,
-        recent: Arc::new(Recent::default()),
+        recent: Arc::default(),
+        recent_records: Arc::default(),
+        recent_jobs: Arc::default(),
+        recent_exports: Arc::default(),
+        recent_deployments: Arc::default(),
         cluster: Arc::new(KubeCluster::new(client)),
         uploads,
         platform_bucket,
@@ -127,10 +197,14 @@ pub fn start(
     (state, tasks)
 }
 
-/// One reflector; `synced` is set once both watches have listed.
+/// How many watches [`start`] runs: the routes are ready once all have listed.
+const WATCHES: usize = 5;
+
+/// One reflector; `synced` is set once all [`WATCHES`] have listed.
 fn watch<K>(
     kind: &'static str,
     api: kube::Api<K>,
+    config: watcher::Config,
     writer: reflector::store::Writer<K>,
     listed: Arc<std::sync::atomic::AtomicUsize>,
     synced: Arc<AtomicBool>,
@@ -138,7 +212,7 @@ fn watch<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    let stream = watcher(api, config).default_backoff().reflect(writer);
     tokio::spawn(async move {
         let mut first = true;
         let mut stream = std::pin::pin!(stream);
@@ -146,7 +220,7 @@ where
             match event {
                 Ok(watcher::Event::InitDone) if first => {
                     first = false;
-                    if listed.fetch_add(1, Ordering::AcqRel) + 1 == 2 {
+                    if listed.fetch_add(1, Ordering::AcqRel) + 1 == WATCHES {
                         synced.store(true, Ordering::Release);
                     }
                 }
@@ -197,11 +271,11 @@ pub struct AccountSummary {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountCounts {
-    /// Projects (not served yet: 0).
+    /// Projects.
     pub projects: usize,
     /// Datasets.
     pub datasets: usize,
-    /// Models (not served yet: 0).
+    /// Models.
     pub models: usize,
 }
 
@@ -215,16 +289,26 @@ pub async fn account_summary(
 ) -> Result<Json<AccountSummary>, ApiError> {
     principal.require(Action::Read)?;
     let ns = principal.namespace.clone();
+    let records = api.records_in(&ns);
+    fn kind(r: &ConfigMap) -> Option<&str> {
+        r.metadata.labels.as_ref()?.get(projects::RECORD).map(String::as_str)
+    }
     Ok(Json(AccountSummary {
         username: ns.clone(),
         name: ns.clone(),
         account_type: "team".into(),
         plan: "enterprise".into(),
         credits_cents: 0,
-        counts: AccountCounts { projects: 0, datasets: api.datasets_in(&ns).len(), models: 0 },
+        counts: AccountCounts {
+            projects: records.iter().filter(|r| kind(r) == Some("project")).count(),
+            datasets: api.datasets_in(&ns).len(),
+            models: records.iter().filter(|r| kind(r) == Some("model")).count(),
+        },
         teams: vec![],
     }))
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_models;

@@ -15,12 +15,12 @@ use super::*;
 use crate::api::keys::{KeyRecord, PlaintextKey};
 use crate::api::{KeyIndex, Keys, Limits, MemorySecrets, RateLimiter, Role};
 
-struct Fixture {
-    app: Router,
-    cluster: Arc<MemoryCluster>,
-    a_editor: PlaintextKey,
-    a_viewer: PlaintextKey,
-    b_editor: PlaintextKey,
+pub(super) struct Fixture {
+    pub app: Router,
+    pub cluster: Arc<MemoryCluster>,
+    pub a_editor: PlaintextKey,
+    pub a_viewer: PlaintextKey,
+    pub b_editor: PlaintextKey,
 }
 
 /// The routes' state over `cluster`, with `gateway` for predictions.
@@ -28,8 +28,15 @@ fn state(cluster: &Arc<MemoryCluster>, gateway: Option<Router>, platform_bucket:
     UltralyticsApi {
         datasets: cluster.store(),
         deployments: cluster.deployment_store(),
+        records: cluster.record_store(),
+        training_jobs: cluster.training_job_store(),
+        exports: cluster.export_store(),
         gateway,
-        recent: Arc::new(Recent::default()),
+        recent: Arc::default(),
+        recent_records: Arc::default(),
+        recent_jobs: Arc::default(),
+        recent_exports: Arc::default(),
+        recent_deployments: Arc::default(),
         cluster: cluster.clone(),
         uploads: None,
         platform_bucket: platform_bucket.map(String::from),
@@ -45,7 +52,7 @@ fn api_with(key: &PlaintextKey, ns: &str) -> ApiState {
         .expect("state")
 }
 
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let (a_editor, a_viewer, b_editor) =
         (PlaintextKey::from_bytes([1; 20]), PlaintextKey::from_bytes([2; 20]), PlaintextKey::from_bytes([3; 20]));
     let keys = Keys::from_index(KeyIndex::from_records([
@@ -54,7 +61,10 @@ fn fixture() -> Fixture {
         KeyRecord::new(&b_editor, "team-b", Role::Editor, "b", Utc::now()),
     ]));
     let registry = prometheus::Registry::new();
-    let limiter = RateLimiter::new(Limits::with_overrides("upload=unlimited").expect("limits"), 100);
+    let limiter = RateLimiter::new(
+        Limits::with_overrides("upload=unlimited,training=unlimited,export=unlimited").expect("limits"),
+        100,
+    );
     let api = ApiState::new(keys, Arc::new(MemorySecrets::new()), "rel".into(), limiter, &registry).expect("state");
     let cluster = Arc::new(MemoryCluster::default());
     let ul = state(&cluster, None, Some("ocellus"));
@@ -62,7 +72,13 @@ fn fixture() -> Fixture {
     Fixture { app, cluster, a_editor, a_viewer, b_editor }
 }
 
-async fn call(app: &Router, method: &str, uri: &str, key: &PlaintextKey, body: Option<Value>) -> (StatusCode, Value) {
+pub(super) async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    key: &PlaintextKey,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req =
         Request::builder().method(method).uri(uri).header(header::AUTHORIZATION, format!("Bearer {}", key.expose()));
     if body.is_some() {
@@ -309,9 +325,12 @@ async fn gateway_paths_still_reach_the_gateway_beside_these_routes() {
 }
 
 fn model_deployment(ns: &str, name: &str, phase: DeploymentPhase, replicas: i32) -> ocellus_crds::ModelDeployment {
+    // A uid of its own per object, as the API server gives (ids are derived from it).
+    let n = ns.bytes().chain(name.bytes()).fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let uid = format!("11111111-2222-4333-8444-{:012x}", n & 0xffff_ffff_ffff);
     let mut md: ocellus_crds::ModelDeployment = serde_json::from_value(json!({
         "apiVersion": "ocellus.dev/v1alpha1", "kind": "ModelDeployment",
-        "metadata": {"name": name, "namespace": ns, "uid": "11111111-2222-4333-8444-555555555555", "generation": 1,
+        "metadata": {"name": name, "namespace": ns, "uid": uid, "generation": 1,
                      "creationTimestamp": "2026-12-01T10:00:00Z"},
         "spec": {"model": {"export": {"name": "e"}}, "resources": {"cpu": "500m", "memory": "1536Mi"},
                  "scaling": {"minReplicas": 0, "maxReplicas": 3}},
@@ -378,14 +397,15 @@ async fn a_prediction_is_handed_to_the_gateway_under_the_deployment_path() {
 async fn routes_the_platform_has_and_ocellus_does_not_answer_in_the_error_shape() {
     let f = fixture();
     for (method, uri, status) in [
-        ("GET", "/api/projects/team-a", StatusCode::NOT_IMPLEMENTED),
-        ("POST", "/api/training/start", StatusCode::NOT_IMPLEMENTED),
+        ("PATCH", "/api/projects/team-a/p", StatusCode::NOT_IMPLEMENTED),
+        ("GET", "/api/training/gpu-availability", StatusCode::NOT_IMPLEMENTED),
+        ("POST", "/api/models/team-a/p/m/predict", StatusCode::NOT_IMPLEMENTED),
+        ("PATCH", "/api/models/team-a/p/m", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/billing/usage-summary", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/trash", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/datasets/team-a/x/class-stats", StatusCode::NOT_IMPLEMENTED),
-        // A served path, another method: creating and changing deployments.
-        ("POST", "/api/deployments/team-a", StatusCode::NOT_IMPLEMENTED),
-        ("PATCH", "/api/deployments/team-a/d", StatusCode::NOT_IMPLEMENTED),
+        // A served path, another method.
+        ("PUT", "/api/deployments/team-a/d", StatusCode::NOT_IMPLEMENTED),
         ("PATCH", "/api/datasets/team-a/x", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/nothing-like-it", StatusCode::NOT_FOUND),
     ] {

@@ -55,6 +55,22 @@ impl Uploads {
     pub fn bucket(&self) -> &str {
         self.store.bucket()
     }
+
+    /// The size (`None` if it is missing) and a presigned `GET` URL of `uri`, an object of the
+    /// platform bucket (`s3://<bucket>/<key>`), valid [`URL_TTL`].
+    pub async fn presign_download(&self, uri: &str) -> Result<(Option<u64>, String), ApiError> {
+        let key = uri
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(bucket, key)| *bucket == self.bucket() && !key.is_empty())
+            .map(|(_, key)| key)
+            .ok_or_else(|| ApiError::NotImplemented {
+                what: format!("downloads of {uri}, outside the platform bucket"),
+            })?;
+        let size = self.store.head(key).await.map_err(ApiError::internal)?;
+        let url = self.signer.presign_get(key, URL_TTL).await.map_err(ApiError::internal)?;
+        Ok((size, url))
+    }
 }
 
 pub(super) fn routes() -> Router<UltralyticsApi> {
