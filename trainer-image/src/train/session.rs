@@ -51,6 +51,20 @@ pub struct Progress {
     /// Optimiser steps since the loss scale last changed.
     #[serde(default)]
     pub scale_steps: u64,
+    /// `iteration` at the last optimiser step (0 before the first).
+    #[serde(default)]
+    pub last_step_iteration: usize,
+}
+
+/// Batches whose gradients one optimiser step takes at iteration `it` (0-based): `accumulate`,
+/// except during warm-up, where Ultralytics ramps it from 1 (a step every batch) up to
+/// `accumulate` at `warmup_iters` (numpy's interp, then round half to even).
+pub fn accumulate_at(it: usize, warmup_iters: usize, accumulate: usize) -> usize {
+    if warmup_iters == 0 || it > warmup_iters {
+        return accumulate;
+    }
+    let x = 1.0 + (accumulate as f64 - 1.0) * it as f64 / warmup_iters as f64;
+    (x.round_ties_even() as usize).max(1)
 }
 
 /// What [`Session::init_from`] took from the starting weights.
@@ -161,6 +175,7 @@ impl Session {
             best_fitness: -1.0,
             loss_scale: if cfg.amp { INITIAL_LOSS_SCALE } else { 0.0 },
             scale_steps: 0,
+            last_step_iteration: 0,
         };
         Ok(Session { arch_name, vs, model, ema, ema_model, names, m, v, progress })
     }
@@ -427,12 +442,15 @@ impl Session {
                 }
                 self.progress.seen += b.len;
                 self.progress.iteration += 1;
-                if self.progress.iteration.is_multiple_of(accumulate) || bi + 1 == nb {
+                let due = accumulate_at(it, warmup_iters, accumulate);
+                if self.progress.iteration - self.progress.last_step_iteration >= due || bi + 1 == nb {
                     self.step(cfg, lr, lr_bias, wd, momentum);
+                    self.progress.last_step_iteration = self.progress.iteration;
                 }
                 self.progress.batch = bi + 1;
                 // Pause only at an optimiser-step boundary, so no accumulated gradient is lost.
-                if stop.load(Ordering::SeqCst) && self.progress.iteration.is_multiple_of(accumulate) && bi + 1 < nb {
+                let stepped = self.progress.last_step_iteration == self.progress.iteration;
+                if stop.load(Ordering::SeqCst) && stepped && bi + 1 < nb {
                     return Ok(Outcome::Paused);
                 }
             }
@@ -476,5 +494,21 @@ impl Session {
             }
         }
         Ok(Outcome::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accumulate_at;
+
+    /// Ultralytics' `max(1, int(np.interp(ni, [0, nw], [1, accumulate]).round()))`: a step every
+    /// batch at first, every `accumulate` batches from the end of warm-up on (numpy rounds 2.5 to 2).
+    #[test]
+    fn accumulation_ramps_up_over_warm_up_as_ultralytics() {
+        let got: Vec<usize> =
+            [0, 16, 17, 50, 83, 84, 100, 101, 5000].iter().map(|&it| accumulate_at(it, 100, 4)).collect();
+        assert_eq!(got, vec![1, 1, 2, 2, 3, 4, 4, 4, 4]);
+        assert_eq!(accumulate_at(0, 0, 4), 4, "no warm-up: always the nominal");
+        assert_eq!(accumulate_at(10, 100, 1), 1);
     }
 }
