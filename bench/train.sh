@@ -15,7 +15,7 @@ N=${N:-300}; EPOCHS=${EPOCHS:-10}; IMGSZ=${IMGSZ:-160}; BATCH=${BATCH:-16}; SEED
 CONF=0.001; IOU=0.7; MAX_DET=300
 hack/setup.sh python
 source <(hack/setup.sh torch-env)
-cargo build -q --release -p ocellus-trainer --features torch -p ocellus-tests --bins
+cargo build -q --release -p ocellus-trainer --features torch -p ocellus-predictor -p ocellus-tests --bins
 target="${CARGO_TARGET_DIR:-target}/release"
 peer_env=$(bench/setup-peer.sh)
 # The common evaluator runs in the peer's venv (OpenCV, onnxruntime) and needs pycocotools.
