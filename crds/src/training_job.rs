@@ -141,7 +141,7 @@ pub struct Hyperparameters {
     /// Shape of the decay from `lr0` to `lr0 × lrf`: cosine (`true`) or linear (`false`, default).
     #[serde(default)]
     pub cos_lr: bool,
-    /// Length of the warm-up in epochs (fractions allowed, 0 to 100; default 3; at least 100 iterations when above 0): the learning rate ramps up from 0 to `lr0` and SGD's momentum from 0.8. 0 disables it.
+    /// Length of the warm-up in epochs (fractions allowed, 0 to 100; default 3; at most all epochs but the last): the learning rate ramps up from 0 to `lr0` and SGD's momentum from 0.8. 0 disables it.
     #[serde(default = "default_warmup")]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub warmup_epochs: f64,

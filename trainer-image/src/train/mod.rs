@@ -37,7 +37,7 @@ pub struct TrainConfig {
     pub lrf: f64,
     /// Cosine instead of linear decay.
     pub cos_lr: bool,
-    /// Warm-up epochs (at least 100 iterations).
+    /// Warm-up epochs (at most all but the last epoch).
     pub warmup_epochs: f64,
     /// Learning rate biases start warm-up with, falling to `lr0` (Ultralytics' `warmup_bias_lr`:
     /// 0.1, and 0 under `optimizer=auto`).

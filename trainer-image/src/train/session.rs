@@ -56,6 +56,13 @@ pub struct Progress {
     pub last_step_iteration: usize,
 }
 
+/// Warm-up length in iterations, as Ultralytics 8.4 (`_get_warmup_iterations`): `warmup_epochs`
+/// of `batches` each, at most all epochs but the last, rounded half to even; 0 disables it.
+pub fn warmup_iterations(warmup_epochs: f64, epochs: usize, batches: usize) -> usize {
+    let w = warmup_epochs.min(epochs.saturating_sub(1) as f64);
+    if w > 0.0 { (w * batches as f64).round_ties_even() as usize } else { 0 }
+}
+
 /// Batches whose gradients one optimiser step takes at iteration `it` (0-based): `accumulate`,
 /// except during warm-up, where Ultralytics ramps it from 1 (a step every batch) up to
 /// `accumulate` at `warmup_iters` (numpy's interp, then round half to even).
@@ -388,8 +395,7 @@ impl Session {
         let accumulate = (cfg.nbs as f64 / cfg.batch as f64).round().max(1.0) as usize;
         let wd = cfg.weight_decay * (cfg.batch * accumulate) as f64 / cfg.nbs as f64;
         let nb = train.len().div_ceil(cfg.batch);
-        let warmup_iters =
-            if cfg.warmup_epochs > 0.0 { ((cfg.warmup_epochs * nb as f64).round() as usize).max(100) } else { 0 };
+        let warmup_iters = warmup_iterations(cfg.warmup_epochs, cfg.epochs, nb);
         while self.progress.epoch < cfg.epochs {
             let epoch = self.progress.epoch;
             let started = Instant::now();
@@ -499,7 +505,18 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::accumulate_at;
+    use super::{accumulate_at, warmup_iterations};
+
+    /// No floor of 100 iterations (older Ultralytics had one; 8.4 has not), and the last epoch is
+    /// never warm-up: 3 epochs of 15 batches are 45 iterations, and a 2-epoch run warms up 1.
+    #[test]
+    fn warm_up_lasts_warmup_epochs_but_never_the_last_epoch() {
+        assert_eq!(warmup_iterations(3.0, 10, 15), 45);
+        assert_eq!(warmup_iterations(3.0, 2, 15), 15);
+        assert_eq!(warmup_iterations(3.0, 1, 15), 0);
+        assert_eq!(warmup_iterations(0.0, 10, 15), 0);
+        assert_eq!(warmup_iterations(0.5, 10, 5), 2, "2.5 rounds to even, as Python's round");
+    }
 
     /// Ultralytics' `max(1, int(np.interp(ni, [0, nw], [1, accumulate]).round()))`: a step every
     /// batch at first, every `accumulate` batches from the end of warm-up on (numpy rounds 2.5 to 2).
