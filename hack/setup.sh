@@ -8,6 +8,7 @@
 #   hack/setup.sh python    moto[server] (S3-compatible server) and pycocotools, in the project venv
 #   hack/setup.sh torch     libtorch (PyPI torch 2.11.0, CPU-lean) for the `torch` feature
 #   hack/setup.sh torch-env the same, printing the LIBTORCH exports to source
+#   hack/setup.sh ultralytics  a model trained and exported by the pinned Ultralytics (bring-your-own-model tests)
 #   hack/setup.sh all       everything
 source "$(dirname "$0")/lib.sh"
 
@@ -139,12 +140,52 @@ setup_torch() {
   echo "export LIBTORCH=$LIBTORCH LIBTORCH_BYPASS_VERSION_CHECK=1"
 }
 
+# The bring-your-own-model fixture: a small model trained by the pinned Ultralytics on a synthetic
+# shapes set, its ONNX (raw and nms=True) and TorchScript exports, and Ultralytics' own answers on
+# them (bench/byo_reference.py). Ultralytics needs PyTorch's Python side, which loads the CUDA
+# libraries (about 5 GB from PyPI), so the venv lives only while the fixture is made and is deleted
+# afterwards (OCELLUS_KEEP_ULTRALYTICS=1 keeps it); the fixture (about 50 MB) is cached by the
+# script's and the pins' hash.
+ULTRALYTICS_PIN="ultralytics==8.4.190"
+ULTRALYTICS_PINS="torch==2.11.0 torchvision==0.26.0 onnx==1.23.2 onnxslim==0.1.98 onnxruntime==1.32.0"
+ULTRALYTICS_DEPS="numpy==2.2.6 opencv-python-headless==4.12.0.88 pillow pyyaml requests psutil polars ultralytics-thop matplotlib"
+
+setup_ultralytics() {
+  local fixture="$OCELLUS_CACHE/ultralytics-fixture" v="$OCELLUS_CACHE/ultralytics-venv" key
+  key=$(cat "$(dirname "$0")/../bench/byo_reference.py" <(echo "$ULTRALYTICS_PIN $ULTRALYTICS_PINS $ULTRALYTICS_DEPS") | sha256sum | cut -c1-16)
+  [ "$(cat "$fixture/.key" 2>/dev/null)" = "$key" ] && return 0
+  need_python
+  if [ "$(cat "$v/.pins" 2>/dev/null)" != "$ULTRALYTICS_PIN $ULTRALYTICS_PINS $ULTRALYTICS_DEPS" ]; then
+    rm -rf "$v"
+    python3 -m venv "$v" || die "cannot create $v"
+    log "installing $ULTRALYTICS_PIN $ULTRALYTICS_PINS (with PyTorch's CUDA libraries, about 5 GB) into $v"
+    # Ultralytics without its own dependency list: it would pull opencv-python, which needs libGL.
+    # shellcheck disable=SC2086
+    { "$v/bin/pip" install -q $ULTRALYTICS_PINS $ULTRALYTICS_DEPS \
+        && "$v/bin/pip" install -q --no-deps $ULTRALYTICS_PIN; } || die "pip install of Ultralytics failed"
+    echo "$ULTRALYTICS_PIN $ULTRALYTICS_PINS $ULTRALYTICS_DEPS" > "$v/.pins"
+  fi
+  log "making the bring-your-own-model fixture with Ultralytics (a few minutes on 2 cores)"
+  local cfg="$OCELLUS_CACHE/ultralytics-config"
+  mkdir -p "$cfg/Ultralytics"
+  echo '{"sync": false, "hub": false, "wandb": false, "mlflow": false, "comet": false, "clearml": false, "dvc": false, "neptune": false, "raytune": false, "tensorboard": false}' > "$cfg/Ultralytics/settings.json"
+  rm -rf "$fixture.tmp"
+  YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_CONFIG_DIR="$cfg" MPLCONFIGDIR="$cfg/mpl" PIP_NO_INDEX=1 \
+    "$v/bin/python" "$(dirname "$0")/../bench/byo_reference.py" --out "$fixture.tmp" >"$OCELLUS_CACHE/ultralytics-fixture.log" 2>&1 \
+    || { tail -30 "$OCELLUS_CACHE/ultralytics-fixture.log" >&2; die "making the Ultralytics fixture failed (log: $OCELLUS_CACHE/ultralytics-fixture.log)"; }
+  echo "$key" > "$fixture.tmp/.key"
+  rm -rf "$fixture" && mv "$fixture.tmp" "$fixture"
+  [ "${OCELLUS_KEEP_ULTRALYTICS:-0}" = 1 ] || rm -rf "$v"
+  log "Ultralytics fixture ready in $fixture"
+}
+
 case "${1:-all}" in
   tools) setup_tools ;;
   cluster) setup_cluster ;;
   python|s3) setup_python ;;
   torch) setup_torch >/dev/null ;;
+  ultralytics) setup_ultralytics ;;
   torch-env) setup_torch ;;
-  all) setup_tools; setup_python; setup_cluster; setup_torch >/dev/null ;;
-  *) die "usage: hack/setup.sh [tools|cluster|python|torch|torch-env|all]" ;;
+  all) setup_tools; setup_python; setup_cluster; setup_torch >/dev/null; setup_ultralytics ;;
+  *) die "usage: hack/setup.sh [tools|cluster|python|torch|torch-env|ultralytics|all]" ;;
 esac

@@ -9,6 +9,7 @@ hack/setup.sh tools
 hack/setup.sh cluster
 hack/setup.sh python
 hack/setup.sh torch
+hack/setup.sh ultralytics
 
 log "checking formatting (rustfmt.toml)"
 cargo fmt --all --check
@@ -18,7 +19,7 @@ cargo run -q --locked -p ocellus-crds --bin crdgen -- --check
 
 # Layers point one way: workloads and pure libraries never link Kubernetes (tests included).
 log "checking that workloads and libraries do not depend on Kubernetes"
-for p in ocellus-core ocellus-storage ocellus-vision ocellus-dataset ocellus-trainer ocellus-predictor; do
+for p in ocellus-core ocellus-storage ocellus-vision ocellus-interop ocellus-dataset ocellus-trainer ocellus-predictor; do
   if cargo tree --locked -q -p "$p" --all-features -e normal,dev,build --prefix none | grep -Eq '^(kube|kube-client|k8s-openapi) '; then
     die "$p depends on kube or k8s-openapi: $(cargo tree --locked -q -p "$p" --all-features -i k8s-openapi -e normal,dev,build | head -20)"
   fi

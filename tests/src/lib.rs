@@ -83,6 +83,7 @@ pub fn run_json_cli(bin: &std::path::Path, args: &[&str], s3: &s3::S3Server) -> 
 
 pub mod fixtures;
 pub mod s3;
+pub mod ultralytics;
 
 /// Waits for Ctrl-C or SIGTERM (how the foreground tools are stopped).
 pub async fn stop_signal() -> std::io::Result<()> {
