@@ -543,6 +543,7 @@ mod tests {
             batch: 1,
             dynamic: true,
             half: false,
+            end2end: None,
         };
         let spec =
             ModelSpec { path: "unused".into(), info, kind: Kind::Onnx, device: Device::Cpu, threads: 0, spin: true };

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 
 use image::{ImageFormat, ImageReader, RgbImage};
-use ocellus_vision::decode::{Thresholds, decode_to_original};
+use ocellus_vision::decode::{Thresholds, decode_end2end, decode_to_original};
 use ocellus_vision::letterbox::{Letterbox, letterbox, to_chw};
 use ocellus_vision::{BBox, ModelInfo};
 use serde::Serialize;
@@ -113,14 +113,18 @@ impl From<BBox> for BoxXyxy {
     }
 }
 
-/// Decodes one image's model output: detections after NMS (boxes in original pixels), or the
+/// Decodes one image's model output: detections after NMS, or the rows of an end-to-end model
+/// (boxes in original pixels), or the
 /// top-5 classes of a classifier above `conf`.
 pub fn postprocess(info: &ModelInfo, out: &[f32], lb: &Letterbox, th: Thresholds) -> Vec<Prediction> {
     let name = |c: usize| info.names.get(c).cloned().unwrap_or_else(|| c.to_string());
     if info.is_detect() {
-        let anchors = crate::backend::anchors(info.imgsz);
-        decode_to_original(out, info.names.len(), anchors, th, lb)
-            .into_iter()
+        let nc = info.names.len();
+        let dets = match info.end2end {
+            Some(_) => decode_end2end(out, nc, th, lb),
+            None => decode_to_original(out, nc, ocellus_vision::model_info::anchors(info.imgsz), th, lb),
+        };
+        dets.into_iter()
             .map(|d| Prediction { class: d.class, name: name(d.class), confidence: d.score, bbox: Some(d.bbox.into()) })
             .collect()
     } else {
@@ -183,6 +187,7 @@ mod tests {
             batch: 1,
             dynamic: true,
             half: false,
+            end2end: None,
         };
         let out = [0.01, 0.5, 0.02, 0.3, 0.1, 0.04, 0.03];
         let lb = Letterbox::new(64, 64, 64);

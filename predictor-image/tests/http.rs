@@ -1,7 +1,10 @@
 //! The predictor over real HTTP (one test binary, so the model is trained once): a model trained
-//! and exported by the trainer CLI, served by `ocellus-predictor serve` processes.
+//! and exported by the trainer CLI, served by `ocellus-predictor serve` processes; and Ultralytics'
+//! own exports, served as they are.
 #![cfg(feature = "torch")]
 
+#[path = "http/byo.rs"]
+mod byo;
 #[path = "http/common/mod.rs"]
 mod common;
 #[path = "http/label_studio.rs"]

@@ -60,6 +60,22 @@ pub fn decode_to_original(
     decode(data, classes, anchors, t).into_iter().map(|d| Detection { bbox: to_original(&d.bbox, lb), ..d }).collect()
 }
 
+/// Decodes one image's NMS-free end-to-end output (`data` is `[rows][6]`: `x1, y1, x2, y2, score,
+/// class` in input pixels, best first, as Ultralytics' `nms=True` and YOLO26 exports write it):
+/// rows above `conf` with a valid class, at most `max_det`, boxes mapped to the original image.
+/// No NMS: the model did it (or needs none).
+pub fn decode_end2end(data: &[f32], classes: usize, t: Thresholds, lb: &Letterbox) -> Vec<Detection> {
+    data.chunks_exact(6)
+        .filter(|r| r[4] > t.conf && r[5] >= 0.0 && (r[5] as usize) < classes && r[5].fract() == 0.0)
+        .take(t.max_det)
+        .map(|r| Detection {
+            bbox: to_original(&BBox { x1: r[0], y1: r[1], x2: r[2], y2: r[3] }, lb),
+            score: r[4],
+            class: r[5] as usize,
+        })
+        .collect()
+}
+
 /// A box from letterboxed to original pixels, clipped to the image. Each axis is divided by its
 /// own resize ratio (`new_w / orig_w`, `new_h / orig_h`), as Ultralytics' `scale_boxes` does with
 /// the dataset's `ratio_pad`: the resized sides are whole pixels, so one `scale` for both axes
@@ -102,6 +118,25 @@ mod tests {
         let data = [10.0, 10.0, 8.0, 8.0, 0.5, 0.4];
         let out = decode(&data, 2, 1, Thresholds { conf: 0.001, iou: 0.7, max_det: 300 });
         assert_eq!(out.iter().map(|d| (d.class, d.score)).collect::<Vec<_>>(), vec![(0, 0.5)]);
+    }
+
+    #[test]
+    fn end2end_rows_are_filtered_not_suppressed() {
+        let lb = Letterbox::new(64, 64, 64);
+        // Two overlapping boxes of one class (kept: the model did NMS), one below conf, one with a
+        // class past the names, then the zero padding.
+        let data = [
+            10.0, 10.0, 30.0, 30.0, 0.9, 1.0, //
+            11.0, 10.0, 31.0, 30.0, 0.8, 1.0, //
+            0.0, 0.0, 5.0, 5.0, 0.1, 0.0, //
+            0.0, 0.0, 5.0, 5.0, 0.7, 7.0, //
+            0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        let t = Thresholds { conf: 0.25, iou: 0.7, max_det: 300 };
+        let d = decode_end2end(&data, 2, t, &lb);
+        assert_eq!(d.iter().map(|d| (d.class, d.score)).collect::<Vec<_>>(), vec![(1, 0.9), (1, 0.8)]);
+        assert_eq!(d[0].bbox, BBox { x1: 10.0, y1: 10.0, x2: 30.0, y2: 30.0 });
+        assert_eq!(decode_end2end(&data, 2, Thresholds { max_det: 1, ..t }, &lb).len(), 1);
     }
 
     #[test]

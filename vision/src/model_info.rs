@@ -29,6 +29,12 @@ pub struct ModelInfo {
     /// Half-precision weights and input.
     #[serde(default)]
     pub half: bool,
+    /// NMS-free detector output `(batch, rows, 6)`, rows `x1, y1, x2, y2, score, class` in input
+    /// pixels, as Ultralytics' end-to-end exports (`nms=True`, YOLO26) produce; the value is the
+    /// row count (their `max_det`). Unset: the raw `(batch, 4 + classes, anchors)` layout, which
+    /// is decoded with NMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end2end: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -40,6 +46,22 @@ impl ModelInfo {
     pub fn is_detect(&self) -> bool {
         self.task == "detect"
     }
+
+    /// The model's output per image: `[4 + classes, anchors]` (raw detector), `[rows, 6]`
+    /// (end-to-end detector) or `[classes]` (classifier probabilities).
+    pub fn output_shape(&self) -> Vec<usize> {
+        let nc = self.names.len();
+        match (self.is_detect(), self.end2end) {
+            (true, Some(rows)) => vec![rows as usize, 6],
+            (true, None) => vec![4 + nc, anchors(self.imgsz)],
+            (false, _) => vec![nc],
+        }
+    }
+}
+
+/// Anchor points of a detector at a square input size (strides 8, 16, 32).
+pub fn anchors(imgsz: u32) -> usize {
+    [8, 16, 32].iter().map(|s| (imgsz as usize / s).pow(2)).sum()
 }
 
 /// Name of the image input of exported models (as Ultralytics).

@@ -1,7 +1,7 @@
 //! Open Inference Protocol v2 (KServe / Triton REST): server and model health and metadata, and
 //! `infer` with either
 //! - the model's own tensor, `images` FP32 `[N, 3, S, S]` (letterboxed, 0–1), answered with the
-//!   raw `output0` (`[N, 4 + nc, anchors]` or `[N, nc]`), or
+//!   raw `output0` (`[N, 4 + nc, anchors]`, `[N, rows, 6]` end-to-end, or `[N, nc]`), or
 //! - encoded images, a BYTES input of shape `[N]` (base64 strings in JSON, or raw bytes with
 //!   Triton's binary-data extension), answered after the full pipeline with `boxes` `[K, 4]`
 //!   (x1, y1, x2, y2 in original pixels), `scores` `[K]`, `classes` `[K]` and `batch_index` `[K]`
@@ -77,10 +77,9 @@ fn check_model(s: &AppState, p: &HashMap<String, String>) -> Result<String, ApiE
 
 fn metadata(s: &AppState) -> Value {
     let info = &s.model.info;
-    let nc = info.names.len() as i64;
     let side = i64::from(info.imgsz);
-    let out_shape =
-        if info.is_detect() { json!([-1, 4 + nc, crate::backend::anchors(info.imgsz)]) } else { json!([-1, nc]) };
+    let mut out_shape = vec![-1i64];
+    out_shape.extend(info.output_shape().iter().map(|d| *d as i64));
     let platform = match s.model.backend.get().copied() {
         Some("libtorch") => "pytorch_libtorch",
         Some("tensorrt") => "tensorrt_plan",
@@ -266,11 +265,9 @@ async fn run_infer(s: AppState, headers: HeaderMap, body: Bytes) -> Result<Json<
                 per_out = o.len();
                 flat.extend(o);
             }
-            let shape = if info.is_detect() {
-                json!([n, 4 + info.names.len(), crate::backend::anchors(info.imgsz)])
-            } else {
-                json!([n, per_out])
-            };
+            let mut shape = vec![n];
+            shape.extend(info.output_shape());
+            debug_assert_eq!(per_out, info.output_shape().iter().product::<usize>());
             outputs.push(json!({"name": OUTPUT_NAME, "datatype": "FP32", "shape": shape, "data": flat}));
         }
         "BYTES" => {

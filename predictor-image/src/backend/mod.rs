@@ -108,14 +108,8 @@ impl ModelSpec {
 
     /// Floats per image in the model's output.
     pub fn output_len(&self) -> usize {
-        let nc = self.info.names.len();
-        if self.info.is_detect() { (4 + nc) * anchors(self.info.imgsz) } else { nc }
+        self.info.output_shape().iter().product()
     }
-}
-
-/// Anchor points of a detector at a square input size (strides 8, 16, 32).
-pub fn anchors(imgsz: u32) -> usize {
-    [8, 16, 32].iter().map(|s| (imgsz as usize / s).pow(2)).sum()
 }
 
 /// A loaded model.

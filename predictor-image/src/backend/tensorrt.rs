@@ -11,7 +11,7 @@ use ocellus_vision::model_info::{INPUT_NAME, OUTPUT_NAME};
 use ocellus_vision::onnx::{Attr, Dim, Graph};
 
 use super::onnx::OnnxBackend;
-use super::{Backend, BackendError, ModelSpec, anchors};
+use super::{Backend, BackendError, ModelSpec};
 
 /// Loads an ONNX model or a serialized engine on the TensorRT provider.
 pub fn load(spec: &ModelSpec) -> Result<Box<dyn Backend>, BackendError> {
@@ -46,11 +46,7 @@ pub fn ep_context_model(engine: &Path, info: &ModelInfo) -> Vec<u8> {
     );
     let s = i64::from(info.imgsz);
     let batch = if info.dynamic { Dim::Param("batch") } else { Dim::Fixed(i64::from(info.batch.max(1))) };
-    let nc = info.names.len() as i64;
-    let out = if info.is_detect() {
-        vec![batch.clone(), Dim::Fixed(4 + nc), Dim::Fixed(anchors(info.imgsz) as i64)]
-    } else {
-        vec![batch.clone(), Dim::Fixed(nc)]
-    };
+    let mut out = vec![batch.clone()];
+    out.extend(info.output_shape().iter().map(|d| Dim::Fixed(*d as i64)));
     g.into_model((INPUT_NAME, &[batch, Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]), (OUTPUT_NAME, &out), 17, &[])
 }
