@@ -72,7 +72,7 @@ pub struct ModelSource {
     /// The `best` (default) or `last` checkpoint of a TrainingJob in the same namespace, served as TorchScript: the operator creates and owns an Export named `<name>-torchscript` (at `inference.imgsz` when set) and serves its artifact. The checkpoint is exported once; delete that Export to serve a newer checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_job: Option<TrainingJobCheckpointRef>,
-    /// `s3://` URI of an exported artifact (TorchScript, ONNX or TensorRT engine) with its model info at `<uri>.json` beside it, readable with the workload S3 Secret; requires `format`. `https://` URIs pass validation but are refused by the operator for now (planned).
+    /// `s3://` URI of an exported artifact (TorchScript, ONNX or TensorRT engine) with its model info at `<uri>.json` beside it, or of an Ultralytics ONNX or TorchScript detect/classify export, whose embedded metadata stands in for the model info; readable with the workload S3 Secret; requires `format`. `https://` URIs pass validation but are refused by the operator for now (planned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(s3|https?)://.+"))]
     pub uri: Option<String>,

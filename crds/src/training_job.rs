@@ -86,7 +86,7 @@ pub struct ModelSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.uri) != has(self.trainingJob)").message("exactly one of uri or trainingJob must be set"))]
 pub struct StartingWeights {
-    /// `s3://` URI of Ocellus weights or a checkpoint (`.safetensors`), e.g. `s3://<bucket>/<namespace>/trainingjobs/<name>/weights/best.safetensors`.
+    /// `s3://` URI of Ocellus weights or a checkpoint (`.safetensors`), e.g. `s3://<bucket>/<namespace>/trainingjobs/<name>/weights/best.safetensors`, or of an Ultralytics checkpoint (`.pt`, e.g. the `best.pt` of `yolo train`), which the trainer reads without running its pickle; its architecture must be the `architecture` here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^s3://.+"))]
     pub uri: Option<String>,

@@ -4,6 +4,8 @@
 pub mod error;
 pub mod export;
 #[cfg(feature = "torch")]
+pub mod import;
+#[cfg(feature = "torch")]
 pub mod loss;
 #[cfg(feature = "torch")]
 pub mod model;

@@ -11,6 +11,8 @@ mod args;
 mod cli;
 #[cfg(feature = "torch")]
 mod export_cmd;
+#[cfg(feature = "torch")]
+mod import_cmd;
 mod ingest_cmd;
 mod report;
 #[cfg(feature = "torch")]
@@ -47,6 +49,9 @@ enum Command {
     /// Export weights to TorchScript, ONNX or a TensorRT engine.
     #[cfg(feature = "torch")]
     Export(Box<export_cmd::ExportArgs>),
+    /// Import an Ultralytics `.pt` checkpoint as trainer weights, without running its pickle.
+    #[cfg(feature = "torch")]
+    Import(Box<import_cmd::ImportArgs>),
     /// Print the build and runtime versions as JSON.
     Version,
 }
@@ -70,6 +75,8 @@ fn main() -> ExitCode {
         Command::Val(args) => rt.block_on(val_cmd::run(*args)),
         #[cfg(feature = "torch")]
         Command::Export(args) => rt.block_on(export_cmd::run(*args)),
+        #[cfg(feature = "torch")]
+        Command::Import(args) => rt.block_on(import_cmd::run(*args)),
         Command::Version => {
             println!("{}", serde_json::json!({ "trainer": env!("CARGO_PKG_VERSION") }));
             ExitCode::SUCCESS

@@ -105,9 +105,9 @@ pub struct TrainArgs {
     /// Mixed precision on CUDA (autocast and dynamic loss scaling).
     #[arg(long, env = "OCELLUS_AMP")]
     pub amp: bool,
-    /// Start from these weights (`s3://...safetensors` or a local path: our `weights/*` or a
-    /// checkpoint); layers whose shape differs (the class layers, when the class count
-    /// differs) are re-initialised.
+    /// Start from these weights (`s3://...` or a local path): our `weights/*.safetensors` or a
+    /// checkpoint, or an Ultralytics `.pt` checkpoint (read without running its pickle); layers
+    /// whose shape differs (the class layers, when the class count differs) are re-initialised.
     #[arg(long, env = "OCELLUS_START_WEIGHTS")]
     pub start_weights: Option<String>,
     /// Save `last` every N epochs.
@@ -252,6 +252,7 @@ fn model_info(args: &TrainArgs, arch: &Architecture, header: &Header) -> ModelIn
         batch: 1,
         dynamic: false,
         half: false,
+        end2end: None,
     }
 }
 
@@ -271,7 +272,17 @@ async fn new_session(
     let mut session = Session::new(arch, nc, cfg).map_err(train_failure)?;
     if let Some(start) = &args.start_weights {
         let path = work.join("start.safetensors");
-        storage.fetch(start, &path, &FetchOptions::default()).await?;
+        if start.ends_with(".pt") {
+            let imported =
+                crate::import_cmd::fetch_and_import(storage, start, args.imgsz, &work.join("import")).await?;
+            imported.vs.save(&path).map_err(|e| Failure::transient(format!("writing {}: {e}", path.display())))?;
+            emit(
+                json!({"event": "progress", "phase": "import", "from": start, "architecture": imported.info.architecture,
+                        "classes": imported.info.names.len(), "ultralyticsVersion": imported.version}),
+            );
+        } else {
+            storage.fetch(start, &path, &FetchOptions::default()).await?;
+        }
         let report = session.init_from(&path).map_err(train_failure)?;
         emit(json!({"event": "progress", "phase": "fine-tune", "from": start, "loaded": report.loaded,
                     "reinitialized": report.reinitialized}));

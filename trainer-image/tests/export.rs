@@ -23,6 +23,7 @@ fn saved_model(dir: &Path, architecture: &str, names: &[&str]) -> (ModelInfo, st
         batch: 1,
         dynamic: false,
         half: false,
+        end2end: None,
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let arch = architecture.parse().expect("arch");
