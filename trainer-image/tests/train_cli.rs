@@ -374,3 +374,57 @@ async fn trains_a_classifier_from_a_classify_dataset() {
     assert_eq!(code, 0, "{lines:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `train --start-weights s3://…/best.pt` (a TrainingJob's `model.from.uri` at an Ultralytics
+/// checkpoint): imported without Python, every layer loaded, and the first epoch already at the
+/// checkpoint's accuracy on the same kind of shapes (the fixture's classes are ours, in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fine_tunes_from_an_ultralytics_checkpoint_in_s3() {
+    let s3 = S3Server::start().expect("s3");
+    let dir = std::env::temp_dir().join(format!("ocellus-train-pt-{}", std::process::id()));
+    let store = Store::new(&s3.config(), "platform");
+    store.ensure_bucket().await.expect("bucket");
+    fixtures::write_yolo(&dir.join("ds"), &fixtures::samples(11, 60, 160), 160);
+    let opts = Options::new("shapes", Task::Detect, "team/datasets/ft", dir.join("ingest"));
+    ingest::ingest(&store, &Source::Local(dir.join("ds")), &opts, &|_| {}).await.expect("ingest");
+    let pt = ocellus_tests::ultralytics::fixture().path("best.pt");
+    store.put_file("team/models/best.pt", &pt, "application/octet-stream").await.expect("upload");
+    let work = dir.join("work").display().to_string();
+    let (code, lines) = trainer(
+        &s3,
+        &[
+            "--manifest",
+            "s3://platform/team/datasets/ft/manifest.ndjson",
+            "--output-prefix",
+            "team/trainingjobs/ft",
+            "--architecture",
+            "yolov8n",
+            "--start-weights",
+            "s3://platform/team/models/best.pt",
+            "--epochs",
+            "1",
+            "--imgsz",
+            "160",
+            "--batch",
+            "16",
+            "--nbs",
+            "16",
+            "--lr0",
+            "0.0001",
+            "--warmup-epochs",
+            "0",
+            "--device",
+            "cpu",
+            "--work-dir",
+            &work,
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{lines:?}");
+    let import = lines.iter().find(|l| l["phase"] == "import").expect("an import line");
+    assert_eq!((import["architecture"].as_str(), import["classes"].as_u64()), (Some("yolov8n"), Some(3)), "{import}");
+    let tune = lines.iter().find(|l| l["phase"] == "fine-tune").expect("a fine-tune line");
+    assert_eq!(tune["reinitialized"], serde_json::json!([]), "{tune}");
+    let epoch = lines.iter().find(|l| l["event"] == "epoch").expect("an epoch");
+    assert!(epoch["metrics"]["map50"].as_f64().is_some_and(|m| m >= 0.8), "{epoch}");
+}
