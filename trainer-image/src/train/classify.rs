@@ -25,6 +25,11 @@ impl TaskModel for Classifier {
         Tensor::cat(&[zero.shallow_clone(), ce.view([1]), zero], 0)
     }
 
+    /// Ultralytics' `v8ClassificationLoss` is the batch's mean cross-entropy.
+    fn backward_gain(&self, batch_len: usize) -> f64 {
+        1.0 / batch_len.max(1) as f64
+    }
+
     fn validate(&self, val: &Arc<Vec<Sample>>, cfg: &TrainConfig, report: &mut EpochReport) -> Result<(), TrainError> {
         let (top1, top5) = validate(self, val, cfg)?;
         (report.top1, report.top5) = (Some(top1), Some(top5));

@@ -438,10 +438,11 @@ impl Session {
                 if !total.double_value(&[]).is_finite() {
                     return Err(TrainError::NonFinite { epoch: epoch + 1, batch: bi });
                 }
+                let gain = self.model.task().backward_gain(b.len);
                 if self.progress.loss_scale > 0.0 {
-                    (total * self.progress.loss_scale).backward();
+                    (total * (gain * self.progress.loss_scale)).backward();
                 } else {
-                    total.backward();
+                    (total * gain).backward();
                 }
                 for (k, s) in self.progress.sums.iter_mut().enumerate() {
                     *s += loss.double_value(&[k as i64]);

@@ -26,6 +26,15 @@ pub trait TaskModel {
     fn augment(&self, a: Augment) -> Augment {
         a
     }
+
+    /// What the batch's summed loss is multiplied by before it is backpropagated, so that the
+    /// gradients (and so the clipping at norm 10, Adam's epsilon and SGD's steps) have Ultralytics'
+    /// scale: its detection loss is the batch's sum (per-image loss times the batch size), its
+    /// classification loss the batch's mean.
+    fn backward_gain(&self, batch_len: usize) -> f64 {
+        let _ = batch_len;
+        1.0
+    }
 }
 
 /// Colour and flip only: no mosaic and no geometric warp (for whole-image labels).
