@@ -165,6 +165,28 @@ impl ExportMetadata {
     }
 }
 
+/// `metadata_props` as Ultralytics 8.4 writes them for a `yolov8n` detector, in its order, with
+/// the given `imgsz`, `names` and `args` literals: a fixture for tests of what reads them.
+#[doc(hidden)]
+pub fn example_props(imgsz: &str, names: &str, args: &str) -> Vec<(String, String)> {
+    [
+        ("description", "Ultralytics YOLOv8n model trained on shapes.yaml"),
+        ("author", "Ultralytics"),
+        ("version", "8.4.190"),
+        ("stride", "32"),
+        ("task", "detect"),
+        ("batch", "1"),
+        ("imgsz", imgsz),
+        ("names", names),
+        ("args", args),
+        ("channels", "3"),
+        ("end2end", "False"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// What an ONNX model declares: `metadata_props` and its graph's inputs and outputs.
 #[derive(Debug, Default, PartialEq)]
 pub struct OnnxHeader {
@@ -319,31 +341,13 @@ pub fn torchscript_config<R: Read + Seek>(reader: R) -> Result<Option<Value>, St
 mod tests {
     use super::*;
 
-    /// `metadata_props` as Ultralytics 8.4 writes them for `yolov8n` exported with `nms=True`.
     fn props(nms: bool, imgsz: &str) -> Vec<(String, String)> {
-        [
-            ("description", "Ultralytics YOLOv8n model trained on shapes.yaml"),
-            ("author", "Ultralytics"),
-            ("version", "8.4.190"),
-            ("stride", "32"),
-            ("task", "detect"),
-            ("batch", "1"),
-            ("imgsz", imgsz),
-            ("names", "{0: 'circle', 1: \"it's\", 2: 'triangle'}"),
-            (
-                "args",
-                if nms {
-                    "{'batch': 1, 'half': False, 'nms': True, 'max_det': 100}"
-                } else {
-                    "{'batch': 1, 'half': False, 'dynamic': True}"
-                },
-            ),
-            ("channels", "3"),
-            ("end2end", "False"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        let args = if nms {
+            "{'batch': 1, 'half': False, 'nms': True, 'max_det': 100}"
+        } else {
+            "{'batch': 1, 'half': False, 'dynamic': True}"
+        };
+        example_props(imgsz, "{0: 'circle', 1: \"it's\", 2: 'triangle'}", args)
     }
 
     #[test]

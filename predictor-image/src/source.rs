@@ -180,21 +180,9 @@ mod tests {
     /// An ONNX header as Ultralytics writes it (a graph with no nodes: only the header is read).
     fn ultralytics_onnx(output: &[i64], nms: bool) -> Vec<u8> {
         use ocellus_vision::onnx::{Dim, Graph};
-        let props: Vec<(String, String)> = [
-            ("description", "Ultralytics YOLOv8n model trained on shapes.yaml"),
-            ("author", "Ultralytics"),
-            ("version", "8.4.190"),
-            ("stride", "32"),
-            ("task", "detect"),
-            ("batch", "1"),
-            ("imgsz", "[64, 64]"),
-            ("names", "{0: 'circle', 1: 'square', 2: 'triangle'}"),
-            ("args", if nms { "{'batch': 1, 'nms': True}" } else { "{'batch': 1, 'half': False}" }),
-            ("end2end", "False"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let args = if nms { "{'batch': 1, 'nms': True}" } else { "{'batch': 1, 'half': False}" };
+        let props =
+            ocellus_interop::metadata::example_props("[64, 64]", "{0: 'circle', 1: 'square', 2: 'triangle'}", args);
         let out: Vec<Dim> = output.iter().map(|d| Dim::Fixed(*d)).collect();
         let input = [Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(64), Dim::Fixed(64)];
         Graph::default().into_model(("images", &input), ("output0", &out), 17, &props)

@@ -118,17 +118,7 @@ pub fn load(ckpt: UltralyticsCheckpoint, imgsz: u32) -> Result<Imported, ImportE
         }
         Ok(())
     })?;
-    let info = ModelInfo {
-        architecture: name,
-        task: ckpt.task,
-        names: ckpt.names,
-        imgsz: ckpt.imgsz.filter(|s| *s > 0 && s.is_multiple_of(32)).unwrap_or(imgsz),
-        format: "safetensors".into(),
-        sha256: None,
-        batch: 1,
-        dynamic: false,
-        half: false,
-        end2end: None,
-    };
+    let imgsz = ckpt.imgsz.filter(|s| *s > 0 && s.is_multiple_of(32)).unwrap_or(imgsz);
+    let info = ModelInfo::weights(&name, &ckpt.task, ckpt.names, imgsz);
     Ok(Imported { vs, info, version: ckpt.version })
 }

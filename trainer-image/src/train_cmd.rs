@@ -242,18 +242,8 @@ fn train_config(args: &TrainArgs, device: tch::Device) -> TrainConfig {
 
 /// What `weights/*.json` says of the trained model (the input of `export` and the predictor).
 fn model_info(args: &TrainArgs, arch: &Architecture, header: &Header) -> ModelInfo {
-    ModelInfo {
-        architecture: args.architecture.clone(),
-        task: if arch.kind == ModelKind::Classify { Task::Classify } else { Task::Detect }.as_str().into(),
-        names: header.names(),
-        imgsz: args.imgsz,
-        format: "safetensors".into(),
-        sha256: None,
-        batch: 1,
-        dynamic: false,
-        half: false,
-        end2end: None,
-    }
+    let task = if arch.kind == ModelKind::Classify { Task::Classify } else { Task::Detect };
+    ModelInfo::weights(&args.architecture, task.as_str(), header.names(), args.imgsz)
 }
 
 fn prefix(output_prefix: &str) -> String {

@@ -13,18 +13,8 @@ use tch::{Device, Kind, Tensor, nn};
 /// A model with non-trivial batch-norm statistics (so folding is exercised), saved like `train`.
 fn saved_model(dir: &Path, architecture: &str, names: &[&str]) -> (ModelInfo, std::path::PathBuf) {
     tch::manual_seed(7);
-    let info = ModelInfo {
-        architecture: architecture.into(),
-        task: if architecture.ends_with("-cls") { "classify" } else { "detect" }.into(),
-        names: names.iter().map(|s| s.to_string()).collect(),
-        imgsz: 96,
-        format: "safetensors".into(),
-        sha256: None,
-        batch: 1,
-        dynamic: false,
-        half: false,
-        end2end: None,
-    };
+    let task = if architecture.ends_with("-cls") { "classify" } else { "detect" };
+    let info = ModelInfo::weights(architecture, task, names.iter().map(|s| s.to_string()).collect(), 96);
     let vs = nn::VarStore::new(Device::Cpu);
     let arch = architecture.parse().expect("arch");
     let nc = names.len() as i64;

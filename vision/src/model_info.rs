@@ -42,6 +42,22 @@ fn one() -> u32 {
 }
 
 impl ModelInfo {
+    /// The model info of trainer weights (`safetensors`; no SHA-256 until written).
+    pub fn weights(architecture: &str, task: &str, names: Vec<String>, imgsz: u32) -> ModelInfo {
+        ModelInfo {
+            architecture: architecture.into(),
+            task: task.into(),
+            names,
+            imgsz,
+            format: "safetensors".into(),
+            sha256: None,
+            batch: 1,
+            dynamic: false,
+            half: false,
+            end2end: None,
+        }
+    }
+
     /// Whether this is a detector.
     pub fn is_detect(&self) -> bool {
         self.task == "detect"
