@@ -108,6 +108,10 @@ impl<R: Read + Seek> Archive<R> {
         if numel > 0 && last >= t.storage.numel {
             return invalid(format!("a tensor of shape {:?} reaches past its storage {key}", t.size));
         }
+        // A zero stride repeats elements without storing them: bound what the view expands to.
+        if numel > MAX_TENSOR_BYTES / 4 {
+            return invalid(format!("a tensor of shape {:?} has {numel} elements, past the limit", t.size));
+        }
         let mut data = Vec::with_capacity(numel as usize);
         let shape: Vec<usize> = t.size.iter().map(|s| *s as usize).collect();
         let mut idx = vec![0usize; shape.len()];
@@ -388,6 +392,17 @@ mod tests {
         let mut a = Archive::open(Cursor::new(zip)).expect("open");
         let e = a.tensor(&t_of(&a)).expect_err("refused").to_string();
         assert!(e.contains("reaches past its storage"), "{e}");
+    }
+
+    #[test]
+    fn refuses_views_that_expand_past_the_limit() {
+        // One stored float viewed as 2^40 elements through a zero stride.
+        let data = 1f32.to_le_bytes();
+        let zip = archive(&tensor_pickle(1), &[("0", &data)]);
+        let mut a = Archive::open(Cursor::new(zip)).expect("open");
+        let t = TensorRef { size: vec![1 << 20, 1 << 20], stride: vec![0, 0], ..t_of(&a) };
+        let e = a.tensor(&t).expect_err("refused").to_string();
+        assert!(e.contains("past the limit"), "{e}");
     }
 
     fn t_of(a: &Archive<Cursor<Vec<u8>>>) -> TensorRef {
