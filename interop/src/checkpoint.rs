@@ -9,11 +9,14 @@ use std::io::{Read, Seek};
 use crate::pickle::{self, DType, Id, Node, Pickle, PickleError, TensorRef};
 
 /// Largest `data.pkl` read (a yolov8x checkpoint's is about 1 MB).
-const MAX_PICKLE_BYTES: u64 = 256 << 20;
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
 /// Largest total of tensor bytes read from one checkpoint.
 const MAX_TENSOR_BYTES: u64 = 4 << 30;
 /// Deepest module nesting followed.
 const MAX_DEPTH: usize = 64;
+/// Most modules visited and tensors collected (a yolov8x has about 400 and 500): shared
+/// references could otherwise make a small pickle's module tree exponentially large.
+const MAX_MODULES: usize = 100_000;
 
 /// Why a checkpoint was refused.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,7 @@ pub struct Archive<R> {
     pub pickle: Pickle,
     storages: HashMap<String, (DType, Vec<u8>)>,
     read_bytes: u64,
+    out_elements: u64,
 }
 
 impl<R: Read + Seek> Archive<R> {
@@ -70,7 +74,7 @@ impl<R: Read + Seek> Archive<R> {
         let prefix = name.trim_end_matches("data.pkl").to_string();
         let bytes = read_entry(&mut zip, &name, MAX_PICKLE_BYTES)?;
         let pickle = pickle::parse(&bytes)?;
-        Ok(Archive { zip, prefix, pickle, storages: HashMap::new(), read_bytes: 0 })
+        Ok(Archive { zip, prefix, pickle, storages: HashMap::new(), read_bytes: 0, out_elements: 0 })
     }
 
     /// Reads a tensor (any dtype, as float32), checking its view against its storage.
@@ -98,6 +102,10 @@ impl<R: Read + Seek> Archive<R> {
             self.storages.insert(key.clone(), (t.storage.dtype, bytes));
         }
         let (dtype, bytes) = &self.storages[key];
+        // Two persistent ids may name one key: the bytes read for the first decide.
+        if *dtype != t.storage.dtype || bytes.len() as u64 != t.storage.numel.saturating_mul(dtype.size() as u64) {
+            return invalid(format!("storage {key} is named with two different types or sizes"));
+        }
         let numel: u64 = t.size.iter().try_fold(1u64, |a, s| a.checked_mul(*s)).unwrap_or(u64::MAX);
         let last = t
             .size
@@ -109,8 +117,13 @@ impl<R: Read + Seek> Archive<R> {
             return invalid(format!("a tensor of shape {:?} reaches past its storage {key}", t.size));
         }
         // A zero stride repeats elements without storing them: bound what the view expands to.
-        if numel > MAX_TENSOR_BYTES / 4 {
-            return invalid(format!("a tensor of shape {:?} has {numel} elements, past the limit", t.size));
+        self.out_elements = self.out_elements.saturating_add(numel);
+        if self.out_elements > MAX_TENSOR_BYTES / 4 {
+            return invalid(format!(
+                "a tensor of shape {:?} takes the checkpoint past {} elements",
+                t.size,
+                MAX_TENSOR_BYTES / 4
+            ));
         }
         let mut data = Vec::with_capacity(numel as usize);
         let shape: Vec<usize> = t.size.iter().map(|s| *s as usize).collect();
@@ -155,7 +168,7 @@ fn read_entry<R: Read + Seek>(
     if entry.size() > limit {
         return invalid(format!("{name} is {} bytes; the limit is {limit}", entry.size()));
     }
-    let mut out = Vec::with_capacity(entry.size() as usize);
+    let mut out = Vec::with_capacity(entry.size().min(64 << 20) as usize);
     entry
         .take(limit + 1)
         .read_to_end(&mut out)
@@ -233,7 +246,7 @@ pub fn read_ultralytics<R: Read + Seek>(reader: R) -> Result<UltralyticsCheckpoi
     let architecture = architecture(&yaml);
 
     let mut refs = vec![];
-    collect(p, attrs, "", &mut refs, 0)?;
+    collect(p, attrs, "", &mut refs, 0, &mut 0)?;
     let mut tensors = Vec::with_capacity(refs.len());
     for (name, t) in refs {
         let t = archive.tensor(&t)?;
@@ -300,9 +313,14 @@ fn collect(
     prefix: &str,
     out: &mut Vec<(String, TensorRef)>,
     depth: usize,
+    visits: &mut usize,
 ) -> Result<(), CheckpointError> {
     if depth > MAX_DEPTH {
         return invalid("modules nest too deep (a cycle?)");
+    }
+    *visits += 1;
+    if *visits > MAX_MODULES || out.len() > MAX_MODULES {
+        return invalid(format!("more than {MAX_MODULES} modules or tensors (shared references?)"));
     }
     let skip: Vec<&str> = match p.dict_get(attrs, "_non_persistent_buffers_set").map(|s| p.get(s)) {
         Some(Node::Set(v)) => v.iter().filter_map(|i| p.str(*i)).collect(),
@@ -330,7 +348,7 @@ fn collect(
                     let Some(child) = module_dict(p, *s) else {
                         return invalid(format!("module {prefix}{name} has no state"));
                     };
-                    collect(p, child, &format!("{prefix}{name}."), out, depth + 1)?;
+                    collect(p, child, &format!("{prefix}{name}."), out, depth + 1, visits)?;
                 }
                 Node::None => {}
                 _ => return invalid(format!("{prefix}{name} is not a module")),
@@ -402,7 +420,7 @@ mod tests {
         let mut a = Archive::open(Cursor::new(zip)).expect("open");
         let t = TensorRef { size: vec![1 << 20, 1 << 20], stride: vec![0, 0], ..t_of(&a) };
         let e = a.tensor(&t).expect_err("refused").to_string();
-        assert!(e.contains("past the limit"), "{e}");
+        assert!(e.contains("takes the checkpoint past"), "{e}");
     }
 
     fn t_of(a: &Archive<Cursor<Vec<u8>>>) -> TensorRef {

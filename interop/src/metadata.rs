@@ -38,6 +38,12 @@ pub struct ExportMetadata {
 
 /// Ultralytics' default `max_det`.
 const DEFAULT_MAX_DET: u32 = 300;
+/// Largest input side served.
+const MAX_IMGSZ: u32 = 8192;
+/// Most rows of an end-to-end output.
+const MAX_ROWS: u32 = 10_000;
+/// Most classes.
+const MAX_CLASSES: usize = 100_000;
 
 impl ExportMetadata {
     /// Reads the fields from ONNX `metadata_props` pairs (Python literals as strings).
@@ -120,8 +126,8 @@ impl ExportMetadata {
         match self.task.as_str() {
             "detect" if self.end2end => Ok(vec![i64::from(self.max_det), 6]),
             "detect" => {
-                let anchors: u32 = [8, 16, 32].iter().map(|s| (h / s) * (w / s)).sum();
-                Ok(vec![4 + nc, i64::from(anchors)])
+                let anchors: u64 = [8u64, 16, 32].iter().map(|s| (u64::from(h) / s) * (u64::from(w) / s)).sum();
+                Ok(vec![4 + nc, anchors as i64])
             }
             "classify" => Ok(vec![nc]),
             other => Err(format!("{other} models are not served yet; Ocellus serves detect and classify exports")),
@@ -135,13 +141,20 @@ impl ExportMetadata {
         if self.names.is_empty() {
             return Err("the metadata has no class names".into());
         }
+        if h > MAX_IMGSZ || w > MAX_IMGSZ || self.max_det > MAX_ROWS || self.names.len() > MAX_CLASSES {
+            return Err(format!(
+                "imgsz {h}x{w}, max_det {} or {} classes is past what is served ({MAX_IMGSZ} px, {MAX_ROWS} rows, {MAX_CLASSES} classes)",
+                self.max_det,
+                self.names.len()
+            ));
+        }
         if h != w || h == 0 || !h.is_multiple_of(32) {
             return Err(format!(
                 "imgsz {h}x{w}: Ocellus serves square inputs whose side is a multiple of 32; re-export with imgsz={}",
-                h.max(w).div_ceil(32) * 32
+                u64::from(h.max(w)).div_ceil(32) * 32
             ));
         }
-        if self.stride != 32 {
+        if self.task == "detect" && self.stride != 32 {
             return Err(format!("stride {}: Ocellus decodes the strides 8, 16 and 32 of YOLO detectors", self.stride));
         }
         let want = self.output_shape()?;

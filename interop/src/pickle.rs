@@ -16,6 +16,11 @@ pub type Id = usize;
 
 /// Most values one pickle may create: a yolov8x checkpoint has about 60,000.
 const MAX_NODES: usize = 20_000_000;
+/// Most value references the reader may copy in all (call arguments, stack entries): bounds the
+/// work of a stream that references one huge memoised tuple again and again.
+const MAX_COPIED: usize = 50_000_000;
+/// Most values [`Pickle::to_json`] emits for one call (shared references repeat values).
+const MAX_JSON_VALUES: usize = 100_000;
 
 /// Why a pickle was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -46,8 +51,13 @@ pub struct Global {
 }
 
 impl fmt::Display for Global {
+    /// `module.name`, control characters escaped, at most 200 characters: the names come from the
+    /// file and end up in error messages and logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.module, self.name)
+        let full = format!("{}.{}", self.module, self.name);
+        let shown: String = full.chars().take(200).flat_map(char::escape_default).collect();
+        f.write_str(&shown)?;
+        if full.chars().count() > 200 { f.write_str("…") } else { Ok(()) }
     }
 }
 
@@ -191,7 +201,8 @@ impl Pickle {
     /// The value under string key `key` of dict `id`.
     pub fn dict_get(&self, id: Id, key: &str) -> Option<Id> {
         match self.get(id) {
-            Node::Dict(items) => items.iter().find(|(k, _)| self.str(*k) == Some(key)).map(|(_, v)| *v),
+            // The last of equal keys, as the Python dict the same SETITEMs build keeps.
+            Node::Dict(items) => items.iter().rev().find(|(k, _)| self.str(*k) == Some(key)).map(|(_, v)| *v),
             _ => None,
         }
     }
@@ -216,17 +227,25 @@ impl Pickle {
     /// Converts a value to JSON for metadata (dicts with string or integer keys, lists, scalars),
     /// `depth` levels deep; anything else (tensors, objects) becomes `null`.
     pub fn to_json(&self, id: Id, depth: usize) -> serde_json::Value {
+        let mut budget = MAX_JSON_VALUES;
+        self.to_json_within(id, depth, &mut budget)
+    }
+
+    /// [`Pickle::to_json`] emitting at most `budget` values (shared references would otherwise
+    /// expand a small stream exponentially); past it, `null`.
+    fn to_json_within(&self, id: Id, depth: usize, budget: &mut usize) -> serde_json::Value {
         use serde_json::Value as J;
-        if depth == 0 {
+        if depth == 0 || *budget == 0 {
             return J::Null;
         }
+        *budget -= 1;
         match self.get(id) {
             Node::Bool(b) => J::Bool(*b),
             Node::Int(i) => J::from(*i),
             Node::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
             Node::Str(s) => J::String(s.clone()),
             Node::List(v) | Node::Tuple(v) | Node::Set(v) => {
-                J::Array(v.iter().map(|i| self.to_json(*i, depth - 1)).collect())
+                J::Array(v.iter().map(|i| self.to_json_within(*i, depth - 1, budget)).collect())
             }
             Node::Dict(items) => J::Object(
                 items
@@ -237,7 +256,7 @@ impl Pickle {
                             Node::Int(i) => i.to_string(),
                             _ => return None,
                         };
-                        Some((key, self.to_json(*v, depth - 1)))
+                        Some((key, self.to_json_within(*v, depth - 1, budget)))
                     })
                     .collect(),
             ),
@@ -257,7 +276,10 @@ fn reduce_kind(g: &Global) -> Option<Reduce> {
         ("torch", "Size") => Reduce::First,
         ("_codecs", "encode") => Reduce::Latin1,
         ("copyreg" | "copy_reg", "_reconstructor") => Reduce::Reconstructor,
-        ("pathlib", "Path" | "PosixPath" | "WindowsPath" | "PurePosixPath" | "PureWindowsPath") => Reduce::Path,
+        // `pathlib._local` is where Python 3.13 pickles paths from.
+        ("pathlib" | "pathlib._local", "Path" | "PosixPath" | "WindowsPath" | "PurePosixPath" | "PureWindowsPath") => {
+            Reduce::Path
+        }
         _ if is_class(g) || is_value_global(g) => Reduce::Object,
         _ => return None,
     })
@@ -329,11 +351,20 @@ struct Reader<'a> {
     stack: Vec<Id>,
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
+    copied: usize,
 }
 
 /// Parses a pickle stream (protocols 2 to 5, binary opcodes) into an inert graph.
 pub fn parse(data: &[u8]) -> Result<Pickle, PickleError> {
-    let mut r = Reader { data, pos: 0, nodes: Vec::new(), stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
+    let mut r = Reader {
+        data,
+        pos: 0,
+        nodes: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+        copied: 0,
+    };
     let root = r.run()?;
     Ok(Pickle { nodes: r.nodes, root })
 }
@@ -392,6 +423,15 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// Pushes an existing value again (memo, DUP), within the stack's bound.
+    fn push_id(&mut self, id: Id) -> Result<(), PickleError> {
+        if self.stack.len() >= MAX_NODES {
+            return self.bad(format!("a stack of more than {MAX_NODES} values"));
+        }
+        self.stack.push(id);
+        Ok(())
+    }
+
     fn pop(&mut self) -> Result<Id, PickleError> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
@@ -425,8 +465,8 @@ impl Reader<'_> {
     fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
         match self.memo.get(&key) {
             Some(id) => {
-                self.stack.push(*id);
-                Ok(())
+                let id = *id;
+                self.push_id(id)
             }
             None => self.bad(format!("memo key {key} is not set")),
         }
@@ -440,10 +480,25 @@ impl Reader<'_> {
         self.push(Node::Global(g))
     }
 
-    fn items(&self, id: Id) -> Result<Vec<Id>, PickleError> {
+    /// The elements of a tuple (or, for `OrderedDict` and `set` arguments, a list), counted
+    /// against [`MAX_COPIED`].
+    fn items(&mut self, id: Id) -> Result<Vec<Id>, PickleError> {
+        let v = match &self.nodes[id] {
+            Node::Tuple(v) | Node::List(v) => v.clone(),
+            _ => return self.bad("expected a tuple"),
+        };
+        self.copied += v.len();
+        if self.copied > MAX_COPIED {
+            return self.bad(format!("more than {MAX_COPIED} values copied"));
+        }
+        Ok(v)
+    }
+
+    /// The arguments of a call: a tuple, as CPython requires.
+    fn args(&mut self, id: Id) -> Result<Vec<Id>, PickleError> {
         match &self.nodes[id] {
-            Node::Tuple(v) | Node::List(v) => Ok(v.clone()),
-            _ => self.bad("expected a tuple"),
+            Node::Tuple(_) => self.items(id),
+            _ => self.bad("call arguments must be a tuple"),
         }
     }
 
@@ -475,7 +530,7 @@ impl Reader<'_> {
                 }
                 b'2' => {
                     let t = self.top()?;
-                    self.stack.push(t);
+                    self.push_id(t)?;
                 }
                 b'N' => self.push(Node::None)?,
                 0x88 => self.push(Node::Bool(true))?,
@@ -650,7 +705,7 @@ impl Reader<'_> {
                     let node = self.reduce(func, args)?;
                     match node {
                         Ok(n) => self.push(n)?,
-                        Err(id) => self.stack.push(id),
+                        Err(id) => self.push_id(id)?,
                     }
                 }
                 0x81 | 0x92 => {
@@ -664,7 +719,7 @@ impl Reader<'_> {
                         Node::Global(g) => return Err(PickleError::Refused(g.to_string())),
                         _ => return self.bad("NEWOBJ of a non-class"),
                     };
-                    let args = self.items(args)?;
+                    let args = self.args(args)?;
                     self.push(Node::Object { class, args, state: None })?;
                 }
                 b'b' => {
@@ -687,7 +742,7 @@ impl Reader<'_> {
         match &mut self.nodes[d] {
             Node::Dict(items) => {
                 for c in kv.chunks(2) {
-                    // Later keys replace earlier equal ones, as in Python, for string keys.
+                    // Equal keys stay in order; readers take the last, as Python's dict keeps.
                     items.push((c[0], c[1]));
                 }
                 Ok(())
@@ -697,7 +752,7 @@ impl Reader<'_> {
     }
 
     /// A torch persistent id: `('storage', <torch.XStorage>, key, location, numel)`.
-    fn storage(&self, pid: Id) -> Result<StorageRef, PickleError> {
+    fn storage(&mut self, pid: Id) -> Result<StorageRef, PickleError> {
         let t = self.items(pid)?;
         let field = |i: usize| t.get(i).map(|id| &self.nodes[*id]);
         match (field(0), field(1), field(2), field(4)) {
@@ -720,12 +775,17 @@ impl Reader<'_> {
 
     /// What `func(*args)` would have built, or `Err(id)` when the result is an existing value.
     fn reduce(&mut self, func: Id, args: Id) -> Result<Result<Node, Id>, PickleError> {
+        self.reduce_at(func, args, false)
+    }
+
+    /// [`Reader::reduce`]; `nested` inside `_rebuild_from_type_v2`, which may not nest again.
+    fn reduce_at(&mut self, func: Id, args: Id, nested: bool) -> Result<Result<Node, Id>, PickleError> {
         let g = match &self.nodes[func] {
             Node::Global(g) => g.clone(),
             _ => return self.bad("REDUCE of a non-callable"),
         };
         let kind = reduce_kind(&g).ok_or_else(|| PickleError::Refused(g.to_string()))?;
-        let a = self.items(args)?;
+        let a = self.args(args)?;
         let arg = |i: usize| a.get(i).copied();
         match kind {
             Reduce::Tensor => Ok(Ok(Node::Tensor(self.tensor(&a)?))),
@@ -733,7 +793,8 @@ impl Reader<'_> {
             Reduce::FromType => {
                 // `_rebuild_from_type_v2(func, type, args, state)`: rebuild with `func(*args)`.
                 match (arg(0), arg(2)) {
-                    (Some(f), Some(inner)) => self.reduce(f, inner),
+                    _ if nested => self.bad(format!("{g} nested in itself")),
+                    (Some(f), Some(inner)) => self.reduce_at(f, inner, true),
                     _ => self.bad(format!("{g} needs a function and its arguments")),
                 }
             }
@@ -780,11 +841,15 @@ impl Reader<'_> {
     }
 
     /// `_rebuild_tensor_v2(storage, offset, size, stride, ...)`.
-    fn tensor(&self, a: &[Id]) -> Result<TensorRef, PickleError> {
+    fn tensor(&mut self, a: &[Id]) -> Result<TensorRef, PickleError> {
         let storage = match a.first().map(|i| &self.nodes[*i]) {
             Some(Node::Storage(s)) => s.clone(),
             _ => return self.bad("a tensor without a storage"),
         };
+        let (Some(size), Some(stride)) = (a.get(2), a.get(3)) else {
+            return self.bad("a tensor without size or stride");
+        };
+        let (size, stride) = (self.items(*size)?, self.items(*stride)?);
         let int = |id: Id| match &self.nodes[id] {
             Node::Int(v) if *v >= 0 => Ok(*v as u64),
             _ => Err(PickleError::Malformed(
@@ -793,13 +858,8 @@ impl Reader<'_> {
             )),
         };
         let offset = a.get(1).map(|i| int(*i)).transpose()?.unwrap_or(0);
-        let ints = |i: usize| -> Result<Vec<u64>, PickleError> {
-            match a.get(i) {
-                Some(id) => self.items(*id)?.into_iter().map(int).collect(),
-                None => self.bad("a tensor without size or stride"),
-            }
-        };
-        let (size, stride) = (ints(2)?, ints(3)?);
+        let size = size.into_iter().map(int).collect::<Result<Vec<u64>, _>>()?;
+        let stride = stride.into_iter().map(int).collect::<Result<Vec<u64>, _>>()?;
         if size.len() != stride.len() {
             return self.bad("tensor size and stride differ in length");
         }
@@ -847,6 +907,19 @@ mod tests {
         assert!(matches!(parse(b"\x80\x02\x8d\xff\xff\xff\xff\xff\xff\xff\x7f"), Err(PickleError::Truncated(_))));
         // Protocol 0 text opcodes are not PyTorch's.
         assert!(matches!(parse(b"I1\n."), Err(PickleError::Opcode(b'I', 0))));
+    }
+
+    #[test]
+    fn calls_take_tuples_and_rebuilds_do_not_nest() {
+        // L = [_rebuild_from_type_v2, None, L]; _rebuild_from_type_v2(*L): arguments must be a tuple.
+        let list_args = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\nq\x00]q\x01(h\x00Nh\x01eR.";
+        assert!(matches!(parse(list_args), Err(PickleError::Malformed(_, m)) if m.contains("tuple")));
+        // _rebuild_from_type_v2(_rebuild_from_type_v2, None, (…), None) → refused, no recursion.
+        let nested = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\nq\x00h\x00(h\x00N(h\x00N)NtNtR.";
+        assert!(matches!(parse(nested), Err(PickleError::Malformed(_, m)) if m.contains("nested")));
+        // A name from the file is shown escaped.
+        let weird = b"\x80\x02cos\nsys\x1btem\n.";
+        assert!(matches!(parse(weird), Err(PickleError::Refused(n)) if n == "os.sys\\u{1b}tem"));
     }
 
     #[test]

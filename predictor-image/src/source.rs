@@ -68,6 +68,13 @@ pub async fn fetch(
         (PathBuf::from(uri), s.exists().then_some(s))
     };
     let bytes = std::fs::read(&artifact).map_err(|e| SourceError::Permanent(format!("{}: {e}", artifact.display())))?;
+    // The pin first: nothing of an artifact that is not the pinned one is parsed.
+    if let Some(pin) = expect_sha256 {
+        let got = hex::encode(Sha256::digest(&bytes));
+        if !got.eq_ignore_ascii_case(pin) {
+            return Err(SourceError::Permanent(format!("{uri}: SHA-256 {got} is not the pinned {pin}")));
+        }
+    }
     let info = match &sidecar {
         Some(sidecar) => {
             let text = std::fs::read(sidecar)
@@ -89,12 +96,6 @@ pub async fn fetch(
             "model info {what}: needs class names and an imgsz that is a multiple of 32"
         )));
     }
-    if let Some(pin) = expect_sha256 {
-        let got = hex::encode(Sha256::digest(&bytes));
-        if !got.eq_ignore_ascii_case(pin) {
-            return Err(SourceError::Permanent(format!("{uri}: SHA-256 {got} is not the pinned {pin}")));
-        }
-    }
     if let Some(want) = &info.sha256 {
         let got = hex::encode(Sha256::digest(&bytes));
         if &got != want {
@@ -113,8 +114,10 @@ pub fn embedded_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, String> {
     use ocellus_interop::metadata::{self, ExportMetadata};
     let is_zip = bytes.starts_with(b"PK\x03\x04");
     let (meta, format, declared, half_input) = if is_zip {
-        let config = metadata::torchscript_config(std::io::Cursor::new(bytes))?
-            .ok_or("the TorchScript archive has no Ultralytics metadata (extra/config.txt)")?;
+        let config = metadata::torchscript_config(std::io::Cursor::new(bytes))?.ok_or(
+            "the archive has no Ultralytics metadata (a TorchScript export's extra/config.txt); a .pt checkpoint is not \
+             served as it is: export it, or import it with `ocellus-trainer import`",
+        )?;
         (ExportMetadata::from_json(&config)?, "torchscript", None, None)
     } else {
         let header = metadata::onnx_header(bytes).map_err(|e| format!("it is not an ONNX model either ({e})"))?;
