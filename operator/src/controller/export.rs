@@ -218,7 +218,10 @@ pub async fn reconcile(
             };
             set(&mut st, health, generation);
             write_status(&ex, &ctx, &st, &old).await?;
-            return Ok(Action::await_change());
+            // The watch that wakes this Export and the store read here are separate reflectors:
+            // a wake-up can arrive before this store has the TrainingJob's last change, and no
+            // later change may follow (Succeeded is final). So a wait also polls.
+            return Ok(if permanent { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) });
         }
     }
     // Dereference: the weights must exist (their sidecar is written last).
