@@ -544,6 +544,7 @@ mod tests {
             dynamic: true,
             half: false,
             end2end: None,
+            quantization: None,
         };
         let spec =
             ModelSpec { path: "unused".into(), info, kind: Kind::Onnx, device: Device::Cpu, threads: 0, spin: true };

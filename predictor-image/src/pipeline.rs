@@ -188,6 +188,7 @@ mod tests {
             dynamic: true,
             half: false,
             end2end: None,
+            quantization: None,
         };
         let out = [0.01, 0.5, 0.02, 0.3, 0.1, 0.04, 0.03];
         let lb = Letterbox::new(64, 64, 64);

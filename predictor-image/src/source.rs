@@ -146,6 +146,7 @@ pub fn embedded_info(path: &Path, bytes: &[u8]) -> Result<ModelInfo, String> {
         dynamic: meta.dynamic,
         half: half_input.unwrap_or(meta.half),
         end2end: meta.end2end.then(|| rows.unwrap_or(meta.max_det)),
+        quantization: None,
     })
 }
 

@@ -9,7 +9,8 @@ pub mod metrics;
 pub mod model_info;
 pub mod nms;
 pub mod onnx;
+pub mod quant;
 pub mod rng;
 
 pub use boxes::{BBox, Detection};
-pub use model_info::ModelInfo;
+pub use model_info::{ModelInfo, Quantization};

@@ -35,6 +35,29 @@ pub struct ModelInfo {
     /// is decoded with NMS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end2end: Option<u32>,
+    /// INT8 quantisation of the artifact (QDQ ONNX or an INT8 engine): how it was calibrated and
+    /// the accuracy gate it passed. Unset: float weights and activations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// How an INT8 artifact was calibrated, and what it scored against its float original.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Quantization {
+    /// Activation range method: `minmax`, `percentile` or `entropy`.
+    pub method: String,
+    /// Percentile of `|x|` kept by the `percentile` method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// Calibration images used.
+    pub images: usize,
+    /// Validation mAP50-95 of the float model (same images, same pipeline, same runtime).
+    pub fp32_map: f64,
+    /// Validation mAP50-95 of the INT8 model.
+    pub int8_map: f64,
+    /// Largest drop allowed, in points of mAP50-95.
+    pub max_drop: f64,
 }
 
 fn one() -> u32 {
@@ -55,6 +78,18 @@ impl ModelInfo {
             dynamic: false,
             half: false,
             end2end: None,
+            quantization: None,
+        }
+    }
+
+    /// Numeric precision of the artifact: `int8`, `fp16` or `fp32`.
+    pub fn precision(&self) -> &'static str {
+        if self.quantization.is_some() {
+            "int8"
+        } else if self.half {
+            "fp16"
+        } else {
+            "fp32"
         }
     }
 

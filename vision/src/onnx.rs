@@ -43,6 +43,12 @@ impl Pb {
 pub enum DataType {
     /// float32
     Float = 1,
+    /// uint8
+    Uint8 = 2,
+    /// int8
+    Int8 = 3,
+    /// int32
+    Int32 = 6,
     /// int64
     Int64 = 7,
     /// float16
@@ -50,7 +56,7 @@ pub enum DataType {
 }
 
 /// A node attribute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Attr {
     /// `i`
     Int(&'static str, i64),
@@ -109,25 +115,76 @@ pub enum Dim {
     Param(&'static str),
 }
 
-/// A graph under construction.
-#[derive(Default)]
+/// A node of the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Operator type, e.g. `Conv`.
+    pub op: String,
+    /// Operator domain; empty for the default ONNX domain.
+    pub domain: String,
+    /// Unique node name.
+    pub name: String,
+    /// Input value names.
+    pub inputs: Vec<String>,
+    /// Output value names.
+    pub outputs: Vec<String>,
+    /// Attributes.
+    pub attrs: Vec<Attr>,
+    /// Emitted while [`Graph::keep_float`] was set: a quantisation pass leaves it in float.
+    pub keep_float: bool,
+}
+
+/// The values of an initializer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    /// float32 values, written as float16 in a half graph unless `exact`.
+    Float {
+        /// The values.
+        values: Vec<f32>,
+        /// Stay float32 whatever the graph's precision (e.g. `Resize` scales, quantisation
+        /// scales).
+        exact: bool,
+    },
+    /// uint8 values (zero points of unsigned activations).
+    Uint8(Vec<u8>),
+    /// int8 values (quantised weights, zero points).
+    Int8(Vec<i8>),
+    /// int32 values (quantised biases).
+    Int32(Vec<i32>),
+    /// int64 values (shapes, axes, split sizes).
+    Int64(Vec<i64>),
+}
+
+/// A constant tensor of the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Initializer {
+    /// Value name.
+    pub name: String,
+    /// Shape.
+    pub dims: Vec<i64>,
+    /// Values, row-major.
+    pub data: Data,
+}
+
+/// A graph under construction: model code emits nodes into it, passes (e.g. INT8 quantisation)
+/// may rewrite it, and [`Graph::into_model`] serialises it.
+#[derive(Default, Debug, Clone)]
 pub struct Graph {
-    nodes: Vec<Pb>,
-    initializers: Vec<Pb>,
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+    /// Constant tensors.
+    pub initializers: Vec<Initializer>,
     counter: usize,
     /// Convert float initializers to float16 when written.
     pub half: bool,
+    /// Nodes emitted while set are marked [`Node::keep_float`] (e.g. a detector's final box and
+    /// class convolutions and its decoding).
+    pub keep_float: bool,
     /// Operator sets of other domains the graph uses (e.g. `com.microsoft`).
     pub domains: Vec<(String, i64)>,
-}
-
-impl std::fmt::Debug for Graph {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Graph")
-            .field("nodes", &self.nodes.len())
-            .field("initializers", &self.initializers.len())
-            .finish()
-    }
+    /// Intermediate values also exposed as graph outputs (float, shape unspecified), e.g. for
+    /// calibration.
+    pub extra_outputs: Vec<String>,
 }
 
 fn f32_to_f16_bits(x: f32) -> u16 {
@@ -165,6 +222,50 @@ fn f32_to_f16_bits(x: f32) -> u16 {
     sign | v as u16
 }
 
+impl Initializer {
+    fn encode(&self, half: bool) -> Pb {
+        let mut t = Pb::default();
+        for d in &self.dims {
+            t.int(1, *d);
+        }
+        let (ty, raw): (DataType, Vec<u8>) = match &self.data {
+            Data::Float { values, exact } if half && !exact => {
+                (DataType::Float16, values.iter().flat_map(|x| f32_to_f16_bits(*x).to_le_bytes()).collect())
+            }
+            Data::Float { values, .. } => (DataType::Float, values.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Data::Uint8(v) => (DataType::Uint8, v.clone()),
+            Data::Int8(v) => (DataType::Int8, v.iter().map(|x| *x as u8).collect()),
+            Data::Int32(v) => (DataType::Int32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Data::Int64(v) => (DataType::Int64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        t.int(2, ty as i64);
+        t.str(8, &self.name);
+        t.bytes(9, &raw);
+        t
+    }
+}
+
+impl Node {
+    fn encode(&self) -> Pb {
+        let mut n = Pb::default();
+        for i in &self.inputs {
+            n.str(1, i);
+        }
+        for o in &self.outputs {
+            n.str(2, o);
+        }
+        n.str(3, &self.name);
+        n.str(4, &self.op);
+        for a in &self.attrs {
+            n.msg(5, &a.encode());
+        }
+        if !self.domain.is_empty() {
+            n.str(7, &self.domain);
+        }
+        n
+    }
+}
+
 impl Graph {
     /// A fresh value name.
     pub fn fresh(&mut self, hint: &str) -> String {
@@ -174,64 +275,44 @@ impl Graph {
 
     /// A float initializer (float16 when the graph is half).
     pub fn init_f32(&mut self, hint: &str, dims: &[i64], data: &[f32]) -> String {
-        self.init_float(hint, dims, data, self.half)
+        self.init(hint, dims, Data::Float { values: data.to_vec(), exact: false })
     }
 
     /// A float32 initializer whatever the graph's precision (e.g. `Resize` scales).
     pub fn init_f32_exact(&mut self, hint: &str, dims: &[i64], data: &[f32]) -> String {
-        self.init_float(hint, dims, data, false)
-    }
-
-    fn init_float(&mut self, hint: &str, dims: &[i64], data: &[f32], half: bool) -> String {
-        let name = self.fresh(hint);
-        let mut t = Pb::default();
-        for d in dims {
-            t.int(1, *d);
-        }
-        if half {
-            t.int(2, DataType::Float16 as i64);
-            let raw: Vec<u8> = data.iter().flat_map(|x| f32_to_f16_bits(*x).to_le_bytes()).collect();
-            t.str(8, &name);
-            t.bytes(9, &raw);
-        } else {
-            t.int(2, DataType::Float as i64);
-            let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            t.str(8, &name);
-            t.bytes(9, &raw);
-        }
-        self.initializers.push(t);
-        name
+        self.init(hint, dims, Data::Float { values: data.to_vec(), exact: true })
     }
 
     /// An int64 initializer (shapes, axes, split sizes).
     pub fn init_i64(&mut self, hint: &str, data: &[i64]) -> String {
+        self.init(hint, &[data.len() as i64], Data::Int64(data.to_vec()))
+    }
+
+    /// An initializer of any type; returns its name.
+    pub fn init(&mut self, hint: &str, dims: &[i64], data: Data) -> String {
         let name = self.fresh(hint);
-        let mut t = Pb::default();
-        t.int(1, data.len() as i64);
-        t.int(2, DataType::Int64 as i64);
-        t.str(8, &name);
-        let raw: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        t.bytes(9, &raw);
-        self.initializers.push(t);
+        self.initializers.push(Initializer { name: name.clone(), dims: dims.to_vec(), data });
         name
+    }
+
+    /// The initializer named `name`.
+    pub fn initializer(&self, name: &str) -> Option<&Initializer> {
+        self.initializers.iter().find(|i| i.name == name)
     }
 
     /// A node with `outputs` outputs; returns their names.
     pub fn node_n(&mut self, op: &str, inputs: &[&str], outputs: usize, attrs: &[Attr]) -> Vec<String> {
         let outs: Vec<String> = (0..outputs).map(|_| self.fresh(op)).collect();
-        let mut n = Pb::default();
-        for i in inputs {
-            n.str(1, i);
-        }
-        for o in &outs {
-            n.str(2, o);
-        }
-        n.str(3, &self.fresh(&format!("{op}_node")));
-        n.str(4, op);
-        for a in attrs {
-            n.msg(5, &a.encode());
-        }
-        self.nodes.push(n);
+        let name = self.fresh(&format!("{op}_node"));
+        self.nodes.push(Node {
+            op: op.into(),
+            domain: String::new(),
+            name,
+            inputs: inputs.iter().map(|i| i.to_string()).collect(),
+            outputs: outs.clone(),
+            attrs: attrs.to_vec(),
+            keep_float: self.keep_float,
+        });
         outs
     }
 
@@ -242,30 +323,29 @@ impl Graph {
 
     /// A node of another domain with named outputs (e.g. an `EPContext` node).
     pub fn custom_node(&mut self, op: &str, domain: &str, inputs: &[&str], outputs: &[&str], attrs: &[Attr]) {
-        let mut n = Pb::default();
-        for i in inputs {
-            n.str(1, i);
-        }
-        for o in outputs {
-            n.str(2, o);
-        }
-        n.str(3, &self.fresh(op));
-        n.str(4, op);
-        for a in attrs {
-            n.msg(5, &a.encode());
-        }
-        n.str(7, domain);
-        self.nodes.push(n);
+        let name = self.fresh(op);
+        self.nodes.push(Node {
+            op: op.into(),
+            domain: domain.into(),
+            name,
+            inputs: inputs.iter().map(|i| i.to_string()).collect(),
+            outputs: outputs.iter().map(|o| o.to_string()).collect(),
+            attrs: attrs.to_vec(),
+            keep_float: self.keep_float,
+        });
     }
 
     /// Renames value `from` to the graph output name `to` (an Identity node).
     pub fn output_as(&mut self, from: &str, to: &str) {
-        let mut n = Pb::default();
-        n.str(1, from);
-        n.str(2, to);
-        n.str(3, &format!("{to}_identity"));
-        n.str(4, "Identity");
-        self.nodes.push(n);
+        self.nodes.push(Node {
+            op: "Identity".into(),
+            domain: String::new(),
+            name: format!("{to}_identity"),
+            inputs: vec![from.into()],
+            outputs: vec![to.into()],
+            attrs: Vec::new(),
+            keep_float: true,
+        });
     }
 
     /// Serialises a `ModelProto`.
@@ -277,19 +357,21 @@ impl Graph {
         metadata: &[(String, String)],
     ) -> Vec<u8> {
         let elem = if self.half { DataType::Float16 } else { DataType::Float } as i64;
-        let value_info = |name: &str, dims: &[Dim]| {
-            let mut shape = Pb::default();
-            for d in dims {
-                let mut dim = Pb::default();
-                match d {
-                    Dim::Fixed(v) => dim.int(1, *v),
-                    Dim::Param(p) => dim.str(2, p),
-                }
-                shape.msg(1, &dim);
-            }
+        let value_info = |name: &str, dims: Option<&[Dim]>| {
             let mut tensor = Pb::default();
             tensor.int(1, elem);
-            tensor.msg(2, &shape);
+            if let Some(dims) = dims {
+                let mut shape = Pb::default();
+                for d in dims {
+                    let mut dim = Pb::default();
+                    match d {
+                        Dim::Fixed(v) => dim.int(1, *v),
+                        Dim::Param(p) => dim.str(2, p),
+                    }
+                    shape.msg(1, &dim);
+                }
+                tensor.msg(2, &shape);
+            }
             let mut ty = Pb::default();
             ty.msg(1, &tensor);
             let mut vi = Pb::default();
@@ -299,14 +381,17 @@ impl Graph {
         };
         let mut g = Pb::default();
         for n in &self.nodes {
-            g.msg(1, n);
+            g.msg(1, &n.encode());
         }
         g.str(2, "ocellus");
         for t in &self.initializers {
-            g.msg(5, t);
+            g.msg(5, &t.encode(self.half));
         }
-        g.msg(11, &value_info(input.0, input.1));
-        g.msg(12, &value_info(output.0, output.1));
+        g.msg(11, &value_info(input.0, Some(input.1)));
+        g.msg(12, &value_info(output.0, Some(output.1)));
+        for extra in &self.extra_outputs {
+            g.msg(12, &value_info(extra, None));
+        }
 
         let mut m = Pb::default();
         // IR version 8 goes with opsets up to 18; 9 and 10 with the newer ones.
