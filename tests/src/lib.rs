@@ -71,12 +71,13 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 /// Runs one of our JSON-lines CLIs (e.g. `ocellus-trainer train ...`) against `s3` with the
 /// `platform` bucket; returns the exit code, the JSON lines of its stdout, and its stderr.
 pub fn run_json_cli(bin: &std::path::Path, args: &[&str], s3: &s3::S3Server) -> (i32, Vec<serde_json::Value>, String) {
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .envs(s3.env())
-        .env("OCELLUS_S3_BUCKET", "platform")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args).envs(s3.env()).env("OCELLUS_S3_BUCKET", "platform");
+    // The ONNX Runtime that `hack/setup.sh` installs (INT8 calibration and its accuracy gate).
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        cmd.env("ORT_DYLIB_PATH", cache_dir().join("lib/libonnxruntime.so"));
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
     let lines = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -64,6 +64,12 @@ pub enum ExportError {
     /// TensorRT's builder refused the network.
     #[error("TensorRT build failed: {0}")]
     TensorRt(String),
+    /// ONNX Runtime (calibration, accuracy gate) could not be loaded or failed.
+    #[error("ONNX Runtime: {0}")]
+    OnnxRuntime(String),
+    /// INT8 calibration or the QDQ rewrite failed.
+    #[error("INT8 quantisation: {0}")]
+    Quantization(String),
     /// A file could not be written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -1,21 +1,26 @@
 //! `export`: trained weights (with their `ModelInfo` sidecar) to a TorchScript, ONNX or TensorRT
 //! artifact, written with its own sidecar (`<artifact>.json`, SHA-256 included) last.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
 use ocellus_core::ExportFormat;
 use ocellus_storage::Storage;
 use ocellus_storage::location::sidecar;
-use ocellus_trainer::export::{self, Loaded, Options, tensorrt};
-use ocellus_vision::ModelInfo;
+use ocellus_trainer::error::ExportError;
+use ocellus_trainer::export::{self, Loaded, Options, int8, tensorrt};
+use ocellus_vision::decode::Thresholds;
+use ocellus_vision::metrics::evaluate;
+use ocellus_vision::quant::{Method, Target};
+use ocellus_vision::{ModelInfo, Quantization};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::args::{DeviceArgs, WorkDirArgs};
 use crate::cli::{fetch_images, fetch_model, load_manifest};
 use crate::report::{self, Done, Failure, emit};
+use crate::val_cmd::{Evaluated, evaluate_images};
 
 /// `export` flags.
 #[derive(Args, Debug)]
@@ -41,15 +46,35 @@ pub struct ExportArgs {
     /// Half precision (TorchScript on CUDA, ONNX, engine).
     #[arg(long, env = "OCELLUS_HALF")]
     pub half: bool,
-    /// INT8 (engine only; needs `--calibration`).
+    /// INT8 (`onnx` or `engine`; needs `--calibration`): a QDQ model with per-channel INT8
+    /// weights and activation ranges calibrated on dataset images, gated on validation mAP.
     #[arg(long, env = "OCELLUS_INT8")]
     pub int8: bool,
     /// Calibration images for INT8: a dataset manifest (`s3://.../manifest.ndjson`).
     #[arg(long, env = "OCELLUS_CALIBRATION_MANIFEST")]
     pub calibration: Option<String>,
-    /// Calibration images to use.
+    /// Only calibrate on this split of the manifest (default: every image).
+    #[arg(long, env = "OCELLUS_CALIBRATION_SPLIT")]
+    pub calibration_split: Option<String>,
+    /// Calibration images to use (the first of the manifest).
     #[arg(long, env = "OCELLUS_CALIBRATION_IMAGES", default_value_t = 500)]
     pub calibration_images: usize,
+    /// Activation range method: `minmax`, `percentile` or `entropy`.
+    #[arg(long, env = "OCELLUS_CALIBRATION_METHOD", default_value = "percentile")]
+    pub calibration_method: String,
+    /// Percentile of |x| the `percentile` method keeps.
+    #[arg(long, env = "OCELLUS_CALIBRATION_PERCENTILE", default_value_t = 99.99)]
+    pub calibration_percentile: f64,
+    /// Validation images of the INT8 accuracy gate: a dataset manifest (default: `--calibration`).
+    #[arg(long, env = "OCELLUS_GATE_MANIFEST")]
+    pub gate_manifest: Option<String>,
+    /// Split of the gate manifest to validate on.
+    #[arg(long, env = "OCELLUS_GATE_SPLIT", default_value = "val")]
+    pub gate_split: String,
+    /// Largest validation mAP50-95 loss, in points, an INT8 model may show against the float
+    /// model before the export fails (`AccuracyGateFailed`).
+    #[arg(long, env = "OCELLUS_MAX_ACCURACY_DROP", default_value_t = 1.0)]
+    pub max_accuracy_drop: f64,
     /// ONNX opset.
     #[arg(long, env = "OCELLUS_OPSET", default_value_t = export::DEFAULT_OPSET)]
     pub opset: i64,
@@ -67,12 +92,26 @@ pub async fn run(args: ExportArgs) -> ExitCode {
 
 async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, Failure> {
     let format = ExportFormat::parse(&args.format).map_err(|e| Failure::invalid("UnsupportedFormat", e))?;
-    if args.int8 && format != ExportFormat::Engine {
-        return Err(Failure::invalid("InvalidOptions", "int8 is only supported for format engine"));
-    }
-    if args.int8 && args.calibration.is_none() {
-        return Err(Failure::invalid("InvalidOptions", "int8 needs calibration images (--calibration)"));
-    }
+    let method = if args.int8 {
+        if format == ExportFormat::Torchscript {
+            return Err(Failure::invalid("InvalidOptions", "int8 is supported for formats onnx and engine"));
+        }
+        if args.half && format == ExportFormat::Onnx {
+            return Err(Failure::invalid("InvalidOptions", "an ONNX export is either int8 or half, not both"));
+        }
+        if args.calibration.is_none() {
+            return Err(Failure::invalid("InvalidOptions", "int8 needs calibration images (--calibration)"));
+        }
+        if !(0.0..=100.0).contains(&args.max_accuracy_drop) {
+            return Err(Failure::invalid("InvalidOptions", "max-accuracy-drop must be 0 to 100 points"));
+        }
+        Some(
+            Method::parse(&args.calibration_method, args.calibration_percentile)
+                .map_err(|e| Failure::invalid("InvalidOptions", e))?,
+        )
+    } else {
+        None
+    };
     let dev = args.device.resolve()?;
     if args.half && format == ExportFormat::Torchscript && dev == tch::Device::Cpu {
         return Err(Failure::invalid("InvalidOptions", "half-precision TorchScript needs a CUDA device"));
@@ -93,13 +132,27 @@ async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, 
             format!("imgsz {imgsz} must be a multiple of 32 between 32 and 4096"),
         ));
     }
-    let opts = Options { imgsz, batch: args.batch, dynamic: args.dynamic, half: args.half, opset: args.opset };
+    if method.is_some() && !info.is_detect() {
+        return Err(Failure::invalid(
+            "UnsupportedTask",
+            format!("INT8 export is gated on detection mAP; {} is a {} model", info.architecture, info.task),
+        ));
+    }
+    let opts = Options {
+        imgsz,
+        batch: args.batch,
+        dynamic: args.dynamic,
+        half: args.half,
+        opset: args.opset,
+        int8: args.int8,
+    };
     emit(json!({"event": "progress", "phase": "load", "architecture": info.architecture, "format": format.as_str()}));
 
     let model_dev = if format == ExportFormat::Torchscript { dev } else { tch::Device::Cpu };
     let mut model =
         Loaded::load(&info, &weights, model_dev).map_err(|e| Failure::invalid("InvalidWeights", e.to_string()))?;
     let artifact = work.join(format!("model.{}", format.extension()));
+    let mut quantization = None;
     match format {
         ExportFormat::Torchscript => {
             if opts.half {
@@ -109,26 +162,41 @@ async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, 
                 .map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
         }
         ExportFormat::Onnx => {
-            let bytes =
-                export::onnx(&model, &info, &opts).map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
+            let bytes = match method {
+                Some(m) => {
+                    let (bytes, q) =
+                        int8_onnx(args, &storage, &model, &info, &opts, m, Target::OnnxRuntime, work).await?;
+                    quantization = Some(q);
+                    bytes
+                }
+                None => {
+                    export::onnx(&model, &info, &opts).map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?
+                }
+            };
             std::fs::write(&artifact, bytes).map_err(|e| Failure::transient(e.to_string()))?;
         }
         ExportFormat::Engine => {
+            // TensorRT builds from ONNX: float, or for INT8 the same QDQ model as an `onnx`
+            // export's calibration (encoded for TensorRT: symmetric activations, float biases), so no
+            // TensorRT calibrator runs.
             let onnx_opts = Options { half: false, ..opts.clone() };
             let onnx_path = work.join("model.onnx");
-            let bytes =
-                export::onnx(&model, &info, &onnx_opts).map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
-            std::fs::write(&onnx_path, bytes).map_err(|e| Failure::transient(e.to_string()))?;
-            let calibration = match (&args.calibration, args.int8) {
-                (Some(m), true) => Some(calibration_tensor(&storage, m, args.calibration_images, imgsz, work).await?),
-                _ => None,
+            let bytes = match method {
+                Some(m) => {
+                    let (bytes, q) =
+                        int8_onnx(args, &storage, &model, &info, &onnx_opts, m, Target::TensorRt, work).await?;
+                    quantization = Some(q);
+                    bytes
+                }
+                None => export::onnx(&model, &info, &onnx_opts)
+                    .map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?,
             };
+            std::fs::write(&onnx_path, bytes).map_err(|e| Failure::transient(e.to_string()))?;
             let req = tensorrt::BuildRequest {
                 onnx: &onnx_path,
                 engine: &artifact,
                 fp16: args.half,
                 int8: args.int8,
-                calibration: calibration.as_deref(),
                 imgsz,
                 batch: args.batch,
                 dynamic: args.dynamic,
@@ -146,6 +214,7 @@ async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, 
         batch: args.batch,
         dynamic: args.dynamic,
         half: args.half,
+        quantization,
         ..info
     };
     let info_file = work.join("artifact.json");
@@ -153,33 +222,126 @@ async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, 
         .map_err(|e| Failure::transient(e.to_string()))?;
     storage.store(&artifact, &args.output, "application/octet-stream").await?;
     storage.store(&info_file, &sidecar(&args.output), "application/json").await?;
-    Ok(
-        json!({"artifactUri": args.output, "sizeBytes": bytes.len(), "sha256": sha256, "format": format.as_str(), "imgsz": imgsz}),
-    )
+    Ok(json!({
+        "artifactUri": args.output, "sizeBytes": bytes.len(), "sha256": sha256, "format": format.as_str(),
+        "imgsz": imgsz, "precision": out_info.precision(), "quantization": out_info.quantization,
+    }))
 }
 
-/// Letterboxed calibration images as one raw float32 `[N, 3, S, S]` file.
-async fn calibration_tensor(
+/// The QDQ INT8 model of `model`, with what its calibration and gate found: activation ranges
+/// from `--calibration` images by `method`, then the float and INT8 models (both in ONNX Runtime,
+/// dynamic batch) validated on `--gate-manifest`'s split; fails with `AccuracyGateFailed` when
+/// INT8 loses more than `--max-accuracy-drop` points of mAP50-95.
+#[allow(clippy::too_many_arguments, reason = "the export's inputs")]
+async fn int8_onnx(
+    args: &ExportArgs,
     storage: &Storage,
-    manifest: &str,
-    n: usize,
-    imgsz: u32,
+    model: &Loaded,
+    info: &ModelInfo,
+    opts: &Options,
+    method: Method,
+    target: Target,
     work: &Path,
-) -> Result<PathBuf, Failure> {
-    let (_, records) = load_manifest(storage, manifest).await?;
-    let records: Vec<_> = records.into_iter().take(n.max(1)).collect();
+) -> Result<(Vec<u8>, Quantization), Failure> {
+    let failed = |e: ExportError| match e {
+        ExportError::OnnxRuntime(m) => Failure::invalid("OnnxRuntimeUnavailable", m),
+        e => Failure::invalid("ExportFailed", e.to_string()),
+    };
+    let imgsz = opts.imgsz;
+    // Calibration images.
+    let manifest = args.calibration.as_deref().unwrap_or_default();
+    let (header, records) = load_manifest(storage, manifest).await?;
+    if header.names() != info.names {
+        return Err(Failure::invalid(
+            "ClassMismatch",
+            format!("the calibration dataset's classes {:?} differ from the model's {:?}", header.names(), info.names),
+        ));
+    }
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|r| args.calibration_split.as_deref().is_none_or(|s| r.split.as_str() == s))
+        .take(args.calibration_images.max(1))
+        .collect();
+    if records.is_empty() {
+        return Err(Failure::invalid("InvalidCalibration", "the calibration dataset has no images (in that split)"));
+    }
     let dir = work.join("calibration");
     fetch_images(storage, &records, &dir).await?;
-    let mut pixels = Vec::new();
-    for r in &records {
-        let img = image::open(dir.join(&r.file))
-            .map_err(|e| Failure::invalid("InvalidCalibration", format!("{}: {e}", r.source)))?
-            .to_rgb8();
-        let (boxed, _) = ocellus_vision::letterbox::letterbox(&img, imgsz);
-        ocellus_vision::letterbox::to_chw(&boxed, &mut pixels);
+    emit(json!({"event": "progress", "phase": "calibrate", "images": records.len(), "method": method.name()}));
+
+    // Statistics and both models at a dynamic batch (the gate batches images).
+    let probe_opts = Options { dynamic: true, batch: 1, half: false, ..opts.clone() };
+    let float = export::onnx_model(model, info, &probe_opts).map_err(failed)?;
+    let observers = tokio::task::block_in_place(|| {
+        let images = records.iter().map(|r| {
+            let img = image::open(dir.join(&r.file))
+                .map_err(|e| ExportError::InvalidModel(format!("calibration image {}: {e}", r.source)))?
+                .to_rgb8();
+            let (boxed, _) = ocellus_vision::letterbox::letterbox(&img, imgsz);
+            let mut pixels = Vec::new();
+            ocellus_vision::letterbox::to_chw(&boxed, &mut pixels);
+            Ok(pixels)
+        });
+        int8::calibrate(&float, imgsz, images)
+    })
+    .map_err(failed)?;
+    let (quantised, stats) = int8::quantize(float.clone(), &observers, method, target).map_err(failed)?;
+
+    // The gate: float and INT8 on the same validation images, same pipeline.
+    let gate_manifest = args.gate_manifest.as_deref().unwrap_or(manifest);
+    let (gate_header, gate_records) = load_manifest(storage, gate_manifest).await?;
+    if gate_header.names() != info.names {
+        return Err(Failure::invalid(
+            "ClassMismatch",
+            format!("the gate dataset's classes {:?} differ from the model's {:?}", gate_header.names(), info.names),
+        ));
     }
-    let path = work.join("calibration.f32");
-    std::fs::write(&path, pixels.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
-        .map_err(|e| Failure::transient(e.to_string()))?;
-    Ok(path)
+    let gate_records: Vec<_> = gate_records.into_iter().filter(|r| r.split.as_str() == args.gate_split).collect();
+    if gate_records.is_empty() {
+        return Err(Failure::invalid(
+            "InvalidSplits",
+            format!("the accuracy gate needs {:?} images and the dataset has none", args.gate_split),
+        ));
+    }
+    let gate_dir = work.join("gate");
+    fetch_images(storage, &gate_records, &gate_dir).await?;
+    emit(json!({"event": "progress", "phase": "gate", "images": gate_records.len()}));
+    let th = Thresholds { conf: 0.001, iou: 0.7, max_det: 300 };
+    let score = |bytes: Vec<u8>| -> Result<f64, Failure> {
+        let mut runner = int8::Runner::new(&bytes, imgsz).map_err(failed)?;
+        let Evaluated { results, .. } =
+            evaluate_images(&gate_records, &gate_dir, &gate_header, info, imgsz, 8, th, |pixels, n| {
+                runner.predict(pixels, n).map_err(failed)
+            })?;
+        Ok(evaluate(&results, info.names.len(), th.max_det).map50_95)
+    };
+    let (fp32_map, int8_map) =
+        tokio::task::block_in_place(|| Ok::<_, Failure>((score(float.bytes())?, score(quantised.bytes())?)))?;
+    let drop_points = (fp32_map - int8_map) * 100.0;
+    emit(json!({
+        "event": "progress", "phase": "gate", "fp32Map": fp32_map, "int8Map": int8_map,
+        "quantizedConvs": stats.convs, "floatConvs": stats.float_convs, "activations": stats.activations,
+    }));
+    if drop_points > args.max_accuracy_drop {
+        return Err(Failure::invalid(
+            "AccuracyGateFailed",
+            format!(
+                "INT8 validation mAP50-95 {int8_map:.4} is {drop_points:.2} points below the float model's {fp32_map:.4} \
+                 (allowed: {} points); try another calibration method or more calibration images",
+                args.max_accuracy_drop
+            ),
+        ));
+    }
+    // The artifact itself, at the requested batch, with the same ranges.
+    let artifact = export::onnx_model(model, info, opts).map_err(failed)?;
+    let (artifact, _) = int8::quantize(artifact, &observers, method, target).map_err(failed)?;
+    let q = Quantization {
+        method: method.name().into(),
+        percentile: matches!(method, Method::Percentile(_)).then_some(args.calibration_percentile),
+        images: records.len(),
+        fp32_map,
+        int8_map,
+        max_drop: args.max_accuracy_drop,
+    };
+    Ok((artifact.bytes(), q))
 }

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use ocellus_dataset::manifest;
+use ocellus_dataset::manifest::{self, Header, ImageRecord};
 use ocellus_storage::Storage;
 use ocellus_trainer::export::Loaded;
-use ocellus_vision::BBox;
 use ocellus_vision::decode::{Thresholds, decode_to_original};
 use ocellus_vision::letterbox::{letterbox, to_chw};
 use ocellus_vision::metrics::{GroundTruth, ImageResult, evaluate};
+use ocellus_vision::model_info::anchors;
+use ocellus_vision::{BBox, ModelInfo};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
@@ -96,49 +97,13 @@ async fn val(args: &ValArgs, work: &Path) -> Result<serde_json::Value, Failure> 
 
     let th = Thresholds { conf: args.conf, iou: args.iou, max_det: args.max_det };
     let nc = info.names.len();
-    let mut results = Vec::new();
-    let mut predictions = Vec::new();
-    tokio::task::block_in_place(|| {
-        for chunk in records.chunks(args.batch) {
-            let mut pixels = Vec::new();
-            let mut boxes = Vec::new();
-            for r in chunk {
-                let img = image::open(dir.join(&r.file))
-                    .map_err(|e| Failure::invalid("CorruptImage", format!("{}: {e}", r.source)))?
-                    .to_rgb8();
-                let (boxed, lb) = letterbox(&img, imgsz);
-                to_chw(&boxed, &mut pixels);
-                boxes.push(lb);
-            }
-            let s = i64::from(imgsz);
-            let x = Tensor::from_slice(&pixels).view([chunk.len() as i64, 3, s, s]).to_device(dev);
+    let s = i64::from(imgsz);
+    let Evaluated { results, predictions } = tokio::task::block_in_place(|| {
+        evaluate_images(&records, &dir, &header, &info, imgsz, args.batch, th, |pixels, n| {
+            let x = Tensor::from_slice(pixels).view([n as i64, 3, s, s]).to_device(dev);
             let y = model.forward(&x).to_device(Device::Cpu).to_kind(Kind::Float);
-            let (c, a) = (y.size()[1] as usize, y.size()[2] as usize);
-            let flat = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| Failure::transient(e.to_string()))?;
-            for (i, r) in chunk.iter().enumerate() {
-                let dets = decode_to_original(&flat[i * c * a..(i + 1) * c * a], c - 4, a, th, &boxes[i]);
-                let (w, h) = (r.width as f32, r.height as f32);
-                let gts = manifest::parse_annotations(header.task, r)
-                    .iter()
-                    .filter_map(|an| {
-                        let (cx, cy, bw, bh) = an.bbox()?;
-                        Some(GroundTruth {
-                            bbox: BBox::from_cxcywh(cx as f32 * w, cy as f32 * h, bw as f32 * w, bh as f32 * h),
-                            class: an.class(),
-                        })
-                    })
-                    .collect();
-                predictions.push(json!({
-                    "file": r.file, "source": r.source, "width": r.width, "height": r.height,
-                    "detections": dets.iter().map(|d| json!({
-                        "class": d.class, "name": info.names.get(d.class), "confidence": d.score,
-                        "box": {"x1": d.bbox.x1, "y1": d.bbox.y1, "x2": d.bbox.x2, "y2": d.bbox.y2},
-                    })).collect::<Vec<_>>(),
-                }));
-                results.push(ImageResult { gts, dets });
-            }
-        }
-        Ok::<_, Failure>(())
+            Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| Failure::transient(e.to_string()))
+        })
     })?;
     let e = evaluate(&results, nc, args.max_det);
     let per_class: Vec<serde_json::Value> = (0..nc)
@@ -155,4 +120,75 @@ async fn val(args: &ValArgs, work: &Path) -> Result<serde_json::Value, Failure> 
         "metrics": {"precision": e.precision, "recall": e.recall, "map50": e.map50, "map50_95": e.map50_95},
         "perClass": per_class, "predictionsUri": args.predictions,
     }))
+}
+
+/// A detector's predictions over a split, ready for [`evaluate`].
+pub(crate) struct Evaluated {
+    /// Ground truth and detections per image, in original pixels.
+    pub results: Vec<ImageResult>,
+    /// Every detection as JSON, per image.
+    pub predictions: Vec<serde_json::Value>,
+}
+
+/// Runs a detector over `records` (images in `dir`) with the predictor's pipeline: letterbox,
+/// `forward` on `[n, 3, imgsz, imgsz]` pixels returning the raw `[n, 4 + classes, anchors]`
+/// output, decode, class-aware NMS, boxes back in original pixels. Any runtime can supply
+/// `forward` (libtorch for `val`, ONNX Runtime for the INT8 gate).
+#[allow(clippy::too_many_arguments, reason = "one call site per runtime")]
+pub(crate) fn evaluate_images(
+    records: &[ImageRecord],
+    dir: &Path,
+    header: &Header,
+    info: &ModelInfo,
+    imgsz: u32,
+    batch: usize,
+    th: Thresholds,
+    mut forward: impl FnMut(&[f32], usize) -> Result<Vec<f32>, Failure>,
+) -> Result<Evaluated, Failure> {
+    let c = 4 + info.names.len();
+    let a = anchors(imgsz);
+    let mut results = Vec::new();
+    let mut predictions = Vec::new();
+    for chunk in records.chunks(batch.max(1)) {
+        let mut pixels = Vec::new();
+        let mut boxes = Vec::new();
+        for r in chunk {
+            let img = image::open(dir.join(&r.file))
+                .map_err(|e| Failure::invalid("CorruptImage", format!("{}: {e}", r.source)))?
+                .to_rgb8();
+            let (boxed, lb) = letterbox(&img, imgsz);
+            to_chw(&boxed, &mut pixels);
+            boxes.push(lb);
+        }
+        let flat = forward(&pixels, chunk.len())?;
+        if flat.len() != chunk.len() * c * a {
+            return Err(Failure::invalid(
+                "InvalidModel",
+                format!("the model gave {} values for {} images of [{c}, {a}]", flat.len(), chunk.len()),
+            ));
+        }
+        for (i, r) in chunk.iter().enumerate() {
+            let dets = decode_to_original(&flat[i * c * a..(i + 1) * c * a], c - 4, a, th, &boxes[i]);
+            let (w, h) = (r.width as f32, r.height as f32);
+            let gts = manifest::parse_annotations(header.task, r)
+                .iter()
+                .filter_map(|an| {
+                    let (cx, cy, bw, bh) = an.bbox()?;
+                    Some(GroundTruth {
+                        bbox: BBox::from_cxcywh(cx as f32 * w, cy as f32 * h, bw as f32 * w, bh as f32 * h),
+                        class: an.class(),
+                    })
+                })
+                .collect();
+            predictions.push(json!({
+                "file": r.file, "source": r.source, "width": r.width, "height": r.height,
+                "detections": dets.iter().map(|d| json!({
+                    "class": d.class, "name": info.names.get(d.class), "confidence": d.score,
+                    "box": {"x1": d.bbox.x1, "y1": d.bbox.y1, "x2": d.bbox.x2, "y2": d.bbox.y2},
+                })).collect::<Vec<_>>(),
+            }));
+            results.push(ImageResult { gts, dets });
+        }
+    }
+    Ok(Evaluated { results, predictions })
 }

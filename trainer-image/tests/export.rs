@@ -101,7 +101,7 @@ fn round_trip(architecture: &str, names: &[&str]) {
     let want = model.forward(&x);
 
     // TorchScript, traced at batch 1, run at batch 3.
-    let opts = Options { imgsz: 96, batch: 1, dynamic: true, half: false, opset: export::DEFAULT_OPSET };
+    let opts = Options { imgsz: 96, batch: 1, dynamic: true, half: false, opset: export::DEFAULT_OPSET, int8: false };
     let ts = dir.join("model.torchscript");
     export::torchscript(&model, &opts, Device::Cpu, &ts).expect("torchscript");
     let m = tch::CModule::load(&ts).expect("libtorch loads the TorchScript");

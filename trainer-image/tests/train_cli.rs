@@ -135,9 +135,10 @@ async fn trains_from_an_ingested_manifest() {
     );
     assert_eq!(code, 0, "{lines:?}");
     assert!(tch::CModule::load(&ts).is_ok());
-    // Refusals: unknown format, int8 outside engine, half TorchScript on CPU, TensorRT absent.
+    // Refusals: unknown format, int8 for TorchScript or without calibration images, half TorchScript on CPU, TensorRT absent.
     for (args, reason) in [
         (vec!["--format", "tflite"], "UnsupportedFormat"),
+        (vec!["--format", "torchscript", "--int8"], "InvalidOptions"),
         (vec!["--format", "onnx", "--int8"], "InvalidOptions"),
         (vec!["--format", "torchscript", "--half", "--device", "cpu"], "InvalidOptions"),
         (vec!["--format", "engine"], "TensorRTUnavailable"),
@@ -419,7 +420,6 @@ async fn fine_tunes_from_an_ultralytics_checkpoint_in_s3() {
             &work,
         ],
     );
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, 0, "{lines:?}");
     let import = lines.iter().find(|l| l["phase"] == "import").expect("an import line");
     assert_eq!((import["architecture"].as_str(), import["classes"].as_u64()), (Some("yolov8n"), Some(3)), "{import}");
@@ -427,4 +427,78 @@ async fn fine_tunes_from_an_ultralytics_checkpoint_in_s3() {
     assert_eq!(tune["reinitialized"], serde_json::json!([]), "{tune}");
     let epoch = lines.iter().find(|l| l["event"] == "epoch").expect("an epoch");
     assert!(epoch["metrics"]["map50"].as_f64().is_some_and(|m| m >= 0.8), "{epoch}");
+
+    int8_export_is_gated_on_validation_map(&s3, &store, &dir, &work).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// INT8 export of the fine-tuned weights: calibrated on the dataset, validated as float and as
+/// INT8 in ONNX Runtime on the `val` split; within the gate it succeeds with both figures in the
+/// sidecar, and with ranges calibrated on blank images the gate refuses it, naming both.
+async fn int8_export_is_gated_on_validation_map(s3: &S3Server, store: &Store, dir: &std::path::Path, work: &str) {
+    let weights = "s3://platform/team/trainingjobs/ft/weights/best.safetensors";
+    let manifest = "s3://platform/team/datasets/ft/manifest.ndjson";
+    let export = |calibration: &'static str, output: &'static str| {
+        let args = [
+            "--weights",
+            weights,
+            "--format",
+            "onnx",
+            "--int8",
+            "--calibration",
+            calibration,
+            "--gate-manifest",
+            manifest,
+            "--calibration-images",
+            "64",
+            "--output",
+            output,
+            "--work-dir",
+            work,
+        ];
+        run(s3, "export", &args)
+    };
+    let (code, lines) = export(manifest, "s3://platform/team/exports/int8/model.onnx");
+    assert_eq!(code, 0, "{lines:?}");
+    let done = lines.last().expect("done");
+    assert_eq!(done["precision"], "int8", "{done}");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&store.get("team/exports/int8/model.onnx.json").await.expect("sidecar")).expect("json");
+    let q = &sidecar["quantization"];
+    let (fp32, int8) = (q["fp32Map"].as_f64().expect("fp32Map"), q["int8Map"].as_f64().expect("int8Map"));
+    eprintln!("INT8 gate: {q}");
+    assert!(fp32 >= 0.5, "a model worth quantising: {q}");
+    assert!(fp32 - int8 <= 0.01, "within the default gate of 1 point: {q}");
+    assert_eq!((q["method"].as_str(), q["images"].as_u64()), (Some("percentile"), Some(60)), "{q}");
+    let onnx = store.get("team/exports/int8/model.onnx").await.expect("onnx");
+    let text = String::from_utf8_lossy(&onnx);
+    assert!(text.contains("QuantizeLinear") && text.contains("DequantizeLinear"), "a QDQ model");
+
+    // Blank calibration images: every activation range collapses and the gate must refuse.
+    let blank = dir.join("blank");
+    fixtures::write_yolo(&blank, &fixtures::samples(12, 8, 160), 160);
+    for entry in walk(&blank) {
+        if let Ok(img) = image::open(&entry) {
+            image::RgbImage::new(img.width(), img.height()).save(&entry).expect("blank image");
+        }
+    }
+    let opts = Options::new("shapes", Task::Detect, "team/datasets/blank", dir.join("ingest-blank"));
+    ingest::ingest(store, &Source::Local(blank), &opts, &|_| {}).await.expect("ingest blank");
+    let (code, lines) =
+        export("s3://platform/team/datasets/blank/manifest.ndjson", "s3://platform/team/exports/bad/model.onnx");
+    let last = lines.last().expect("error");
+    assert_eq!((code, last["reason"].as_str()), (2, Some("AccuracyGateFailed")), "{lines:?}");
+    let message = last["message"].as_str().expect("message");
+    eprintln!("blank calibration: {message}");
+    assert!(message.contains(&format!("{fp32:.4}")) && message.contains("allowed: 1 points"), "{message}");
+    assert!(store.head("team/exports/bad/model.onnx").await.expect("head").is_none(), "nothing half-written");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir").flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
 }

@@ -1,13 +1,13 @@
 """Builds a TensorRT engine from an ONNX model with TensorRT's builder API.
 
 Called by `ocellus-trainer export --format engine` with one JSON argument:
-{onnx, engine, fp16, int8, calibration (raw float32 [N,3,S,S] file or null), imgsz, batch, dynamic}.
+{onnx, engine, fp16, int8, imgsz, batch, dynamic}. With int8 the ONNX is a QDQ model: TensorRT
+builds an explicit-precision engine from its scales, so no calibrator runs here.
 Prints one JSON line: {"ok": true, ...} or {"error": "..."}.
 """
 import json
 import sys
 
-import numpy as np
 import tensorrt as trt
 
 
@@ -36,37 +36,7 @@ def main():
             return 2
         config.set_flag(trt.BuilderFlag.FP16)
     if a["int8"]:
-        import torch  # device buffers for the calibrator (the trainer image ships PyTorch)
-
-        data = np.fromfile(a["calibration"], dtype=np.float32).reshape(-1, 3, s, s)
-
-        class Calibrator(trt.IInt8EntropyCalibrator2):
-            def __init__(self):
-                super().__init__()
-                self.i = 0
-                self.buf = None
-
-            def get_batch_size(self):
-                return b
-
-            def get_batch(self, names):
-                if self.i >= len(data):
-                    return None
-                chunk = data[self.i : self.i + b]
-                if len(chunk) < b:
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk), axis=0)])
-                self.i += b
-                self.buf = torch.from_numpy(np.ascontiguousarray(chunk)).cuda()
-                return [int(self.buf.data_ptr())]
-
-            def read_calibration_cache(self):
-                return None
-
-            def write_calibration_cache(self, cache):
-                pass
-
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = Calibrator()
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         print(json.dumps({"error": "TensorRT failed to build the engine (see its log above)"}))

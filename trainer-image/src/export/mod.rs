@@ -4,12 +4,16 @@
 //! - ONNX: written by [`onnx`] from the model code itself (batch norm folded, anchors for the
 //!   export size precomputed), with Ultralytics-compatible metadata so `YOLO("model.onnx")` reads
 //!   its names, stride and size;
+//! - INT8: a QDQ ONNX model calibrated on dataset images and gated on validation mAP (see
+//!   [`int8`]), which TensorRT also builds INT8 engines from;
 //! - TensorRT engine: built from the ONNX by TensorRT's builder (see [`tensorrt`]).
 //!
 //! Every artifact gets a [`ModelInfo`] sidecar (`<artifact>.json`) carrying its SHA-256.
 
 #[cfg(feature = "torch")]
 pub use ocellus_vision::onnx;
+#[cfg(feature = "torch")]
+pub mod int8;
 pub mod tensorrt;
 
 #[cfg(feature = "torch")]
@@ -104,6 +108,8 @@ mod model_export {
         pub half: bool,
         /// ONNX opset.
         pub opset: i64,
+        /// INT8 (QDQ) quantisation follows (recorded in the Ultralytics metadata's `args`).
+        pub int8: bool,
     }
 
     /// Traces the model and saves TorchScript to `path`.
@@ -134,9 +140,10 @@ mod model_export {
             (
                 "args".into(),
                 format!(
-                    "{{'batch': {}, 'half': {}, 'dynamic': {}}}",
+                    "{{'batch': {}, 'half': {}, 'int8': {}, 'dynamic': {}}}",
                     opts.batch,
                     py_bool(opts.half),
+                    py_bool(opts.int8),
                     py_bool(opts.dynamic)
                 ),
             ),
@@ -145,8 +152,37 @@ mod model_export {
         ]
     }
 
+    /// An ONNX model before serialisation: its graph (which the INT8 pass rewrites), typed input
+    /// and output, opset and metadata.
+    #[derive(Debug, Clone)]
+    pub struct OnnxModel {
+        /// The graph.
+        pub graph: Graph,
+        input_dims: Vec<Dim>,
+        output_dims: Vec<Dim>,
+        opset: i64,
+        metadata: Vec<(String, String)>,
+    }
+
+    impl OnnxModel {
+        /// The serialised `ModelProto`.
+        pub fn bytes(self) -> Vec<u8> {
+            self.graph.into_model(
+                (INPUT_NAME, &self.input_dims),
+                (OUTPUT_NAME, &self.output_dims),
+                self.opset,
+                &self.metadata,
+            )
+        }
+    }
+
     /// Writes the model as ONNX.
     pub fn onnx(model: &Loaded, info: &ModelInfo, opts: &Options) -> Result<Vec<u8>, ExportError> {
+        Ok(onnx_model(model, info, opts)?.bytes())
+    }
+
+    /// The model as an ONNX graph, not yet serialised.
+    pub fn onnx_model(model: &Loaded, info: &ModelInfo, opts: &Options) -> Result<OnnxModel, ExportError> {
         if !OPSETS.contains(&opts.opset) {
             return Err(ExportError::Unsupported(format!(
                 "ONNX opset {} is not supported: use {} to {}",
@@ -169,7 +205,12 @@ mod model_export {
             }
         };
         g.output_as(&out, OUTPUT_NAME);
-        let input_dims = [batch, Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)];
-        Ok(g.into_model((INPUT_NAME, &input_dims), (OUTPUT_NAME, &out_dims), opts.opset, &metadata(info, opts)))
+        Ok(OnnxModel {
+            graph: g,
+            input_dims: vec![batch, Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)],
+            output_dims: out_dims,
+            opset: opts.opset,
+            metadata: metadata(info, opts),
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! TensorRT engines, built from our ONNX by TensorRT's own builder (`trt.Builder`,
-//! `OnnxParser`, FP16/INT8 flags, an entropy calibrator fed with letterboxed dataset images)
-//! through its Python API, which the GPU trainer image installs with TensorRT. Where TensorRT is
+//! `OnnxParser`, FP16/INT8 flags) through its Python API. INT8 engines are built from the QDQ
+//! model of [`super::int8`] (explicit precision: TensorRT takes the calibrated scales from its
+//! `QuantizeLinear`/`DequantizeLinear` nodes, so no TensorRT calibrator runs), which the GPU trainer image installs with TensorRT. Where TensorRT is
 //! absent (CPU images, CI) [`available`] says so plainly and the export fails with that reason.
 
 use std::path::Path;
@@ -42,10 +43,8 @@ pub struct BuildRequest<'a> {
     pub engine: &'a Path,
     /// FP16 kernels.
     pub fp16: bool,
-    /// INT8 kernels (needs `calibration`).
+    /// INT8 kernels: `onnx` is a QDQ model.
     pub int8: bool,
-    /// Raw float32 `[N, 3, S, S]` calibration images.
-    pub calibration: Option<&'a Path>,
     /// Input size.
     pub imgsz: u32,
     /// (Maximum) batch.
@@ -56,12 +55,9 @@ pub struct BuildRequest<'a> {
 
 /// Builds the engine.
 pub fn build(req: &BuildRequest<'_>) -> Result<(), ExportError> {
-    if req.int8 && req.calibration.is_none() {
-        return Err(ExportError::Unsupported("INT8 needs calibration images".into()));
-    }
     let args = serde_json::json!({
         "onnx": req.onnx, "engine": req.engine, "fp16": req.fp16, "int8": req.int8,
-        "calibration": req.calibration, "imgsz": req.imgsz, "batch": req.batch, "dynamic": req.dynamic,
+        "imgsz": req.imgsz, "batch": req.batch, "dynamic": req.dynamic,
     });
     let out = Command::new(python())
         .args(["-c", BUILD_ENGINE])

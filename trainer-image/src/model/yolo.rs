@@ -179,16 +179,24 @@ impl DetectHead {
         let branch = |g: &mut Graph, b: &(ConvBn, ConvBn, nn::Conv2D), x: &str| {
             let y = b.0.onnx(g, x);
             let y = b.1.onnx(g, &y);
-            conv_onnx(g, &y, &b.2.ws, b.2.bs.as_ref(), 1)
+            // The final box-distribution and class-logit convolutions stay float when quantised.
+            g.keep_float = true;
+            let out = conv_onnx(g, &y, &b.2.ws, b.2.bs.as_ref(), 1);
+            g.keep_float = false;
+            out
         };
         let shape = g.init_i64("shape", &[0, no, -1]);
         let mut flat = Vec::new();
         for (i, x) in feats.iter().enumerate() {
             let a = branch(g, &self.cv2[i], x);
             let c = branch(g, &self.cv3[i], x);
+            g.keep_float = true;
             let cat = g.node("Concat", &[&a, &c], &[Attr::Int("axis", 1)]);
             flat.push(g.node("Reshape", &[&cat, &shape], &[]));
+            g.keep_float = false;
         }
+        // Decoding (DFL, anchors, sigmoid) stays float when quantised.
+        g.keep_float = true;
         let refs: Vec<&str> = flat.iter().map(String::as_str).collect();
         let x = g.node("Concat", &refs, &[Attr::Int("axis", 2)]);
         let split = g.init_i64("split", &[REG_MAX * 4, self.nc]);
@@ -436,6 +444,8 @@ impl Classifier {
             x = l.onnx(g, &x);
         }
         let y = self.conv.onnx(g, &x);
+        // Pooling, the linear layer and the softmax stay float when quantised.
+        g.keep_float = true;
         let pooled = g.node("GlobalAveragePool", &[&y], &[]);
         let flat = g.node("Flatten", &[&pooled], &[Attr::Int("axis", 1)]);
         let w = g.init_f32("w", &self.linear.ws.size(), &super::blocks::values(&self.linear.ws));
