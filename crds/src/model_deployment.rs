@@ -298,6 +298,9 @@ pub struct ModelDeploymentStatus {
     /// URI of the artifact being served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_uri: Option<String>,
+    /// Numeric precision of the model being served: `fp32`, `fp16` or `int8`, from its Export's status. Absent for a `model.uri` artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// When the autoscaler last changed the replica count (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,

@@ -180,15 +180,50 @@ fn export_cel_rules() {
         )),
         Vec::<String>::new()
     );
+    // INT8: onnx and engine; a TrainingJob's Dataset calibrates by default.
     assert_eq!(
-        cel_errors::<Export>(export(
-            json!({"source": src, "format": "onnx", "int8": true, "calibration": {"datasetRef": {"name": "d"}}})
-        )),
-        vec!["int8 is only supported for format engine"]
+        cel_errors::<Export>(export(json!({"source": src, "format": "onnx", "int8": true}))),
+        Vec::<String>::new()
     );
     assert_eq!(
         cel_errors::<Export>(export(json!({"source": src, "format": "engine", "gpuProduct": "x", "int8": true}))),
-        vec!["int8 needs a calibration dataset"]
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cel_errors::<Export>(export(json!({
+            "source": src, "format": "onnx", "int8": true, "maxAccuracyDrop": 0.5,
+            "calibration": {"datasetRef": {"name": "d"}, "images": 200, "method": "percentile", "percentile": 99.9}
+        }))),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cel_errors::<Export>(export(json!({"source": src, "format": "torchscript", "int8": true}))),
+        vec!["int8 is supported for formats onnx and engine"]
+    );
+    let weights = json!({"weightsUri": "s3://b/w.safetensors"});
+    let needs_dataset = "int8 from source.weightsUri needs calibration.datasetRef: there is no TrainingJob whose \
+                         Dataset could calibrate it";
+    assert_eq!(
+        cel_errors::<Export>(export(json!({"source": weights, "format": "onnx", "int8": true}))),
+        vec![needs_dataset]
+    );
+    assert_eq!(
+        cel_errors::<Export>(export(
+            json!({"source": weights, "format": "onnx", "int8": true, "calibration": {"method": "entropy"}})
+        )),
+        vec![needs_dataset]
+    );
+    assert_eq!(
+        cel_errors::<Export>(export(
+            json!({"source": weights, "format": "onnx", "int8": true, "calibration": {"datasetRef": {"name": "d"}}})
+        )),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cel_errors::<Export>(export(json!({
+            "source": src, "format": "onnx", "int8": true, "calibration": {"method": "entropy", "percentile": 99.9}
+        }))),
+        vec!["calibration.percentile is only used by method percentile"]
     );
     assert_eq!(
         cel_errors::<Export>(export(json!({"source": src, "format": "torchscript", "half": true}))),

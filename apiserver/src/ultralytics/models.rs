@@ -1114,6 +1114,7 @@ pub fn build_export(tj: &TrainingJob, body: &CreateExport, n: &str) -> Result<Ex
             half,
             int8: false,
             calibration: None,
+            max_accuracy_drop: None,
             dynamic: bool_arg(args, "dynamic")?.unwrap_or(false),
             batch: int_arg(args, "batch", 1, 256)?.unwrap_or(1) as i32,
             opset: int_arg(args, "opset", 13, 21)?.map(|o| o as i32),

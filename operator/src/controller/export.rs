@@ -2,6 +2,9 @@
 //! exports again), from a TrainingJob's `best`/`last` weights or a URI; the artifact's URI,
 //! size and SHA-256 from the object store in status. `engine` exports run on the GPU model
 //! they are built for. What CEL refuses on real clusters is re-checked here as a condition.
+//! An `int8` export calibrates on a Dataset (by default the `val` split of the source
+//! TrainingJob's) and is gated on validation accuracy by the trainer; the artifact's precision
+//! and calibration come from its metadata sidecar.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,8 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use ocellus_crds::{
-    Artifact, Export, ExportFormat, ExportPhase, ExportSpec, ExportStatus, GpuRequest, TrainingJob, TrainingPhase,
+    Artifact, CalibrationMethod, Dataset, Export, ExportFormat, ExportPhase, ExportSpec, ExportStatus, GpuRequest,
+    QuantizationStatus, TrainingJob, TrainingPhase,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -20,6 +24,9 @@ use super::training_job::output_prefix;
 use super::{Context, Error, Health, apply_status, now, owner_ref, set_health};
 use crate::config::WorkloadConfig;
 use crate::workload::{self, JobRequest, RunFailure, RunState};
+
+/// The split of a TrainingJob's Dataset that calibrates and validates its INT8 export.
+pub const VALIDATION_SPLIT: &str = "val";
 
 /// Field manager of this controller's writes.
 pub const MANAGER: &str = "ocellus-operator/export";
@@ -41,11 +48,22 @@ pub fn validate(spec: &ExportSpec) -> Result<(), String> {
                 .into(),
         );
     }
-    if spec.int8 && spec.format != ExportFormat::Engine {
-        return Err("int8 is only supported for format engine".into());
+    if spec.int8 && spec.format == ExportFormat::Torchscript {
+        return Err("int8 is supported for formats onnx and engine".into());
     }
-    if spec.int8 && spec.calibration.is_none() {
-        return Err("int8 needs a calibration dataset".into());
+    if spec.int8
+        && spec.source.training_job.is_none()
+        && spec.calibration.as_ref().and_then(|c| c.dataset_ref.as_ref()).is_none()
+    {
+        return Err("int8 from source.weightsUri needs calibration.datasetRef: there is no TrainingJob whose Dataset \
+                    could calibrate it"
+            .into());
+    }
+    if let Some(c) = &spec.calibration
+        && c.percentile.is_some()
+        && c.method.is_some_and(|m| m != CalibrationMethod::Percentile)
+    {
+        return Err("calibration.percentile is only used by method percentile".into());
     }
     if spec.half && spec.format == ExportFormat::Torchscript && spec.gpu_product.is_none() {
         return Err("half-precision TorchScript needs a GPU (set gpuProduct)".into());
@@ -89,8 +107,70 @@ pub fn weights_uri(cfg: &WorkloadConfig, namespace: &str, spec: &ExportSpec) -> 
     }
 }
 
-/// Builds the export Job (pure).
-pub fn build_job(cfg: &WorkloadConfig, ex: &Export, job_name: &str, calibration_manifest: Option<&str>) -> Job {
+/// What an INT8 export calibrates on and is validated on, resolved from Datasets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Inputs {
+    /// Manifest whose images calibrate the activation ranges.
+    pub calibration_manifest: String,
+    /// Only the images of this split; `None`: all images of the manifest.
+    pub calibration_split: Option<String>,
+    /// Manifest whose `val` images the float and the INT8 model are both validated on.
+    pub gate_manifest: String,
+}
+
+/// The manifest of Dataset `name` (pure): the frozen `version`'s, else the current one, which
+/// a successful ingest writes last (so it stays usable while a later ingest runs or fails).
+fn manifest_of(name: &str, dataset: Option<Dataset>, version: Option<&str>) -> Result<String, String> {
+    let Some(ds) = dataset else { return Err(format!("Dataset {name} does not exist")) };
+    let st = ds.status.unwrap_or_default();
+    match version {
+        Some(v) => st
+            .versions
+            .into_iter()
+            .find(|s| s.name == v)
+            .map(|s| s.manifest_uri)
+            .ok_or_else(|| format!("Dataset {name} has no frozen version {v}")),
+        None => st.manifest_uri.ok_or_else(|| format!("Dataset {name} is not ready (phase {:?})", st.phase)),
+    }
+}
+
+/// Resolves the Datasets of an `int8` export (pure; `dataset` looks one up by name in the
+/// Export's namespace). Calibration: `calibration.datasetRef`'s manifest, all of it; unset, the
+/// `val` split of the manifest the source TrainingJob trained on (its pinned version, else its
+/// Dataset's current manifest). Accuracy gate: the TrainingJob's manifest, else the calibration
+/// Dataset's. `Ok(None)` without `int8`; `Err(message)` while a Dataset is not there.
+pub fn int8_inputs(
+    spec: &ExportSpec,
+    tj: Option<&TrainingJob>,
+    dataset: impl Fn(&str) -> Option<Dataset>,
+) -> Result<Option<Int8Inputs>, String> {
+    if !spec.int8 {
+        return Ok(None);
+    }
+    // The manifest the source TrainingJob trained on.
+    let trained_on = match (&spec.source.training_job, tj) {
+        (Some(_), Some(tj)) => {
+            let r = &tj.spec.dataset_ref;
+            Some(manifest_of(&r.name, dataset(&r.name), r.version.as_deref())?)
+        }
+        (Some(r), None) => return Err(format!("TrainingJob {} does not exist", r.name)),
+        (None, _) => None,
+    };
+    let named = match spec.calibration.as_ref().and_then(|c| c.dataset_ref.as_ref()) {
+        Some(r) => Some(manifest_of(&r.name, dataset(&r.name), None)?),
+        None => None,
+    };
+    let (calibration_manifest, calibration_split) = match (named, &trained_on) {
+        (Some(m), _) => (m, None),
+        (None, Some(m)) => (m.clone(), Some(VALIDATION_SPLIT.to_string())),
+        (None, None) => return Err("int8 from source.weightsUri needs calibration.datasetRef".into()),
+    };
+    let gate_manifest = trained_on.unwrap_or_else(|| calibration_manifest.clone());
+    Ok(Some(Int8Inputs { calibration_manifest, calibration_split, gate_manifest }))
+}
+
+/// Builds the export Job (pure). `int8` are the resolved Datasets of an `int8` export.
+pub fn build_job(cfg: &WorkloadConfig, ex: &Export, job_name: &str, int8: Option<&Int8Inputs>) -> Job {
     let ns = ex.namespace().unwrap_or_default();
     let spec = &ex.spec;
     let gpu = spec.gpu_product.is_some() && (spec.format == ExportFormat::Engine || spec.half);
@@ -114,11 +194,26 @@ pub fn build_job(cfg: &WorkloadConfig, ex: &Export, job_name: &str, calibration_
     }
     if spec.int8 {
         args.push("--int8".into());
-        if let Some(m) = calibration_manifest {
-            args.push(format!("--calibration={m}"));
+        if let Some(i) = int8 {
+            args.push(format!("--calibration={}", i.calibration_manifest));
+            if let Some(split) = &i.calibration_split {
+                args.push(format!("--calibration-split={split}"));
+            }
         }
-        let n = spec.calibration.as_ref().and_then(|c| c.images).unwrap_or(500);
-        args.push(format!("--calibration-images={n}"));
+        let c = spec.calibration.as_ref();
+        args.push(format!("--calibration-images={}", c.and_then(|c| c.images).unwrap_or(500)));
+        if let Some(m) = c.and_then(|c| c.method) {
+            args.push(format!("--calibration-method={}", m.as_str()));
+        }
+        if let Some(p) = c.and_then(|c| c.percentile) {
+            args.push(format!("--calibration-percentile={p}"));
+        }
+        if let Some(i) = int8 {
+            args.push(format!("--gate-manifest={}", i.gate_manifest));
+        }
+        if let Some(d) = spec.max_accuracy_drop {
+            args.push(format!("--max-accuracy-drop={d}"));
+        }
     }
     workload::job(
         cfg,
@@ -165,6 +260,60 @@ pub fn training_gate(name: &str, tj: Option<&TrainingJob>) -> Result<(), (bool, 
     }
 }
 
+/// The precision of an artifact and, for INT8, its calibration and accuracy gate, from its
+/// metadata sidecar (pure): `int8` with a `quantization` object, `fp16` with `half: true`, else
+/// `fp32`.
+pub fn precision_of(meta: &Value) -> (String, Option<QuantizationStatus>) {
+    let quantization = meta.get("quantization").filter(|q| q.is_object());
+    let precision = if quantization.is_some() {
+        "int8"
+    } else if meta.get("half").and_then(Value::as_bool) == Some(true) {
+        "fp16"
+    } else {
+        "fp32"
+    };
+    (precision.into(), quantization.and_then(|q| serde_json::from_value(q.clone()).ok()))
+}
+
+/// Records a failed export run (pure but for the clock): a retry while the failure is transient
+/// and attempts are left, else `Failed` with the trainer's reason and message as they are (an
+/// INT8 export that fails its accuracy gate: `AccuracyGateFailed`, exit code 2, not retried).
+/// Returns when to look again.
+pub fn record_failure(
+    st: &mut ExportStatus,
+    RunFailure { failure, retryable }: RunFailure,
+    attempt: i32,
+    base: &str,
+    generation: Option<i64>,
+) -> Option<Duration> {
+    st.job.failure = Some(failure.clone());
+    st.job.completion_time = Some(now());
+    if retryable && attempt < MAX_ATTEMPTS {
+        st.job.job_name = Some(format!("{base}-{}", attempt + 1));
+        st.job.start_time = None;
+        set(
+            st,
+            Health::Progressing {
+                reason: "BackoffRetry".into(),
+                message: format!("export attempt {attempt} failed: {}", failure.message.clone().unwrap_or_default()),
+            },
+            generation,
+        );
+        Some(workload::backoff(attempt))
+    } else {
+        st.phase = ExportPhase::Failed;
+        set(
+            st,
+            Health::Failed {
+                reason: failure.reason.clone().unwrap_or_else(|| "ExportFailed".into()),
+                message: failure.message.clone().unwrap_or_default(),
+            },
+            generation,
+        );
+        None
+    }
+}
+
 fn set(st: &mut ExportStatus, health: Health, generation: Option<i64>) {
     set_health(&mut st.common.conditions, &health, generation, now());
 }
@@ -178,6 +327,12 @@ pub async fn reconcile(
 ) -> Result<Action, Error> {
     let _timer = ctx.metrics.start(CONTROLLER);
     let ns = ex.namespace().unwrap_or_default();
+    let tj = ex
+        .spec
+        .source
+        .training_job
+        .as_ref()
+        .and_then(|r| trainingjobs.get(&kube::runtime::reflector::ObjectRef::new(&r.name).within(&ns)));
     let name = ex.name_any();
     let generation = ex.metadata.generation;
     let old = ex.status.clone().unwrap_or_default();
@@ -206,23 +361,22 @@ pub async fn reconcile(
 
     // Dereference: a TrainingJob's weights are exported once it has succeeded (its watch
     // wakes this Export), and they must exist (their sidecar is written last).
-    if let Some(r) = &ex.spec.source.training_job {
-        let tj = trainingjobs.get(&kube::runtime::reflector::ObjectRef::new(&r.name).within(&ns));
-        if let Err((permanent, reason, message)) = training_gate(&r.name, tj.as_deref()) {
-            let health = if permanent {
-                st.phase = ExportPhase::Failed;
-                Health::Failed { reason: reason.into(), message }
-            } else {
-                st.phase = ExportPhase::Pending;
-                Health::Progressing { reason: reason.into(), message }
-            };
-            set(&mut st, health, generation);
-            write_status(&ex, &ctx, &st, &old).await?;
-            // The watch that wakes this Export and the store read here are separate reflectors:
-            // a wake-up can arrive before this store has the TrainingJob's last change, and no
-            // later change may follow (Succeeded is final). So a wait also polls.
-            return Ok(if permanent { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) });
-        }
+    if let Some(r) = &ex.spec.source.training_job
+        && let Err((permanent, reason, message)) = training_gate(&r.name, tj.as_deref())
+    {
+        let health = if permanent {
+            st.phase = ExportPhase::Failed;
+            Health::Failed { reason: reason.into(), message }
+        } else {
+            st.phase = ExportPhase::Pending;
+            Health::Progressing { reason: reason.into(), message }
+        };
+        set(&mut st, health, generation);
+        write_status(&ex, &ctx, &st, &old).await?;
+        // The watch that wakes this Export and the store read here are separate reflectors:
+        // a wake-up can arrive before this store has the TrainingJob's last change, and no
+        // later change may follow (Succeeded is final). So a wait also polls.
+        return Ok(if permanent { Action::await_change() } else { Action::requeue(Duration::from_secs(15)) });
     }
     // Dereference: the weights must exist (their sidecar is written last).
     let weights = weights_uri(&ctx.config, &ns, &ex.spec);
@@ -242,31 +396,25 @@ pub async fn reconcile(
         write_status(&ex, &ctx, &st, &old).await?;
         return Ok(Action::requeue(Duration::from_secs(10)));
     }
-    let calibration = match ex.spec.calibration.as_ref().filter(|_| ex.spec.int8) {
-        Some(c) => {
-            let ds = datasets.get(&kube::runtime::reflector::ObjectRef::new(&c.dataset_ref.name).within(&ns));
-            match ds.and_then(|d| d.status.clone()?.manifest_uri) {
-                Some(m) => Some(m),
-                None => {
-                    st.phase = ExportPhase::Pending;
-                    set(
-                        &mut st,
-                        Health::Progressing {
-                            reason: "WaitingForCalibration".into(),
-                            message: format!("Dataset {} is not ready", c.dataset_ref.name),
-                        },
-                        generation,
-                    );
-                    write_status(&ex, &ctx, &st, &old).await?;
-                    return Ok(Action::requeue(Duration::from_secs(10)));
-                }
+    let (_, run) = ctx.run_state(&ns, &job_name);
+    // Dereference, before the Job is created: the Datasets an INT8 export calibrates and is
+    // validated on (a Job that runs keeps what it was given).
+    let int8 = match run {
+        RunState::Missing => match int8_inputs(&ex.spec, tj.as_deref(), |name| {
+            datasets.get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns)).map(|d| (*d).clone())
+        }) {
+            Ok(i) => i,
+            Err(message) => {
+                st.phase = ExportPhase::Pending;
+                set(&mut st, Health::Progressing { reason: "WaitingForCalibration".into(), message }, generation);
+                write_status(&ex, &ctx, &st, &old).await?;
+                return Ok(Action::requeue(Duration::from_secs(10)));
             }
-        }
-        None => None,
+        },
+        _ => None,
     };
 
     st.job.job_name = Some(job_name.clone());
-    let (_, run) = ctx.run_state(&ns, &job_name);
     let mut create = false;
     let mut requeue = Some(Duration::from_secs(3));
     match run {
@@ -325,6 +473,9 @@ pub async fn reconcile(
                 size_bytes: size as i64,
                 sha256: meta["sha256"].as_str().unwrap_or_default().into(),
             });
+            let (precision, quantization) = precision_of(&meta);
+            st.precision = Some(precision);
+            st.quantization = quantization;
             if ex.spec.format != ExportFormat::Torchscript {
                 st.runtime_versions.insert("onnx-opset".into(), ex.spec.opset.unwrap_or(17).to_string());
             }
@@ -334,41 +485,11 @@ pub async fn reconcile(
             set(&mut st, Health::Ready { reason: "Exported".into(), message: format!("{} bytes", size) }, generation);
             requeue = None;
         }
-        RunState::Failed(RunFailure { failure, retryable }) => {
-            st.job.failure = Some(failure.clone());
-            st.job.completion_time = Some(now());
-            if retryable && attempt < MAX_ATTEMPTS {
-                st.job.job_name = Some(format!("{base}-{}", attempt + 1));
-                st.job.start_time = None;
-                requeue = Some(workload::backoff(attempt));
-                set(
-                    &mut st,
-                    Health::Progressing {
-                        reason: "BackoffRetry".into(),
-                        message: format!(
-                            "export attempt {attempt} failed: {}",
-                            failure.message.clone().unwrap_or_default()
-                        ),
-                    },
-                    generation,
-                );
-            } else {
-                st.phase = ExportPhase::Failed;
-                set(
-                    &mut st,
-                    Health::Failed {
-                        reason: failure.reason.clone().unwrap_or_else(|| "ExportFailed".into()),
-                        message: failure.message.clone().unwrap_or_default(),
-                    },
-                    generation,
-                );
-                requeue = None;
-            }
-        }
+        RunState::Failed(f) => requeue = record_failure(&mut st, f, attempt, &base, generation),
     }
     write_status(&ex, &ctx, &st, &old).await?;
     if create {
-        ctx.apply_job(&build_job(&ctx.config, &ex, &job_name, calibration.as_deref()), MANAGER).await?;
+        ctx.apply_job(&build_job(&ctx.config, &ex, &job_name, int8.as_ref()), MANAGER).await?;
     }
     Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
 }

@@ -69,6 +69,8 @@ pub struct Model {
     pub format: ExportFormat,
     /// Its SHA-256, when known.
     pub sha256: Option<String>,
+    /// Its numeric precision (`fp32`, `fp16` or `int8`), when known: an Export's.
+    pub precision: Option<String>,
 }
 
 impl Model {
@@ -160,6 +162,18 @@ fn runs(backend: Backend, format: ExportFormat) -> bool {
     }
 }
 
+/// The precision an Export's spec asks for; for Exports that succeeded before their status
+/// recorded the artifact's.
+fn spec_precision(spec: &ExportSpec) -> &'static str {
+    if spec.int8 {
+        "int8"
+    } else if spec.half {
+        "fp16"
+    } else {
+        "fp32"
+    }
+}
+
 /// Resolves the model from the spec and the Export it comes from, if any (pure).
 pub fn resolve(md: &ModelDeployment, export: Option<&Export>) -> Resolution {
     if let Err(e) = validate(md) {
@@ -167,7 +181,7 @@ pub fn resolve(md: &ModelDeployment, export: Option<&Export>) -> Resolution {
     }
     let m = &md.spec.model;
     let model = if let (Some(uri), Some(format)) = (&m.uri, m.format) {
-        Model { uri: uri.clone(), format, sha256: m.sha256.clone() }
+        Model { uri: uri.clone(), format, sha256: m.sha256.clone(), precision: None }
     } else {
         let name = export_name(md).unwrap_or_default();
         let what = match &m.training_job {
@@ -179,7 +193,12 @@ pub fn resolve(md: &ModelDeployment, export: Option<&Export>) -> Resolution {
         };
         let st = ex.status.clone().unwrap_or_default();
         match (st.phase, st.artifact) {
-            (ExportPhase::Succeeded, Some(a)) => Model { uri: a.uri, format: ex.spec.format, sha256: Some(a.sha256) },
+            (ExportPhase::Succeeded, Some(a)) => Model {
+                uri: a.uri,
+                format: ex.spec.format,
+                sha256: Some(a.sha256),
+                precision: st.precision.or_else(|| Some(spec_precision(&ex.spec).into())),
+            },
             (ExportPhase::Failed, _) => {
                 let why = st.job.failure.and_then(|f| f.message).unwrap_or_default();
                 return invalid("ExportFailed", format!("{what} failed: {why}").trim_end_matches(": ").to_string());
@@ -214,6 +233,7 @@ pub fn build_checkpoint_export(md: &ModelDeployment) -> Option<Export> {
             half: false,
             int8: false,
             calibration: None,
+            max_accuracy_drop: None,
             dynamic: false,
             batch: 1,
             opset: None,
@@ -558,6 +578,7 @@ pub fn status(md: &ModelDeployment, old: &ModelDeploymentStatus, obs: &Observed)
     if let Resolution::Ready(m) = obs.resolution {
         st.model_uri = Some(m.uri.clone());
         st.model_version = m.version();
+        st.precision = m.precision.clone();
     }
     let live_pods = obs.pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count();
     let (phase, health) = match (&obs.lifecycle, obs.resolution) {

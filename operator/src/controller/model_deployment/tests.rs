@@ -51,6 +51,7 @@ fn export(phase: ExportPhase) -> Export {
             half: false,
             int8: false,
             calibration: None,
+            max_accuracy_drop: None,
             dynamic: false,
             batch: 1,
             opset: None,
@@ -102,6 +103,51 @@ fn the_model_resolves_from_an_export_and_waits_or_fails_plainly() {
     assert!(
         matches!(resolve(&pinned, Some(&export(ExportPhase::Succeeded))), Resolution::Invalid { ref reason, .. } if reason == "ChecksumMismatch")
     );
+}
+
+#[test]
+fn the_served_precision_is_the_exports() {
+    let d = from_export();
+    let precision = |ex: &Export| match resolve(&d, Some(ex)) {
+        Resolution::Ready(m) => m.precision,
+        r => panic!("{r:?}"),
+    };
+    // What the Export's status says (from the artifact's metadata)…
+    let mut int8 = export(ExportPhase::Succeeded);
+    int8.spec.int8 = true;
+    if let Some(st) = int8.status.as_mut() {
+        st.precision = Some("int8".into());
+    }
+    assert_eq!(precision(&int8).as_deref(), Some("int8"));
+    // …or, from an Export that succeeded before its status had it, what its spec asked for.
+    assert_eq!(precision(&export(ExportPhase::Succeeded)).as_deref(), Some("fp32"));
+    let mut half = export(ExportPhase::Succeeded);
+    half.spec.half = true;
+    assert_eq!(precision(&half).as_deref(), Some("fp16"));
+    let uri = md(ModelSource {
+        export: None,
+        training_job: None,
+        uri: Some("s3://b/m.onnx".into()),
+        format: Some(ExportFormat::Onnx),
+        sha256: None,
+        class_names: vec![],
+    });
+    let Resolution::Ready(m) = resolve(&uri, None) else { panic!("a uri resolves") };
+    assert_eq!(m.precision, None);
+
+    let Resolution::Ready(m) = resolve(&d, Some(&int8)) else { panic!("ready") };
+    let (st, _) = status(
+        &d,
+        &ModelDeploymentStatus { precision: Some("fp32".into()), ..Default::default() },
+        &Observed {
+            lifecycle: Lifecycle::Serving,
+            resolution: &Resolution::Ready(m),
+            deployment: None,
+            pods: &[],
+            desired: 1,
+        },
+    );
+    assert_eq!(st.precision.as_deref(), Some("int8"), "a new model replaces the old one's precision");
 }
 
 #[test]
@@ -159,7 +205,12 @@ fn a_training_job_checkpoint_is_served_through_an_owned_torchscript_export() {
 }
 
 fn model() -> Model {
-    Model { uri: "s3://platform/m.onnx".into(), format: ExportFormat::Onnx, sha256: Some("ab".repeat(32)) }
+    Model {
+        uri: "s3://platform/m.onnx".into(),
+        format: ExportFormat::Onnx,
+        sha256: Some("ab".repeat(32)),
+        precision: Some("int8".into()),
+    }
 }
 
 #[test]
@@ -353,6 +404,7 @@ fn status_phases() {
     assert!(matches!(h, Health::Progressing { ref reason, .. } if reason == "Starting"));
     assert_eq!(st.url.as_deref(), Some("http://shapes.team-a.svc:8080"));
     assert_eq!(st.model_version.as_deref(), Some("abababababab"));
+    assert_eq!(st.precision.as_deref(), Some("int8"));
     assert_eq!(st.common.observed_generation, Some(2));
 
     let crash = crashed("{\"fields\":{\"error\":\"bad model\"}}", 2);
