@@ -10,6 +10,7 @@
 pub mod api;
 pub mod backend;
 pub mod batcher;
+pub mod cpu;
 pub mod metrics;
 pub mod pipeline;
 pub mod source;

@@ -178,6 +178,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let lanes = Lanes::resolve(args.instances, args.threads, kind, &device, cores);
+    let on_cpu = matches!(device, backend::Device::Cpu);
     let spec = ModelSpec { path, info: info.clone(), kind, device, threads: args.threads, spin: true };
     let cfg = BatchConfig {
         max_batch: args.max_batch,
@@ -193,7 +194,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
         info,
         batcher,
         backend: Default::default(),
+        cpu_int8: ocellus_predictor::cpu::Int8Support::detect(),
     };
+    if model.info.quantization.is_some() && on_cpu && !model.cpu_int8.accelerated() {
+        tracing::warn!(
+            cpu_int8 = %model.cpu_int8,
+            "an INT8 model on a CPU without VNNI, AMX or Arm dot-product instructions runs about as fast as float"
+        );
+    }
     let settings = Settings {
         limits: ImageLimits { max_bytes: args.max_image_bytes, max_pixels: args.max_image_pixels },
         defaults: Thresholds { conf: args.conf, iou: args.iou, max_det: args.max_det },
@@ -228,7 +236,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             let _ = state.model.backend.set(name);
             health.set_ready(true);
             let c = state.model.batcher.config();
-            tracing::info!(backend = name, model = %state.model.name, max_batch = c.max_batch, lanes = ?c.lanes, "model ready");
+            tracing::info!(
+                backend = name, model = %state.model.name, precision = state.model.info.precision(),
+                cpu_int8 = %state.model.cpu_int8, max_batch = c.max_batch, lanes = ?c.lanes, "model ready"
+            );
         }
         Ok(Err(e)) => {
             let _ = stop_tx.send(());

@@ -41,6 +41,8 @@ pub struct Model {
     pub batcher: Batcher,
     /// Runtime name, set once loaded.
     pub backend: std::sync::OnceLock<&'static str>,
+    /// This CPU's INT8 instructions (reported with the model's precision).
+    pub cpu_int8: crate::cpu::Int8Support,
 }
 
 impl Model {

@@ -93,6 +93,13 @@ fn metadata(s: &AppState) -> Value {
             {"name": INPUT_NAME, "datatype": if info.half { "FP16" } else { "FP32" }, "shape": [-1, 3, side, side]},
         ],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": out_shape}],
+        // Protocol extension parameters: the weights' precision (an INT8 model's calibration and
+        // accuracy gate with it) and this CPU's INT8 instructions.
+        "parameters": {
+            "precision": info.precision(),
+            "quantization": info.quantization,
+            "cpu_int8": s.model.cpu_int8.to_string(),
+        },
     })
 }
 

@@ -388,3 +388,54 @@ async fn sigterm_drains_in_flight_requests() {
     assert_eq!(p.wait(Duration::from_secs(30)), Some(0), "{}", p.log());
     assert!(p.log().contains("drained"), "{}", p.log());
 }
+
+/// The INT8 (QDQ) export of the same weights serves on CPU: its confident detections are the
+/// float model's (same class, same place), and the OIP v2 metadata says it is INT8, with its
+/// calibration, its accuracy gate and this CPU's INT8 instructions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn int8_export_serves_the_float_models_detections() {
+    let f = fixture();
+    let p = Predictor::start(&f.int8, &[]);
+    let client = reqwest::Client::new();
+    let iou = |a: &Value, b: &Value| {
+        let g = |v: &Value, k: &str| v["box"][k].as_f64().expect("coordinate");
+        let (ix, iy) = (
+            (g(a, "x2").min(g(b, "x2")) - g(a, "x1").max(g(b, "x1"))).max(0.0),
+            (g(a, "y2").min(g(b, "y2")) - g(a, "y1").max(g(b, "y1"))).max(0.0),
+        );
+        let area = |v: &Value| (g(v, "x2") - g(v, "x1")) * (g(v, "y2") - g(v, "y1"));
+        ix * iy / (area(a) + area(b) - ix * iy)
+    };
+    let (mut confident, mut found) = (0, 0);
+    for (file, bytes) in &f.images {
+        let want = f.val_predictions.iter().find(|v| v["file"] == file.as_str()).expect("val prediction");
+        let resp = client.post(format!("{}/predict", p.url)).multipart(form(bytes, &[("conf", CONF)])).send().await;
+        let body: Value = resp.expect("post").json().await.expect("json");
+        let got = body["images"][0]["results"].as_array().expect("results").clone();
+        for w in want["detections"].as_array().expect("detections") {
+            if w["confidence"].as_f64().expect("confidence") < 0.5 {
+                continue;
+            }
+            confident += 1;
+            if got.iter().any(|g| g["class"] == w["class"] && iou(g, w) >= 0.8) {
+                found += 1;
+            }
+        }
+    }
+    assert!(confident >= 10, "the fixture model should be confident about some shapes ({confident})");
+    assert!(found * 10 >= confident * 9, "INT8 found {found} of the float model's {confident} confident detections");
+
+    let meta: Value =
+        reqwest::get(format!("{}/v2/models/yolov8n", p.url)).await.expect("get").json().await.expect("json");
+    let params = &meta["parameters"];
+    assert_eq!((meta["platform"].as_str(), params["precision"].as_str()), (Some("onnxruntime_onnx"), Some("int8")));
+    assert_eq!(params["quantization"]["method"], "percentile", "{params}");
+    assert!(params["quantization"]["int8Map"].as_f64().is_some() && params["cpu_int8"].is_string(), "{params}");
+    let float: Value = {
+        let p = Predictor::start(&f.onnx, &[]);
+        reqwest::get(format!("{}/v2/models/yolov8n", p.url)).await.expect("get").json().await.expect("json")
+    };
+    assert_eq!(float["parameters"]["precision"], "fp32");
+    let ready = p.log().lines().find(|l| l.contains("model ready")).map(str::to_string).unwrap_or_default();
+    assert!(ready.contains("\"int8\"") && ready.contains("cpu_int8"), "start-up reports precision and CPU: {ready}");
+}

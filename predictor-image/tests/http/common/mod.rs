@@ -21,6 +21,8 @@ pub struct Fixture {
     pub dir: PathBuf,
     /// Local ONNX export (dynamic batch) with its sidecar.
     pub onnx: PathBuf,
+    /// The same weights as an INT8 (QDQ) ONNX export.
+    pub int8: PathBuf,
     /// Local TorchScript export.
     pub torchscript: PathBuf,
     /// The trainer's `val` predictions (conf 0.05) for the val images.
@@ -142,6 +144,29 @@ async fn build() -> Fixture {
             &work,
         ],
     );
+    // INT8 (QDQ) export of the same weights, calibrated and gated on the dataset.
+    let int8 = dir.join("export/int8.onnx");
+    let done = trainer(
+        &s3,
+        &[
+            "export",
+            "--weights",
+            weights,
+            "--format",
+            "onnx",
+            "--dynamic",
+            "--int8",
+            "--calibration",
+            manifest,
+            "--calibration-images",
+            "64",
+            "--output",
+            &int8.display().to_string(),
+            "--work-dir",
+            &work,
+        ],
+    );
+    assert_eq!(done.last().map(|l| l["precision"].clone()), Some(serde_json::json!("int8")), "{done:?}");
     let preds = dir.join("val.json");
     trainer(
         &s3,
@@ -174,7 +199,7 @@ async fn build() -> Fixture {
         let key = r.url.trim_start_matches("s3://platform/");
         images.push((r.file.clone(), store.get(key).await.expect("image").to_vec()));
     }
-    Fixture { s3, dir, onnx, torchscript, val_predictions, images }
+    Fixture { s3, dir, onnx, int8, torchscript, val_predictions, images }
 }
 
 impl Fixture {
