@@ -165,12 +165,16 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
     let s3 = S3Server::start().expect("S3 server");
     let images = ImageMap {
         images: vec![
+            // Both images set ORT_DYLIB_PATH to the ONNX Runtime they ship (their Dockerfiles):
+            // the trainer calibrates and gates INT8 exports in it, the predictor serves with it.
             ImageMapping {
                 image: TRAINER_IMAGE.into(),
                 binary: Some(workspace_binary("ocellus-trainer")),
-                env: Default::default(),
+                env: BTreeMap::from([(
+                    "ORT_DYLIB_PATH".to_string(),
+                    ocellus_tests::cache_dir().join("lib/libonnxruntime.so").display().to_string(),
+                )]),
             },
-            // The predictor image sets ORT_DYLIB_PATH to the ONNX Runtime it ships (its Dockerfile).
             ImageMapping {
                 image: PREDICTOR_IMAGE.into(),
                 binary: Some(workspace_binary("ocellus-predictor")),
@@ -386,7 +390,9 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     let exports: Api<Export> = Api::namespaced(client.clone(), ns);
     let mut v2: Export = exports.get("shapes-yolov8n-onnx").await.expect("export");
     v2.metadata = kube::api::ObjectMeta { name: Some("shapes-yolov8n-onnx-128".into()), ..Default::default() };
+    // INT8, calibrated by default on the TrainingJob's own Dataset (its val split) and gated.
     v2.spec.imgsz = Some(128);
+    v2.spec.int8 = true;
     v2.status = None;
     exports.create(&PostParams::default(), &v2).await.expect("create the second export");
 
@@ -607,7 +613,15 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     .await;
     check_no_failures("a new model version rolled out");
     let md = mds.get("shapes").await.expect("md");
-    assert_eq!(md.status.and_then(|s| s.model_version), Some(v2.sha256[..12].to_string()));
+    let st = md.status.expect("status");
+    assert_eq!(
+        (st.model_version, st.precision.as_deref()),
+        (Some(v2.sha256[..12].to_string()), Some("int8")),
+        "the deployment serves the INT8 export"
+    );
+    let q = exports.get("shapes-yolov8n-onnx-128").await.expect("export").status.and_then(|s| s.quantization);
+    let q = q.expect("the INT8 export's calibration and gate in its status");
+    assert!(q.images > 0 && q.fp32_map - q.int8_map <= q.max_drop / 100.0, "{q:?}");
 
     // A pod killed outright: requests it held are answered 503 "not retried" (they may have been
     // processed); every other request is answered.
