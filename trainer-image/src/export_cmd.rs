@@ -12,7 +12,7 @@ use ocellus_trainer::error::ExportError;
 use ocellus_trainer::export::{self, Loaded, Options, int8, tensorrt};
 use ocellus_vision::decode::Thresholds;
 use ocellus_vision::metrics::evaluate;
-use ocellus_vision::quant::{Method, Target};
+use ocellus_vision::quant::{Gate, Method, Target};
 use ocellus_vision::{ModelInfo, Quantization};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -317,21 +317,12 @@ async fn int8_onnx(
     };
     let (fp32_map, int8_map) =
         tokio::task::block_in_place(|| Ok::<_, Failure>((score(float.bytes())?, score(quantised.bytes())?)))?;
-    let drop_points = (fp32_map - int8_map) * 100.0;
+    let gate = Gate { fp32_map, int8_map, max_drop: args.max_accuracy_drop };
     emit(json!({
-        "event": "progress", "phase": "gate", "fp32Map": fp32_map, "int8Map": int8_map,
+        "event": "progress", "phase": "gate", "fp32Map": fp32_map, "int8Map": int8_map, "dropPoints": gate.drop_points(),
         "quantizedConvs": stats.convs, "floatConvs": stats.float_convs, "activations": stats.activations,
     }));
-    if drop_points > args.max_accuracy_drop {
-        return Err(Failure::invalid(
-            "AccuracyGateFailed",
-            format!(
-                "INT8 validation mAP50-95 {int8_map:.4} is {drop_points:.2} points below the float model's {fp32_map:.4} \
-                 (allowed: {} points); try another calibration method or more calibration images",
-                args.max_accuracy_drop
-            ),
-        ));
-    }
+    gate.check().map_err(|m| Failure::invalid("AccuracyGateFailed", m))?;
     // The artifact itself, at the requested batch, with the same ranges.
     let artifact = export::onnx_model(model, info, opts).map_err(failed)?;
     let (artifact, _) = int8::quantize(artifact, &observers, method, target).map_err(failed)?;

@@ -8,7 +8,9 @@
 //!    calibration images, which the model exposes as extra outputs; a [`Method`] turns it into a
 //!    clipping range;
 //! 3. [`rewrite`] inserts `QuantizeLinear → DequantizeLinear` after each target and stores every
-//!    quantised `Conv`'s weights as per-output-channel symmetric INT8.
+//!    quantised `Conv`'s weights as per-output-channel symmetric INT8;
+//! 4. a [`Gate`] compares the float and INT8 models' validation mAP and refuses a quantised model
+//!    that lost more than allowed.
 //!
 //! The same calibration serves two runtimes, which want different encodings ([`Target`]):
 //! ONNX Runtime's x86 integer kernels multiply *unsigned* 8-bit activations by signed weights
@@ -248,6 +250,40 @@ pub enum QuantError {
     /// The graph is not what the pass expects.
     #[error("cannot quantise: {0}")]
     Graph(String),
+}
+
+/// The accuracy gate's verdict: the float and INT8 models' validation mAP50-95 (fractions) and
+/// the largest drop allowed in points (0 to 100).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    /// Validation mAP50-95 of the float model.
+    pub fp32_map: f64,
+    /// Validation mAP50-95 of the INT8 model.
+    pub int8_map: f64,
+    /// Largest drop allowed, in points of mAP50-95.
+    pub max_drop: f64,
+}
+
+impl Gate {
+    /// How many points of mAP50-95 INT8 lost (negative when it gained).
+    pub fn drop_points(&self) -> f64 {
+        (self.fp32_map - self.int8_map) * 100.0
+    }
+
+    /// `Ok` when the drop is within the allowance (a NaN figure never passes), else the message
+    /// to fail the export with, naming both figures.
+    pub fn check(&self) -> Result<(), String> {
+        let d = self.drop_points();
+        // A hair of slack for float rounding: 0.60 − 0.59 is 1.0000000000000009 points.
+        if d <= self.max_drop + 1e-9 {
+            return Ok(());
+        }
+        Err(format!(
+            "INT8 validation mAP50-95 {:.4} is {d:.2} points below the float model's {:.4} (allowed: {} points); \
+             try another calibration method or more calibration images",
+            self.int8_map, self.fp32_map, self.max_drop
+        ))
+    }
 }
 
 /// Symmetric scale for a threshold (a threshold of 0, a value that was always zero, gets a tiny

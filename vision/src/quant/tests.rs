@@ -125,7 +125,9 @@ fn rewrite_quantises_activations_weights_and_biases() {
     let wdq = producer(&conv.inputs[1]);
     assert_eq!(wdq.attrs, vec![Attr::Int("axis", 0)]);
     assert_eq!(g.initializer(&wdq.inputs[0]).expect("int8 weights").data, Data::Int8(vec![127, -127]));
-    let Data::Float { values: ws, .. } = &g.initializer(&wdq.inputs[1]).expect("scales").data else { panic!("float scales") };
+    let Data::Float { values: ws, .. } = &g.initializer(&wdq.inputs[1]).expect("scales").data else {
+        panic!("float scales")
+    };
     assert_eq!(ws, &vec![0.5 / 127.0, 2.0 / 127.0]);
     // Bias in INT32 at input scale × weight scale: 0.1 / (0.02 × 0.5/127) = 1270.
     let bdq = producer(&conv.inputs[2]);
@@ -180,4 +182,18 @@ fn a_conv_without_a_quantised_input_stays_float() {
     let stats = rewrite(&mut g, &HashMap::new(), Target::OnnxRuntime).expect("rewrite");
     assert_eq!(stats, Rewritten { activations: 0, convs: 0, float_convs: 2 });
     assert!(g.nodes.iter().all(|n| n.op != "DequantizeLinear"));
+}
+
+#[test]
+fn the_gate_allows_the_configured_drop_and_names_both_figures() {
+    let gate = |fp32, int8, max_drop| Gate { fp32_map: fp32, int8_map: int8, max_drop };
+    assert!(gate(0.60, 0.595, 1.0).check().is_ok());
+    assert!(gate(0.60, 0.61, 0.0).check().is_ok(), "a gain always passes");
+    assert!(gate(0.60, 0.59, 1.0).check().is_ok(), "exactly the allowance passes");
+    let e = gate(0.6123, 0.5012, 1.0).check().expect_err("11 points lost");
+    assert!(
+        e.contains("0.5012") && e.contains("0.6123") && e.contains("11.11 points") && e.contains("allowed: 1 points"),
+        "{e}"
+    );
+    assert!(gate(0.6, f64::NAN, 100.0).check().is_err(), "a NaN figure never passes");
 }
