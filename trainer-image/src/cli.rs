@@ -21,6 +21,36 @@ pub async fn load_manifest(storage: &Storage, location: &str) -> Result<(Header,
     manifest::from_ndjson(&String::from_utf8_lossy(&bytes)).map_err(|e| Failure::invalid("InvalidManifest", e))
 }
 
+/// The images of a manifest for `names`' model: those of `split` (all when `None`), refusing a
+/// dataset whose classes differ (`ClassMismatch`) or that has none there (`InvalidSplits`).
+/// `what` names the dataset's role in messages (e.g. "the calibration dataset").
+pub async fn load_split(
+    storage: &Storage,
+    location: &str,
+    split: Option<&str>,
+    names: &[String],
+    what: &str,
+) -> Result<(Header, Vec<ImageRecord>), Failure> {
+    let (header, records) = load_manifest(storage, location).await?;
+    if header.names() != names {
+        return Err(Failure::invalid(
+            "ClassMismatch",
+            format!("{what}'s classes {:?} differ from the model's {names:?}", header.names()),
+        ));
+    }
+    let records: Vec<_> = records.into_iter().filter(|r| split.is_none_or(|s| r.split.as_str() == s)).collect();
+    if records.is_empty() {
+        return Err(Failure::invalid(
+            "InvalidSplits",
+            match split {
+                Some(s) => format!("{what} has no {s:?} images"),
+                None => format!("{what} has no images"),
+            },
+        ));
+    }
+    Ok((header, records))
+}
+
 /// Downloads the records' images (content-addressed, so one already there is kept) into `dir`,
 /// 16 at a time.
 pub async fn fetch_images(storage: &Storage, records: &[ImageRecord], dir: &Path) -> Result<(), Failure> {

@@ -18,7 +18,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::args::{DeviceArgs, WorkDirArgs};
-use crate::cli::{fetch_images, fetch_model, load_manifest};
+use crate::cli::{fetch_images, fetch_model, load_split};
 use crate::report::{self, Done, Failure, emit};
 use crate::val_cmd::{Evaluated, evaluate_images};
 
@@ -250,21 +250,10 @@ async fn int8_onnx(
     let imgsz = opts.imgsz;
     // Calibration images.
     let manifest = args.calibration.as_deref().unwrap_or_default();
-    let (header, records) = load_manifest(storage, manifest).await?;
-    if header.names() != info.names {
-        return Err(Failure::invalid(
-            "ClassMismatch",
-            format!("the calibration dataset's classes {:?} differ from the model's {:?}", header.names(), info.names),
-        ));
-    }
-    let records: Vec<_> = records
-        .into_iter()
-        .filter(|r| args.calibration_split.as_deref().is_none_or(|s| r.split.as_str() == s))
-        .take(args.calibration_images.max(1))
-        .collect();
-    if records.is_empty() {
-        return Err(Failure::invalid("InvalidCalibration", "the calibration dataset has no images (in that split)"));
-    }
+    let (_, mut records) =
+        load_split(storage, manifest, args.calibration_split.as_deref(), &info.names, "the calibration dataset")
+            .await?;
+    records.truncate(args.calibration_images.max(1));
     let dir = work.join("calibration");
     fetch_images(storage, &records, &dir).await?;
     emit(json!({"event": "progress", "phase": "calibrate", "images": records.len(), "method": method.name()}));
@@ -289,20 +278,8 @@ async fn int8_onnx(
 
     // The gate: float and INT8 on the same validation images, same pipeline.
     let gate_manifest = args.gate_manifest.as_deref().unwrap_or(manifest);
-    let (gate_header, gate_records) = load_manifest(storage, gate_manifest).await?;
-    if gate_header.names() != info.names {
-        return Err(Failure::invalid(
-            "ClassMismatch",
-            format!("the gate dataset's classes {:?} differ from the model's {:?}", gate_header.names(), info.names),
-        ));
-    }
-    let gate_records: Vec<_> = gate_records.into_iter().filter(|r| r.split.as_str() == args.gate_split).collect();
-    if gate_records.is_empty() {
-        return Err(Failure::invalid(
-            "InvalidSplits",
-            format!("the accuracy gate needs {:?} images and the dataset has none", args.gate_split),
-        ));
-    }
+    let (gate_header, gate_records) =
+        load_split(storage, gate_manifest, Some(&args.gate_split), &info.names, "the accuracy gate's dataset").await?;
     let gate_dir = work.join("gate");
     fetch_images(storage, &gate_records, &gate_dir).await?;
     emit(json!({"event": "progress", "phase": "gate", "images": gate_records.len()}));

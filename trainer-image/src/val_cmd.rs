@@ -18,7 +18,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::args::{DeviceArgs, WorkDirArgs};
-use crate::cli::{fetch_images, fetch_model, load_manifest};
+use crate::cli::{fetch_images, fetch_model, load_split};
 use crate::report::{self, Done, Failure};
 
 /// `val` flags.
@@ -80,17 +80,7 @@ async fn val(args: &ValArgs, work: &Path) -> Result<serde_json::Value, Failure> 
     if !imgsz.is_multiple_of(32) {
         return Err(Failure::invalid("InvalidOptions", format!("imgsz {imgsz} is not a multiple of 32")));
     }
-    let (header, records) = load_manifest(&storage, &args.manifest).await?;
-    if header.names() != info.names {
-        return Err(Failure::invalid(
-            "ClassMismatch",
-            format!("the dataset's classes {:?} differ from the model's {:?}", header.names(), info.names),
-        ));
-    }
-    let records: Vec<_> = records.into_iter().filter(|r| r.split.as_str() == args.split).collect();
-    if records.is_empty() {
-        return Err(Failure::invalid("InvalidSplits", format!("the dataset has no {:?} images", args.split)));
-    }
+    let (header, records) = load_split(&storage, &args.manifest, Some(&args.split), &info.names, "the dataset").await?;
     let dir = work.join("images");
     fetch_images(&storage, &records, &dir).await?;
     let model = Loaded::load(&info, &weights, dev).map_err(|e| Failure::invalid("InvalidWeights", e.to_string()))?;

@@ -286,6 +286,22 @@ impl Gate {
     }
 }
 
+/// A default-domain quantisation node (`QuantizeLinear` or `DequantizeLinear`) reading `inputs`
+/// (value, scale, zero point), per-channel along `axis` when given; returns it and its output.
+fn qdq_node(g: &mut Graph, op: &str, inputs: [String; 3], axis: Option<i64>, hint: &str) -> (Node, String) {
+    let output = g.fresh(hint);
+    let node = Node {
+        op: op.into(),
+        domain: String::new(),
+        name: g.fresh(&format!("{op}_node")),
+        inputs: inputs.into(),
+        outputs: vec![output.clone()],
+        attrs: axis.map(|a| vec![Attr::Int("axis", a)]).unwrap_or_default(),
+        keep_float: false,
+    };
+    (node, output)
+}
+
 /// Symmetric scale for a threshold (a threshold of 0, a value that was always zero, gets a tiny
 /// scale so the tensor stays exactly zero).
 fn scale_of(threshold: f32) -> f32 {
@@ -333,19 +349,8 @@ pub fn rewrite(g: &mut Graph, ranges: &HashMap<String, (f32, f32)>, target: Targ
     for (at, name, scale, zero) in pending {
         let s = g.init("qscale", &[], Data::Float { values: vec![scale], exact: true });
         let z = g.init("qzero", &[], zero);
-        let q = g.fresh("q");
-        let dq = g.fresh("dq");
-        let node = |g: &mut Graph, op: &str, inputs: [&str; 3], output: &str| Node {
-            op: op.into(),
-            domain: String::new(),
-            name: g.fresh(&format!("{op}_node")),
-            inputs: inputs.iter().map(|i| i.to_string()).collect(),
-            outputs: vec![output.to_string()],
-            attrs: Vec::new(),
-            keep_float: false,
-        };
-        let qn = node(g, "QuantizeLinear", [&name, &s, &z], &q);
-        let dqn = node(g, "DequantizeLinear", [&q, &s, &z], &dq);
+        let (qn, q) = qdq_node(g, "QuantizeLinear", [name.clone(), s.clone(), z.clone()], None, "q");
+        let (dqn, dq) = qdq_node(g, "DequantizeLinear", [q, s, z], None, "dq");
         scales.insert(name.clone(), scale);
         renamed.insert(name, dq);
         inserted.push((at, vec![qn, dqn]));
@@ -393,54 +398,34 @@ pub fn rewrite(g: &mut Graph, ranges: &HashMap<String, (f32, f32)>, target: Targ
         let wq = g.init("wq", &w.dims, Data::Int8(q));
         let ws = g.init("wscale", &[oc as i64], Data::Float { values: sw.clone(), exact: true });
         let wz = g.init("wzero", &[oc as i64], Data::Int8(vec![0; oc]));
-        let wdq = g.fresh("wdq");
-        let mut new_nodes = vec![Node {
-            op: "DequantizeLinear".into(),
-            domain: String::new(),
-            name: g.fresh("DequantizeLinear_node"),
-            inputs: vec![wq, ws, wz],
-            outputs: vec![wdq.clone()],
-            attrs: vec![Attr::Int("axis", 0)],
-            keep_float: false,
-        }];
+        let (wdqn, wdq) = qdq_node(g, "DequantizeLinear", [wq, ws, wz], Some(0), "wdq");
+        let mut new_nodes = vec![wdqn];
         g.nodes[idx].inputs[1] = wdq;
         if target == Target::OnnxRuntime
             && let Some(b_name) = g.nodes[idx].inputs.get(2).cloned()
         {
-            {
-                let b = g
-                    .initializer(&b_name)
-                    .cloned()
-                    .ok_or_else(|| QuantError::Graph(format!("{b_name} is not constant")))?;
-                let Data::Float { values, .. } = &b.data else {
-                    return Err(QuantError::Graph(format!("{b_name} is not float")));
-                };
-                if values.len() != oc {
-                    return Err(QuantError::Graph(format!("{b_name}: {} values for {oc} channels", values.len())));
-                }
-                let bs: Vec<f32> = sw.iter().map(|s| s * sx).collect();
-                let bq: Vec<i32> = values
-                    .iter()
-                    .zip(&bs)
-                    .map(|(v, s)| {
-                        (f64::from(*v) / f64::from(*s)).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32
-                    })
-                    .collect();
-                let bq = g.init("bq", &[oc as i64], Data::Int32(bq));
-                let bsn = g.init("bscale", &[oc as i64], Data::Float { values: bs, exact: true });
-                let bz = g.init("bzero", &[oc as i64], Data::Int32(vec![0; oc]));
-                let bdq = g.fresh("bdq");
-                new_nodes.push(Node {
-                    op: "DequantizeLinear".into(),
-                    domain: String::new(),
-                    name: g.fresh("DequantizeLinear_node"),
-                    inputs: vec![bq, bsn, bz],
-                    outputs: vec![bdq.clone()],
-                    attrs: vec![Attr::Int("axis", 0)],
-                    keep_float: false,
-                });
-                g.nodes[idx].inputs[2] = bdq;
+            let b = g
+                .initializer(&b_name)
+                .cloned()
+                .ok_or_else(|| QuantError::Graph(format!("{b_name} is not constant")))?;
+            let Data::Float { values, .. } = &b.data else {
+                return Err(QuantError::Graph(format!("{b_name} is not float")));
+            };
+            if values.len() != oc {
+                return Err(QuantError::Graph(format!("{b_name}: {} values for {oc} channels", values.len())));
             }
+            let bs: Vec<f32> = sw.iter().map(|s| s * sx).collect();
+            let bq: Vec<i32> = values
+                .iter()
+                .zip(&bs)
+                .map(|(v, s)| (f64::from(*v) / f64::from(*s)).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+                .collect();
+            let bq = g.init("bq", &[oc as i64], Data::Int32(bq));
+            let bsn = g.init("bscale", &[oc as i64], Data::Float { values: bs, exact: true });
+            let bz = g.init("bzero", &[oc as i64], Data::Int32(vec![0; oc]));
+            let (bdqn, bdq) = qdq_node(g, "DequantizeLinear", [bq, bsn, bz], Some(0), "bdq");
+            new_nodes.push(bdqn);
+            g.nodes[idx].inputs[2] = bdq;
         }
         weight_nodes.push((idx, new_nodes));
         stats.convs += 1;
