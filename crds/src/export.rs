@@ -43,7 +43,7 @@ pub struct ExportSpec {
     /// Half precision (FP16) weights and activations: smaller and faster on GPUs. `torchscript` then needs a GPU (`gpuProduct`); `engine` builds FP16 kernels. Default false.
     #[serde(default)]
     pub half: bool,
-    /// INT8 quantisation, for `onnx` and `engine`. `onnx`: a QDQ ONNX model, with per-channel symmetric INT8 weights and INT8 activations whose ranges are calibrated on Dataset images (see `calibration`); it runs on CPU with ONNX Runtime. `engine`: TensorRT builds INT8 kernels from the same QDQ model. The export is accuracy-gated: see `maxAccuracyDrop`. Not for `torchscript`. Default false.
+    /// INT8 quantisation, for `onnx` and `engine`. `onnx`: a QDQ ONNX model, with per-channel symmetric INT8 weights and 8-bit activations (unsigned, as ONNX Runtime's CPU integer kernels need) whose ranges are calibrated on Dataset images (see `calibration`); it runs on CPU with ONNX Runtime. `engine`: TensorRT builds INT8 kernels from a QDQ model of the same calibration (symmetric signed activations, float biases, as TensorRT needs). A detector's final box and class layers and its decoding stay float. The export is accuracy-gated: see `maxAccuracyDrop`. Not for `torchscript`. Default false.
     #[serde(default)]
     pub int8: bool,
     /// Images that calibrate the INT8 activation ranges, and how. Unset: 500 images of the `val` split of the source TrainingJob's Dataset, `percentile` method; required (for its `datasetRef`) when the source is a `weightsUri`. Unused without `int8`.
