@@ -2,9 +2,11 @@
 Ultralytics-style JSON:
   MODE=ort          onnxruntime InferenceSession (THREADS intra-op threads, default: all cores)
                     + OpenCV decode and letterbox (as Ultralytics' LetterBox) + OpenCV NMS
-  MODE=ultralytics  Ultralytics YOLO(model.onnx).predict (one call at a time: not thread-safe)
+  MODE=ultralytics  Ultralytics YOLO(MODEL).predict (one call at a time: not thread-safe); MODEL is any
+                    format Ultralytics loads (an .onnx, an OpenVINO export's folder, ...)
 Usage: MODE=ort MODEL=model.onnx IMGSZ=640 THREADS=2 uvicorn --app-dir bench peer_server:app --port P [--workers N]
 """
+import ast
 import json
 import os
 import threading
@@ -25,7 +27,9 @@ if MODE == "ort":
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("THREADS") or os.cpu_count())
     session = ort.InferenceSession(MODEL, options, providers=["CPUExecutionProvider"])
-    names = json.loads(session.get_modelmeta().custom_metadata_map["ocellus"])["names"]
+    meta = session.get_modelmeta().custom_metadata_map
+    # Our exports' class names, or Ultralytics' (a Python dict literal) in an Ultralytics export.
+    names = json.loads(meta["ocellus"])["names"] if "ocellus" in meta else list(ast.literal_eval(meta["names"]).values())
 
     def letterbox(img):
         h, w = img.shape[:2]

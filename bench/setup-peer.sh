@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the benchmark peer (Ultralytics + PyTorch CPU path + onnxruntime) into
+# Installs the benchmark peer (Ultralytics + PyTorch CPU path + onnxruntime, and OpenVINO + NNCF) into
 # ~/.cache/ocellus/bench-venv, configured to run offline.
 source "$(dirname "$0")/../hack/lib.sh"
 V="$OCELLUS_CACHE/bench-venv"
@@ -15,6 +15,15 @@ if [ "$(cat "$V/.ready" 2>/dev/null)" != "$PINS" ]; then
   "$V/bin/pip" install -q $PINS onnx onnxslim fastapi uvicorn python-multipart \
     || die "pip install of the benchmark peer failed"
   echo "$PINS" > "$V/.ready"
+fi
+# Ultralytics' OpenVINO INT8 export (format="openvino", int8=True: NNCF post-training quantization)
+# for bench/int8.sh's peer (c). Separate, so that adding it does not reinstall the rest.
+OV_PINS="openvino==2026.4.1 nncf==3.4.0"
+if [ "$(cat "$V/.ready-openvino" 2>/dev/null)" != "$OV_PINS" ]; then
+  log "installing $OV_PINS into $V"
+  # shellcheck disable=SC2086 # OV_PINS is a list
+  "$V/bin/pip" install -q $OV_PINS || die "pip install of OpenVINO/NNCF failed"
+  echo "$OV_PINS" > "$V/.ready-openvino"
 fi
 # Offline Ultralytics: no settings sync, no font download, no auto-install.
 cfg="$OCELLUS_CACHE/bench-yolo-config"

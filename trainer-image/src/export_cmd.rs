@@ -62,8 +62,9 @@ pub struct ExportArgs {
     /// Activation range method: `minmax`, `percentile` or `entropy`.
     #[arg(long, env = "OCELLUS_CALIBRATION_METHOD", default_value = "percentile")]
     pub calibration_method: String,
-    /// Percentile of |x| the `percentile` method keeps.
-    #[arg(long, env = "OCELLUS_CALIBRATION_PERCENTILE", default_value_t = 99.99)]
+    /// Percentile of |x| the `percentile` method keeps (99.99 clipped enough on YOLO detectors to
+    /// cost most of a point of mAP50-95; 99.999 lost none).
+    #[arg(long, env = "OCELLUS_CALIBRATION_PERCENTILE", default_value_t = 99.999)]
     pub calibration_percentile: f64,
     /// Validation images of the INT8 accuracy gate: a dataset manifest (default: `--calibration`).
     #[arg(long, env = "OCELLUS_GATE_MANIFEST")]
