@@ -98,77 +98,21 @@ async fn build() -> Fixture {
     let weights = "s3://platform/team/trainingjobs/p/weights/last.safetensors";
     let onnx = dir.join("export/model.onnx");
     let torchscript = dir.join("export/model.torchscript");
-    trainer(
-        &s3,
-        &[
-            "export",
-            "--weights",
-            weights,
-            "--format",
-            "onnx",
-            "--dynamic",
-            "--output",
-            &onnx.display().to_string(),
-            "--work-dir",
-            &work,
-        ],
-    );
-    trainer(
-        &s3,
-        &[
-            "export",
-            "--weights",
-            weights,
-            "--format",
-            "onnx",
-            "--dynamic",
-            "--output",
-            "s3://platform/team/exports/p/model.onnx",
-            "--work-dir",
-            &work,
-        ],
-    );
-    trainer(
-        &s3,
-        &[
-            "export",
-            "--weights",
-            weights,
-            "--format",
-            "torchscript",
-            "--device",
-            "cpu",
-            "--output",
-            &torchscript.display().to_string(),
-            "--work-dir",
-            &work,
-        ],
-    );
+    // `export` of the weights to `output` with `flags`; returns its JSON lines.
+    let export = |output: &str, flags: &[&str]| {
+        let mut args = vec!["export", "--weights", weights, "--output", output, "--work-dir", &work];
+        args.extend_from_slice(flags);
+        trainer(&s3, &args)
+    };
+    export(&onnx.display().to_string(), &["--format", "onnx", "--dynamic"]);
+    export("s3://platform/team/exports/p/model.onnx", &["--format", "onnx", "--dynamic"]);
+    export(&torchscript.display().to_string(), &["--format", "torchscript", "--device", "cpu"]);
     // INT8 (QDQ) export of the same weights, calibrated and gated on the dataset (the gate is the
     // trainer tests' subject; this one only leaves room for CPUs whose float rounding differs).
     let int8 = dir.join("export/int8.onnx");
-    let done = trainer(
-        &s3,
-        &[
-            "export",
-            "--weights",
-            weights,
-            "--format",
-            "onnx",
-            "--dynamic",
-            "--int8",
-            "--calibration",
-            manifest,
-            "--calibration-images",
-            "64",
-            "--max-accuracy-drop",
-            "3",
-            "--output",
-            &int8.display().to_string(),
-            "--work-dir",
-            &work,
-        ],
-    );
+    let int8_flags =
+        ["--format", "onnx", "--dynamic", "--int8", "--calibration", manifest, "--calibration-images", "64"];
+    let done = export(&int8.display().to_string(), &[&int8_flags[..], &["--max-accuracy-drop", "3"]].concat());
     assert_eq!(done.last().map(|l| l["precision"].clone()), Some(serde_json::json!("int8")), "{done:?}");
     let preds = dir.join("val.json");
     trainer(
