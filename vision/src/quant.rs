@@ -328,7 +328,8 @@ fn activation_params(lo: f32, hi: f32, target: Target) -> (f32, Data) {
 /// from [`Observer::range`]). Every range must be finite and contain 0.
 pub fn rewrite(g: &mut Graph, ranges: &HashMap<String, (f32, f32)>, target: Target) -> Result<Rewritten, QuantError> {
     let mut stats = Rewritten::default();
-    // 1. Q → DQ after every activation with a threshold; consumers read the DQ output.
+    // 1. Q → DQ after every activation with a threshold; consumers read the DQ output, whose
+    //    scale a quantised Conv's bias needs (keyed by the DQ output's name).
     let mut scales: HashMap<String, f32> = HashMap::new();
     let mut renamed: HashMap<String, String> = HashMap::new();
     let mut inserted: Vec<(usize, Vec<Node>)> = Vec::new();
@@ -351,7 +352,7 @@ pub fn rewrite(g: &mut Graph, ranges: &HashMap<String, (f32, f32)>, target: Targ
         let z = g.init("qzero", &[], zero);
         let (qn, q) = qdq_node(g, "QuantizeLinear", [name.clone(), s.clone(), z.clone()], None, "q");
         let (dqn, dq) = qdq_node(g, "DequantizeLinear", [q, s, z], None, "dq");
-        scales.insert(name.clone(), scale);
+        scales.insert(dq.clone(), scale);
         renamed.insert(name, dq);
         inserted.push((at, vec![qn, dqn]));
         stats.activations += 1;
@@ -365,13 +366,11 @@ pub fn rewrite(g: &mut Graph, ranges: &HashMap<String, (f32, f32)>, target: Targ
     }
     // 2. Weights (and biases) of every Conv whose input is quantised.
     let mut weight_nodes: Vec<(usize, Vec<Node>)> = Vec::new();
-    let original: HashMap<String, String> = renamed.iter().map(|(k, v)| (v.clone(), k.clone())).collect();
     for idx in 0..g.nodes.len() {
         if g.nodes[idx].op != "Conv" || g.nodes[idx].keep_float {
             continue;
         }
-        let input = g.nodes[idx].inputs[0].clone();
-        let Some(sx) = original.get(&input).and_then(|o| scales.get(o)).copied() else {
+        let Some(sx) = scales.get(&g.nodes[idx].inputs[0]).copied() else {
             stats.float_convs += 1;
             continue;
         };
@@ -449,8 +448,7 @@ pub fn rewrite(g: &mut Graph, ranges: &HashMap<String, (f32, f32)>, target: Targ
     g.nodes = nodes;
     // Drop the float weights (and biases) no node reads any more.
     let used: HashSet<&str> = g.nodes.iter().flat_map(|n| n.inputs.iter().map(String::as_str)).collect();
-    let used: HashSet<String> = used.into_iter().map(str::to_string).collect();
-    g.initializers.retain(|i| used.contains(&i.name));
+    g.initializers.retain(|i| used.contains(i.name.as_str()));
     Ok(stats)
 }
 
