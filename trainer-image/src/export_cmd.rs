@@ -163,17 +163,9 @@ async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, 
                 .map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
         }
         ExportFormat::Onnx => {
-            let bytes = match method {
-                Some(m) => {
-                    let (bytes, q) =
-                        int8_onnx(args, &storage, &model, &info, &opts, m, Target::OnnxRuntime, work).await?;
-                    quantization = Some(q);
-                    bytes
-                }
-                None => {
-                    export::onnx(&model, &info, &opts).map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?
-                }
-            };
+            let (bytes, q) =
+                onnx_bytes(args, &storage, &model, &info, &opts, method, Target::OnnxRuntime, work).await?;
+            quantization = q;
             std::fs::write(&artifact, bytes).map_err(|e| Failure::transient(e.to_string()))?;
         }
         ExportFormat::Engine => {
@@ -182,16 +174,9 @@ async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, 
             // TensorRT calibrator runs.
             let onnx_opts = Options { half: false, ..opts.clone() };
             let onnx_path = work.join("model.onnx");
-            let bytes = match method {
-                Some(m) => {
-                    let (bytes, q) =
-                        int8_onnx(args, &storage, &model, &info, &onnx_opts, m, Target::TensorRt, work).await?;
-                    quantization = Some(q);
-                    bytes
-                }
-                None => export::onnx(&model, &info, &onnx_opts)
-                    .map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?,
-            };
+            let (bytes, q) =
+                onnx_bytes(args, &storage, &model, &info, &onnx_opts, method, Target::TensorRt, work).await?;
+            quantization = q;
             std::fs::write(&onnx_path, bytes).map_err(|e| Failure::transient(e.to_string()))?;
             let req = tensorrt::BuildRequest {
                 onnx: &onnx_path,
@@ -227,6 +212,30 @@ async fn export_to(args: &ExportArgs, work: &Path) -> Result<serde_json::Value, 
         "artifactUri": args.output, "sizeBytes": bytes.len(), "sha256": sha256, "format": format.as_str(),
         "imgsz": imgsz, "precision": out_info.precision(), "quantization": out_info.quantization,
     }))
+}
+
+/// The ONNX model: float, or with `method` the INT8 model for `target` (see [`int8_onnx`]).
+#[allow(clippy::too_many_arguments, reason = "the export's inputs")]
+async fn onnx_bytes(
+    args: &ExportArgs,
+    storage: &Storage,
+    model: &Loaded,
+    info: &ModelInfo,
+    opts: &Options,
+    method: Option<Method>,
+    target: Target,
+    work: &Path,
+) -> Result<(Vec<u8>, Option<Quantization>), Failure> {
+    match method {
+        Some(m) => {
+            let (bytes, q) = int8_onnx(args, storage, model, info, opts, m, target, work).await?;
+            Ok((bytes, Some(q)))
+        }
+        None => {
+            let bytes = export::onnx(model, info, opts).map_err(|e| Failure::invalid("ExportFailed", e.to_string()))?;
+            Ok((bytes, None))
+        }
+    }
 }
 
 /// The QDQ INT8 model of `model`, with what its calibration and gate found: activation ranges
@@ -306,7 +315,10 @@ async fn int8_onnx(
     let (artifact, _) = int8::quantize(artifact, &observers, method, target).map_err(failed)?;
     let q = Quantization {
         method: method.name().into(),
-        percentile: matches!(method, Method::Percentile(_)).then_some(args.calibration_percentile),
+        percentile: match method {
+            Method::Percentile(p) => Some(p),
+            _ => None,
+        },
         images: records.len(),
         fp32_map,
         int8_map,
