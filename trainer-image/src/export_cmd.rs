@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::args::{DeviceArgs, WorkDirArgs};
 use crate::cli::{fetch_images, fetch_model, load_split};
 use crate::report::{self, Done, Failure, emit};
-use crate::val_cmd::{Evaluated, evaluate_images};
+use crate::val_cmd::{Evaluated, evaluate_images, letterboxed};
 
 /// `export` flags.
 #[derive(Args, Debug)]
@@ -273,12 +273,9 @@ async fn int8_onnx(
     let float = export::onnx_model(model, info, &probe_opts).map_err(failed)?;
     let observers = tokio::task::block_in_place(|| {
         let images = records.iter().map(|r| {
-            let img = image::open(dir.join(&r.file))
-                .map_err(|e| ExportError::InvalidModel(format!("calibration image {}: {e}", r.source)))?
-                .to_rgb8();
-            let (boxed, _) = ocellus_vision::letterbox::letterbox(&img, imgsz);
             let mut pixels = Vec::new();
-            ocellus_vision::letterbox::to_chw(&boxed, &mut pixels);
+            letterboxed(&dir.join(&r.file), imgsz, &mut pixels)
+                .map_err(|e| ExportError::InvalidModel(format!("calibration image {}: {e}", r.source)))?;
             Ok(pixels)
         });
         int8::calibrate(&float, imgsz, images)

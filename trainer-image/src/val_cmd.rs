@@ -10,7 +10,7 @@ use ocellus_dataset::manifest::{self, Header, ImageRecord};
 use ocellus_storage::Storage;
 use ocellus_trainer::export::Loaded;
 use ocellus_vision::decode::{Thresholds, decode_to_original};
-use ocellus_vision::letterbox::{letterbox, to_chw};
+use ocellus_vision::letterbox::{Letterbox, letterbox, to_chw};
 use ocellus_vision::metrics::{GroundTruth, ImageResult, evaluate};
 use ocellus_vision::model_info::anchors;
 use ocellus_vision::{BBox, ModelInfo};
@@ -143,11 +143,8 @@ pub(crate) fn evaluate_images(
         let mut pixels = Vec::new();
         let mut boxes = Vec::new();
         for r in chunk {
-            let img = image::open(dir.join(&r.file))
-                .map_err(|e| Failure::invalid("CorruptImage", format!("{}: {e}", r.source)))?
-                .to_rgb8();
-            let (boxed, lb) = letterbox(&img, imgsz);
-            to_chw(&boxed, &mut pixels);
+            let lb = letterboxed(&dir.join(&r.file), imgsz, &mut pixels)
+                .map_err(|e| Failure::invalid("CorruptImage", format!("{}: {e}", r.source)))?;
             boxes.push(lb);
         }
         let flat = forward(&pixels, chunk.len())?;
@@ -181,4 +178,13 @@ pub(crate) fn evaluate_images(
         }
     }
     Ok(Evaluated { results, predictions })
+}
+
+/// The image at `path` letterboxed to `imgsz`, appended to `out` as CHW floats in [0, 1] (the
+/// predictor's preprocessing); returns the letterbox that maps boxes back.
+pub(crate) fn letterboxed(path: &Path, imgsz: u32, out: &mut Vec<f32>) -> Result<Letterbox, image::ImageError> {
+    let img = image::open(path)?.to_rgb8();
+    let (boxed, lb) = letterbox(&img, imgsz);
+    to_chw(&boxed, out);
+    Ok(lb)
 }
