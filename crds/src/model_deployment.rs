@@ -29,6 +29,7 @@ use crate::export::ExportFormat;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = kube::core::Rule::new("self.backend != 'tensorrt' || self.resources.gpu.count > 0").message("backend tensorrt needs a GPU (resources.gpu.count > 0)"))]
+#[x_kube(validation = kube::core::Rule::new("!self.deleteOnExpiration || has(self.durationHours)").message("deleteOnExpiration needs durationHours"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelDeploymentSpec {
     /// The model to serve: exactly one of `export`, `trainingJob` or `uri`.
@@ -54,10 +55,13 @@ pub struct ModelDeploymentSpec {
     /// `true` scales the deployment to zero replicas and keeps it there whatever the traffic (phase `Stopped`; Roboflow's "pause"); `false` (default) serves and scales as `scaling` says.
     #[serde(default)]
     pub stopped: bool,
-    /// Lifetime in hours from creation (Roboflow's `duration`), 0.0166 (one minute) to 8760 (a year); when it has passed the deployment is stopped: zero replicas, phase `Expired`, time in `status.expiresAt`. Unset: no expiry.
+    /// Lifetime in hours from creation (Roboflow's `duration`), 0.0166 (one minute) to 8760 (a year); when it has passed the deployment is stopped: zero replicas, phase `Expired`, time in `status.expiresAt` (or deleted, with `deleteOnExpiration`). Unset: no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0166, max = 8760.0))]
     pub duration_hours: Option<f64>,
+    /// `true` deletes the ModelDeployment once `durationHours` has passed (Roboflow's `delete_on_expiration`), and with it, by owner references, its predictor Deployment, Service and PodDisruptionBudget (and a `model.trainingJob`'s TorchScript Export); an `Expired` Event records the deletion first. `false` (default): an expired deployment is kept, stopped at zero replicas. Needs `durationHours`.
+    #[serde(default)]
+    pub delete_on_expiration: bool,
 }
 
 /// The model: exactly one of `export`, `trainingJob` or `uri`.
@@ -304,7 +308,7 @@ pub struct ModelDeploymentStatus {
     /// When the autoscaler last changed the replica count (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
-    /// When the deployment expires and stops (creation time plus `spec.durationHours`; RFC 3339). Absent without `durationHours`.
+    /// When the deployment expires and stops, or is deleted with `spec.deleteOnExpiration` (creation time plus `spec.durationHours`; RFC 3339). Absent without `durationHours`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
 }

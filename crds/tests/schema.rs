@@ -284,6 +284,21 @@ fn model_deployment_cel_rules() {
         cel_errors::<ModelDeployment>(model_deployment(json!({"model": {"uri": "s3://b/m.onnx"}}))),
         vec!["format must be set together with uri, and only with uri"]
     );
+    // deleteOnExpiration deletes at the end of durationHours, so it needs one.
+    assert_eq!(
+        cel_errors::<ModelDeployment>(model_deployment(json!({"model": model, "deleteOnExpiration": true}))),
+        vec!["deleteOnExpiration needs durationHours"]
+    );
+    assert_eq!(
+        cel_errors::<ModelDeployment>(model_deployment(
+            json!({"model": model, "deleteOnExpiration": true, "durationHours": 1.5})
+        )),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cel_errors::<ModelDeployment>(model_deployment(json!({"model": model, "deleteOnExpiration": false}))),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

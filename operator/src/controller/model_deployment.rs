@@ -3,7 +3,9 @@
 //! Deployment, its Service and, when more than one pod may run, a PodDisruptionBudget, and sizes
 //! the Deployment with the concurrency autoscaler ([`crate::autoscale`]): the in-flight requests
 //! of each ready pod (its `/metrics`) plus the requests the gateway holds (annotations the
-//! gateway writes). `stopped` and an expired `durationHours` hold it at zero.
+//! gateway writes). `stopped` and an expired `durationHours` hold it at zero; with
+//! `deleteOnExpiration`, an expired deployment is deleted instead (its children go with it by
+//! owner references).
 //!
 //! Resolution, the children and the status are pure functions (table-tested); `reconcile`
 //! only reads caches and pods' metrics, and writes.
@@ -22,9 +24,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use ocellus_crds::{
     Backend, DeploymentPhase, Export, ExportFormat, ExportPhase, ExportSource, ExportSpec, ModelDeployment,
     ModelDeploymentStatus,
@@ -135,6 +138,9 @@ pub fn validate(md: &ModelDeployment) -> Result<(), String> {
     }
     if s.scaling.min_replicas > s.scaling.max_replicas {
         return Err("scaling.minReplicas must not exceed scaling.maxReplicas".into());
+    }
+    if s.delete_on_expiration && s.duration_hours.is_none() {
+        return Err("deleteOnExpiration needs durationHours".into());
     }
     for (what, q) in [("resources.cpu", &s.resources.cpu), ("resources.memory", &s.resources.memory)] {
         if !is_quantity(q) {
@@ -488,6 +494,27 @@ pub fn lifecycle(md: &ModelDeployment, now: Timestamp) -> Lifecycle {
     }
 }
 
+/// Whether to delete `md` now (pure): `deleteOnExpiration` is set, `durationHours` has passed,
+/// and it is not already being deleted. Applies to a stopped deployment too: a pause does not
+/// extend its lifetime.
+pub fn deletes_on_expiry(md: &ModelDeployment, now: Timestamp) -> bool {
+    md.spec.delete_on_expiration && md.metadata.deletion_timestamp.is_none() && expires_at(md).is_some_and(|t| t <= now)
+}
+
+/// How long until the expiry changes something (pure): it stops a serving deployment, and
+/// deletes one with `deleteOnExpiration` even when stopped. `None` when it has passed or
+/// changes nothing. One second late, so that the reconcile then sees it passed.
+pub fn until_expiry(md: &ModelDeployment, life: &Lifecycle, now: Timestamp) -> Option<Duration> {
+    let at = expires_at(md)?;
+    let acts = match life {
+        Lifecycle::Serving => true,
+        Lifecycle::Stopped => md.spec.delete_on_expiration,
+        Lifecycle::Expired => false,
+    };
+    (acts && at > now)
+        .then(|| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO) + Duration::from_secs(1))
+}
+
 /// Why a predictor pod is not serving, as users need to see it (pure): `Unschedulable`,
 /// `ImagePull`, `ConfigError` or `CrashLoop` (with the last line the predictor logged).
 pub fn pod_cause(pod: &Pod) -> Option<PodCause> {
@@ -725,6 +752,12 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>, stores: &Sto
     let old = md.status.clone().unwrap_or_default();
     let now_ts = Timestamp::now();
 
+    if deletes_on_expiry(&md, now_ts) {
+        ctx.forget_scaler(&key);
+        delete_expired(&md, &ctx, &key).await?;
+        return Ok(Action::await_change());
+    }
+
     // Dereference: the Export (owned for a TrainingJob checkpoint), then resolve.
     if let Some(ex) = build_checkpoint_export(&md) {
         ctx.apply(&ex, MANAGER).await?;
@@ -806,11 +839,33 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>, stores: &Sto
         (Lifecycle::Serving, Resolution::Ready(_)) if desired != st.ready_replicas => Some(Duration::from_secs(5)),
         _ => None,
     };
-    if let (Lifecycle::Serving, Some(at)) = (&life, expires_at(&md)) {
-        let left = Duration::try_from(at.duration_since(now_ts)).unwrap_or(Duration::ZERO) + Duration::from_secs(1);
+    if let Some(left) = until_expiry(&md, &life, now_ts) {
         next = Some(next.map_or(left, |n| n.min(left)));
     }
     Ok(next.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+/// Deletes an expired deployment with `deleteOnExpiration`, after an `Expired` Event saying so.
+/// Garbage collection deletes its children. The delete is conditional on the UID, so that a
+/// deployment recreated under the same name is left alone; one already gone is done.
+async fn delete_expired(md: &ModelDeployment, ctx: &Context, key: &str) -> Result<(), Error> {
+    let at = expires_at(md).map(|t| t.to_string()).unwrap_or_default();
+    let note = format!("expired at {at} (spec.durationHours); deleting: spec.deleteOnExpiration");
+    ctx.event(md, false, "Expired", note).await;
+    let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: md.uid(), resource_version: None }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&md.name_any(), &params).await {
+        Ok(_) => {
+            tracing::info!(object = key, "deleted: expired with spec.deleteOnExpiration");
+            Ok(())
+        }
+        // Gone already (404), or replaced by a new object of the same name (409: UID precondition).
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn write_status(

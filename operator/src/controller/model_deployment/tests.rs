@@ -21,6 +21,7 @@ fn md(model: ModelSource) -> ModelDeployment {
             scheduling: Default::default(),
             stopped: false,
             duration_hours: None,
+            delete_on_expiration: false,
         },
     );
     d.metadata.namespace = Some("team-a".into());
@@ -177,6 +178,11 @@ fn what_cel_refuses_is_refused_here_too() {
     assert!(validate(&cpu).expect_err("cpu").contains("resources.cpu"));
     cpu.spec.resources.cpu = "500m".into();
     assert!(validate(&cpu).is_ok());
+    let mut delete = from_export();
+    delete.spec.delete_on_expiration = true;
+    assert!(validate(&delete).expect_err("no duration").contains("needs durationHours"));
+    delete.spec.duration_hours = Some(1.0);
+    assert!(validate(&delete).is_ok());
 }
 
 #[test]
@@ -303,6 +309,40 @@ fn stop_wins_over_expiry_and_expiry_counts_from_creation() {
     assert_eq!(lifecycle(&d, at("2026-12-01T12:00:00Z")), Lifecycle::Expired);
     d.spec.stopped = true;
     assert_eq!(lifecycle(&d, at("2026-12-01T11:00:00Z")), Lifecycle::Stopped);
+}
+
+#[test]
+fn delete_on_expiration_deletes_once_expired_even_when_stopped() {
+    let at = |s: &str| s.parse::<Timestamp>().expect("time");
+    let (before, after) = (at("2026-12-01T11:59:59Z"), at("2026-12-01T12:00:00Z"));
+    let mut d = from_export();
+    d.spec.duration_hours = Some(2.0);
+    assert!(!deletes_on_expiry(&d, after), "without deleteOnExpiration an expired deployment is kept");
+    d.spec.delete_on_expiration = true;
+    assert!(!deletes_on_expiry(&d, before));
+    assert!(deletes_on_expiry(&d, after));
+    d.spec.stopped = true;
+    assert!(deletes_on_expiry(&d, after), "a pause does not extend the lifetime");
+    d.metadata.deletion_timestamp = Some(Time(after));
+    assert!(!deletes_on_expiry(&d, after), "already being deleted");
+    let mut forever = from_export();
+    forever.spec.delete_on_expiration = true;
+    assert!(!deletes_on_expiry(&forever, at("2100-01-01T00:00:00Z")), "no durationHours, no expiry");
+}
+
+#[test]
+fn the_reconcile_wakes_at_the_expiry_when_it_changes_something() {
+    let at = |s: &str| s.parse::<Timestamp>().expect("time");
+    let now = at("2026-12-01T11:00:00Z");
+    let hour = Some(Duration::from_secs(3601));
+    let mut d = from_export();
+    assert_eq!(until_expiry(&d, &Lifecycle::Serving, now), None, "no durationHours");
+    d.spec.duration_hours = Some(2.0);
+    assert_eq!(until_expiry(&d, &Lifecycle::Serving, now), hour);
+    assert_eq!(until_expiry(&d, &Lifecycle::Stopped, now), None, "stopped stays stopped");
+    d.spec.delete_on_expiration = true;
+    assert_eq!(until_expiry(&d, &Lifecycle::Stopped, now), hour, "stopped, but deleted at the expiry");
+    assert_eq!(until_expiry(&d, &Lifecycle::Expired, at("2026-12-01T12:00:00Z")), None);
 }
 
 fn pod(status: PodStatus) -> Pod {
