@@ -6,6 +6,7 @@
 //! carries [`MARKER_ENV`] so that tests can find strays by scanning `/proc`.
 
 use std::collections::BTreeMap;
+use std::io::PipeReader;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -32,7 +33,8 @@ pub struct Spec {
     pub log: Option<PathBuf>,
 }
 
-type Request = (Spec, mpsc::Sender<std::io::Result<Child>>);
+/// What to run, whether to pipe its output, and where to answer.
+type Request = (Spec, bool, mpsc::Sender<std::io::Result<(Child, Option<PipeReader>)>>);
 
 fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
@@ -42,8 +44,8 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
         std::thread::Builder::new()
             .name("ocellus-spawner".into())
             .spawn(move || {
-                for (spec, reply) in rx {
-                    let _ = reply.send(spawn_here(&spec));
+                for (spec, piped, reply) in rx {
+                    let _ = reply.send(spawn_here(&spec, piped));
                 }
                 // Keep the thread alive even if every sender is gone.
                 loop {
@@ -55,7 +57,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
     })
 }
 
-fn spawn_here(spec: &Spec) -> std::io::Result<Child> {
+fn spawn_here(spec: &Spec, piped: bool) -> std::io::Result<(Child, Option<PipeReader>)> {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args).stdin(Stdio::null());
     if spec.clear_env {
@@ -65,25 +67,47 @@ fn spawn_here(spec: &Spec) -> std::io::Result<Child> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    if let Some(log) = &spec.log {
+    let mut reader = None;
+    if piped {
+        // One pipe for both, as one file was: their interleaving stays the process's own.
+        let (r, w) = std::io::pipe()?;
+        cmd.stdout(w.try_clone()?).stderr(w);
+        reader = Some(r);
+    } else if let Some(log) = &spec.log {
         let f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         cmd.stdout(f.try_clone()?).stderr(f);
     } else {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     }
     ffi::die_with_parent(&mut cmd);
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    // Dropping `cmd` closes this process's write ends: the reader sees EOF once the child, and
+    // whatever it forked, have closed theirs.
+    drop(cmd);
+    Ok((child, reader))
 }
 
-/// Spawns a process that dies with this one.
-pub fn spawn(spec: Spec) -> std::io::Result<Child> {
+fn request(spec: Spec, piped: bool) -> std::io::Result<(Child, Option<PipeReader>)> {
     let (tx, rx) = mpsc::channel();
     spawner()
         .lock()
         .map_err(|_| std::io::Error::other("spawner poisoned"))?
-        .send((spec, tx))
+        .send((spec, piped, tx))
         .map_err(|_| std::io::Error::other("spawner thread gone"))?;
     rx.recv().map_err(|_| std::io::Error::other("spawner thread gone"))?
+}
+
+/// Spawns a process that dies with this one.
+pub fn spawn(spec: Spec) -> std::io::Result<Child> {
+    request(spec, false).map(|(child, _)| child)
+}
+
+/// Like [`spawn`], with stdout and stderr written to one pipe whose read end is returned, for a
+/// caller that records the output itself (the local node stamps each line with its time).
+/// `spec.log` is not used.
+pub fn spawn_piped(spec: Spec) -> std::io::Result<(Child, PipeReader)> {
+    let (child, reader) = request(spec, true)?;
+    reader.map(|r| (child, r)).ok_or_else(|| std::io::Error::other("no pipe"))
 }
 
 /// Sends `sig` to the process group led by `pid`.

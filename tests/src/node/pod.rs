@@ -14,10 +14,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use super::Ctx;
 use super::spec::{self, ContainerOutcome, StartError};
+use super::{Ctx, logs};
 use crate::proc::{self, MARKER_ENV, Spec};
 
 const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -54,6 +54,8 @@ struct Ctr {
     started_at: Option<Instant>,
     /// Log file of the current (or last) start.
     log: Option<PathBuf>,
+    /// Resolves once that start's output is all in its log file.
+    log_drained: Option<oneshot::Receiver<()>>,
 }
 
 fn now() -> String {
@@ -98,6 +100,7 @@ pub(crate) async fn run(
             next_probe: Instant::now(),
             started_at: None,
             log: None,
+            log_drained: None,
         })
         .collect();
     let start_time = now();
@@ -224,6 +227,7 @@ async fn stop_all(ctrs: &mut [Ctr], grace: Duration) {
     }
     for (c, h) in handles {
         if let Ok((st, started)) = h.await {
+            drained(&mut c.log_drained).await;
             let code = st.map(exit_code).unwrap_or(137);
             c.state = State::Terminated {
                 code,
@@ -244,8 +248,9 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
     match &mut c.state {
         State::Waiting { retry_at, .. } if Instant::now() >= *retry_at => {
             match start(ctx, pod, dir, ip, c).await {
-                Ok((child, log)) => {
+                Ok((child, log, log_drained)) => {
                     c.log = Some(log);
+                    c.log_drained = Some(log_drained);
                     c.state = State::Running { child, started: now() };
                     c.started_at = Some(Instant::now());
                     c.probe_ok = 0;
@@ -278,6 +283,7 @@ async fn step_container(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, p
         State::Running { child, started } => {
             if let Ok(Some(st)) = child.try_wait() {
                 proc::signal_group(child.id(), proc::ffi::SIGKILL);
+                drained(&mut c.log_drained).await;
                 let code = exit_code(st);
                 let restart = spec::should_restart(policy, code);
                 c.restarts += i32::from(restart);
@@ -358,8 +364,15 @@ async fn run_probe(probe: &Probe, ip: &str, c: &Container) -> bool {
     true
 }
 
-/// Resolves env, argv and working dir, then spawns the container's process.
-async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -> Result<(Child, PathBuf), StartError> {
+/// Resolves env, argv and working dir, then spawns the container's process and records its
+/// output into a new log file (the receiver resolves once all of it is recorded).
+async fn start(
+    ctx: &Ctx,
+    pod: &Pod,
+    dir: &std::path::Path,
+    ip: &str,
+    c: &Ctr,
+) -> Result<(Child, PathBuf, oneshot::Receiver<()>), StartError> {
     let ns = pod.namespace().unwrap_or_default();
     let spec = &c.spec;
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
@@ -492,16 +505,35 @@ async fn start(ctx: &Ctx, pod: &Pod, dir: &std::path::Path, ip: &str, c: &Ctr) -
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| StartError { reason: "CreateContainerError", message: "empty command".into() })?;
-    proc::spawn(Spec {
+    let (child, pipe) = proc::spawn_piped(Spec {
         program: program.into(),
         args: args.to_vec(),
         env: vars,
         clear_env: true,
         cwd: Some(cwd),
-        log: Some(log.clone()),
+        log: None,
     })
-    .map(|child| (child, log))
-    .map_err(|e| StartError { reason: "RunContainerError", message: format!("starting {program:?}: {e}") })
+    .map_err(|e| StartError { reason: "RunContainerError", message: format!("starting {program:?}: {e}") })?;
+    match logs::capture(pipe, &log) {
+        Ok(log_drained) => Ok((child, log, log_drained)),
+        Err(e) => {
+            let mut child = child;
+            proc::stop(&mut child, Duration::ZERO);
+            Err(StartError {
+                reason: "RunContainerError",
+                message: format!("recording the output of {program:?}: {e}"),
+            })
+        }
+    }
+}
+
+/// Waits until the output of a container's last start is all in its log file (its termination
+/// message is read from there), or 2 s at most: a process that escaped its group may hold the
+/// pipe open for longer.
+async fn drained(log: &mut Option<oneshot::Receiver<()>>) {
+    if let Some(rx) = log.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+    }
 }
 
 fn field_value(pod: &Pod, path: &str, ip: &str) -> Option<String> {
@@ -549,7 +581,7 @@ fn termination_message(spec: &Container, log: Option<&std::path::Path>, code: i3
     if code == 0 || spec.termination_message_policy.as_deref() != Some("FallbackToLogsOnError") {
         return None;
     }
-    let text = std::fs::read(log?).ok()?;
+    let text = logs::plain(&std::fs::read(log?).ok()?);
     Some(spec::log_tail(&text, 80, 2048)).filter(|m| !m.is_empty())
 }
 
