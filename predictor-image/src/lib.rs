@@ -4,7 +4,8 @@
 //! - [`backend`] runs it (ONNX Runtime, libtorch, TensorRT) on model threads fed by
 //!   [`batcher`]'s bounded queue with dynamic batching;
 //! - [`pipeline`] is the pure pre/post-processing (decode, letterbox, NMS, box mapping);
-//! - [`api`] speaks Ultralytics predict, Open Inference Protocol v2 and the Label Studio ML
+//! - [`api`] speaks Ultralytics predict, Open Inference Protocol v2, Roboflow's inference server
+//!   and the Label Studio ML
 //!   backend protocol; [`metrics`] exports Prometheus metrics.
 
 pub mod api;

@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve one model over Ultralytics, Open Inference Protocol v2 and Label Studio APIs.
+    /// Serve one model over Ultralytics, Open Inference Protocol v2, Label Studio and Roboflow APIs.
     Serve(Box<ServeArgs>),
     /// Print the build and runtime versions as JSON.
     Version,

@@ -709,9 +709,15 @@ impl Checker {
 }
 
 /// Whether a documented path matches a route: `{param}` in the route matches any segment, and a
-/// placeholder in the doc (`{x}`, `<x>`, `...`) matches any route segment.
+/// placeholder in the doc (`{x}`, `<x>`, `...`) matches any route segment. A route of parameters
+/// only (Roboflow's legacy `/{project}/{version}`) matches only a doc path of placeholders, so
+/// that it does not vouch for every two-segment path the docs name.
 fn route_matches(route: &str, path: &str) -> bool {
     let (r, p): (Vec<&str>, Vec<&str>) = (route.split('/').collect(), path.split('/').collect());
+    let param = |s: &&str| s.starts_with('{') || s.starts_with('<');
+    if r.iter().skip(1).all(param) && !p.iter().skip(1).all(param) {
+        return false;
+    }
     if p.last() == Some(&"...") {
         return r.len() >= p.len() - 1 && r.iter().zip(&p[..p.len() - 1]).all(|(a, b)| segment_matches(a, b));
     }

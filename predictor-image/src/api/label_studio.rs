@@ -291,9 +291,39 @@ fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-/// Fetches a task image: `data:` URIs, URLs relative to Label Studio, or absolute http(s) URLs
-/// (SSRF rules applied), with the image size cap.
+/// Fetches a task image: `data:` URIs, URLs relative to Label Studio (the project's host learnt
+/// from `/setup`, else `LABEL_STUDIO_URL`), or absolute http(s) URLs; see [`fetch_url`].
 async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::Bytes, ApiError> {
+    let cfg = &s.settings.label_studio;
+    let learnt = s.ls_projects.lock().ok().and_then(|m| m.get(project).cloned());
+    let (host, token) = match learnt {
+        Some((h, t)) => (Some(h), Some(t).filter(|t| !t.is_empty()).or_else(|| cfg.api_key.clone())),
+        None => (cfg.url.clone().map(|u| u.trim_end_matches('/').to_string()), cfg.api_key.clone()),
+    };
+    fetch_url(s, url, UrlOrigin::LabelStudio { host, token }).await
+}
+
+/// Who gave an image URL, which decides what it may reach and with which credentials.
+#[derive(Debug, Clone)]
+pub(super) enum UrlOrigin {
+    /// A Label Studio task: relative URLs go to Label Studio's host, and requests to that host
+    /// carry its token (and may reach it on a private address).
+    LabelStudio {
+        /// Label Studio's base URL, if known.
+        host: Option<String>,
+        /// Its API token.
+        token: Option<String>,
+    },
+    /// A client's own URL (Roboflow's `type: url`): absolute http(s) or `data:` only, never a
+    /// credential, private addresses only for `--allow-fetch-host` hosts.
+    Client,
+}
+
+/// Fetches an image by URL: `data:` URIs (base64), or http(s) URLs with the image size cap, no
+/// redirects, and the SSRF rules: a host resolving to a private address is refused unless it is
+/// Label Studio's (for [`UrlOrigin::LabelStudio`]), allowed by `--allow-fetch-host`, or private
+/// fetches are allowed; the connection is pinned to the address checked.
+pub(super) async fn fetch_url(s: &AppState, url: &str, origin: UrlOrigin) -> Result<bytes::Bytes, ApiError> {
     let max = s.settings.limits.max_bytes;
     if let Some(rest) = url.strip_prefix("data:") {
         let (_, b64) = rest
@@ -305,16 +335,20 @@ async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::By
         return Ok(b.into());
     }
     let cfg = &s.settings.label_studio;
-    let learnt = s.ls_projects.lock().ok().and_then(|m| m.get(project).cloned());
-    let (ls_host, ls_token) = match learnt {
-        Some((h, t)) => (Some(h), Some(t).filter(|t| !t.is_empty()).or_else(|| cfg.api_key.clone())),
-        None => (cfg.url.clone().map(|u| u.trim_end_matches('/').to_string()), cfg.api_key.clone()),
+    let from_client = matches!(origin, UrlOrigin::Client);
+    let (ls_host, ls_token) = match origin {
+        UrlOrigin::LabelStudio { host, token } => (host, token),
+        UrlOrigin::Client => (None, None),
     };
     let full = if url.starts_with('/') {
         let host = ls_host.clone().ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{url:?} is relative to Label Studio, whose URL is unknown (run setup, or set LABEL_STUDIO_URL)"
-            ))
+            ApiError::BadRequest(if from_client {
+                format!("image URL {url:?} is not absolute: send an http(s) URL")
+            } else {
+                format!(
+                    "{url:?} is relative to Label Studio, whose URL is unknown (run setup, or set LABEL_STUDIO_URL)"
+                )
+            })
         })?;
         format!("{host}{url}")
     } else {
@@ -355,17 +389,17 @@ async fn fetch_image(s: &AppState, url: &str, project: &str) -> Result<bytes::By
     if is_ls && let Some(t) = ls_token.filter(|t| !t.is_empty()) {
         req = req.header(header::AUTHORIZATION, format!("Token {t}"));
     }
-    let mut resp = req.send().await.map_err(|e| ApiError::Upstream(format!("fetching the task image: {e}")))?;
+    let mut resp = req.send().await.map_err(|e| ApiError::Upstream(format!("fetching the image: {e}")))?;
     if !resp.status().is_success() {
-        return Err(ApiError::Upstream(format!("fetching the task image: HTTP {}", resp.status())));
+        return Err(ApiError::Upstream(format!("fetching the image: HTTP {}", resp.status())));
     }
     if resp.content_length().is_some_and(|n| n as usize > max) {
-        return Err(ApiError::TooLarge(format!("the task image is larger than {max} bytes")));
+        return Err(ApiError::TooLarge(format!("the image at the URL is larger than {max} bytes")));
     }
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| ApiError::Upstream(e.to_string()))? {
         if buf.len() + chunk.len() > max {
-            return Err(ApiError::TooLarge(format!("the task image is larger than {max} bytes")));
+            return Err(ApiError::TooLarge(format!("the image at the URL is larger than {max} bytes")));
         }
         buf.extend_from_slice(&chunk);
     }

@@ -1,9 +1,11 @@
-//! The HTTP APIs: Ultralytics predict ([`ultralytics`]), Open Inference Protocol v2 ([`oip`]) and
-//! the Label Studio ML backend ([`label_studio`]), over one model. `POST /predict` serves both
-//! Ultralytics (multipart) and Label Studio (JSON), told apart by the content type.
+//! The HTTP APIs: Ultralytics predict ([`ultralytics`]), Open Inference Protocol v2 ([`oip`]), the
+//! Label Studio ML backend ([`label_studio`]) and Roboflow's inference server ([`roboflow`]), over
+//! one model. `POST /predict` serves both Ultralytics (multipart) and Label Studio (JSON), told
+//! apart by the content type.
 
 pub mod label_studio;
 pub mod oip;
+pub mod roboflow;
 pub mod ultralytics;
 
 use std::collections::HashMap;
@@ -111,8 +113,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The one error type of the APIs; every protocol answers `{"error": message, "code": CODE}`
-/// (Ultralytics' documented codes), with `Retry-After` on 429.
+/// The one error type of the APIs. Ultralytics, OIP and Label Studio answer
+/// `{"error": message, "code": CODE}` (Ultralytics' documented codes), Roboflow `{"message"}`
+/// (see [`ApiError::respond`]); `Retry-After` on 429.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400.
@@ -166,8 +169,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The response, with the body in a protocol's error shape: `body(message, code)`. Internal
+    /// errors are logged and answered with [`INTERNAL_MESSAGE`]; 429 carries `Retry-After` and 401
+    /// `WWW-Authenticate`, whatever the shape.
+    pub(crate) fn respond(self, body: impl FnOnce(String, &'static str) -> serde_json::Value) -> Response {
         let (status, code) = self.status();
         let message = match &self {
             ApiError::Internal(detail) => {
@@ -176,7 +182,7 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut resp = (status, Json(json!({"error": message, "code": code}))).into_response();
+        let mut resp = (status, Json(body(message, code))).into_response();
         if let ApiError::Overloaded { retry_after } = self
             && let Ok(v) = HeaderValue::from_str(&retry_after.to_string())
         {
@@ -186,6 +192,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ocellus\""));
         }
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.respond(|message, code| json!({"error": message, "code": code}))
     }
 }
 
@@ -296,16 +308,24 @@ fn protocol(path: &str, content_type: &str) -> &'static str {
         "ultralytics"
     } else if matches!(path, "/setup" | "/webhook" | "/train" | "/versions" | "/health") {
         "labelstudio"
+    } else if roboflow::owns(path) {
+        "roboflow"
     } else {
         "other"
     }
+}
+
+/// Whether a request of `proto` runs the model (counted in the in-flight gauge the autoscaler reads).
+fn is_scoring(method: &Method, path: &str, proto: &str) -> bool {
+    method == Method::POST && (path.ends_with("/predict") || path.ends_with("/infer"))
+        || proto == "roboflow" && roboflow::scores(method, path)
 }
 
 async fn track(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let path = req.uri().path().to_string();
     let proto = protocol(&path, &ct);
-    let scoring = req.method() == axum::http::Method::POST && (path.ends_with("/predict") || path.ends_with("/infer"));
+    let scoring = is_scoring(req.method(), &path, proto);
     if proto == "other" {
         return next.run(req).await;
     }
@@ -343,11 +363,14 @@ impl Route {
 }
 
 /// The route table [`app`] is built from: `POST /predict` (both protocols), then each protocol's.
+/// Roboflow's legacy `/{project}/{version}` matches any two-segment path, but every other route is
+/// static where it has two segments, and static segments win in axum's router.
 fn table() -> Vec<Route> {
     let mut routes = vec![Route::post("/predict", predict)];
     routes.extend(ultralytics::routes());
     routes.extend(oip::routes());
     routes.extend(label_studio::routes());
+    routes.extend(roboflow::routes());
     routes
 }
 
