@@ -96,8 +96,9 @@ setup_cluster() {
 
 # Python tools the tests run for real: moto's S3 server, pycocotools (the mAP reference) and
 # onnxruntime (runs exported ONNX; its libonnxruntime.so is what the predictor loads), and the
-# Ultralytics Platform SDK (the real client of the REST API tests).
-PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11 onnxruntime==1.32.0 ultralytics-platform==0.1.99"
+# vendors' real clients of the REST API tests: the Ultralytics Platform SDK, the Roboflow CLI
+# (dedicated deployments) and Roboflow's inference SDK (predictions through a deployment).
+PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11 onnxruntime==1.32.0 ultralytics-platform==0.1.99 roboflow==1.7.3 inference-sdk==1.8.3"
 
 setup_python() {
   local v; v=$(venv)

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod gateway;
+pub mod roboflow;
 pub mod ultralytics;
 
 use axum::Router;
@@ -34,8 +35,9 @@ pub fn app_with_api(state: AppState, api: api::ApiState) -> Router {
     app(state).merge(api.router())
 }
 
-/// [`app_with_api`] plus the Ultralytics Platform routes ([`ultralytics`]).
+/// [`app_with_api`] plus the Ultralytics Platform routes ([`ultralytics`]) and Roboflow's
+/// dedicated deployments ([`roboflow`]) over the same cluster caches.
 pub fn app_with_apis(state: AppState, api: api::ApiState, ul: ultralytics::UltralyticsApi) -> Router {
-    let protected = ul.router(&api);
+    let protected = ul.router(&api).merge(roboflow::router(&ul, &api));
     app(state).merge(api.router_with(protected))
 }

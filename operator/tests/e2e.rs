@@ -386,6 +386,11 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     }))
     .expect("md");
     mds.create(&PostParams::default(), &brief).await.expect("create");
+    // Another, deleted when it expires (Roboflow's delete_on_expiration).
+    let mut fleeting = brief.clone();
+    fleeting.metadata.name = Some("fleeting".into());
+    fleeting.spec.delete_on_expiration = true;
+    mds.create(&PostParams::default(), &fleeting).await.expect("create");
     // A second version of the model, for a rollout under load.
     let exports: Api<Export> = Api::namespaced(client.clone(), ns);
     let mut v2: Export = exports.get("shapes-yolov8n-onnx").await.expect("export");
@@ -483,6 +488,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     assert_eq!(sdk["one"]["serviceUrl"], format!("{}/{ns}/shapes", gw.url()));
     assert_eq!(sdk["predicted"]["metadata"]["task"], "detect", "{sdk}");
     assert_eq!(sdk["predicted"]["images"][0]["results"], direct["images"][0]["results"], "{sdk}");
+    roboflow(client, &gw, &key, ns, jpeg, &direct).await;
     let started = |p: &Pod| {
         let s = p.status.clone()?;
         let running = s.container_statuses?.first()?.state.clone()?.running?.started_at?.0;
@@ -699,6 +705,13 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
         Api::<Deployment>::namespaced(client.clone(), ns).get("brief").await.expect("deployment").spec.replicas,
         Some(0)
     );
+    // The one deleted on expiry is gone, with its predictor Deployment (owner references).
+    eventually("fleeting deleted on expiry", Duration::from_secs(60), || async {
+        let gone = mds.get_opt("fleeting").await.ok()?.is_none();
+        let dep = Api::<Deployment>::namespaced(client.clone(), ns).get_opt("fleeting").await.ok()?;
+        (gone && dep.is_none()).then_some(())
+    })
+    .await;
 
     // More GPUs than any node has: Unschedulable, with the scheduler's words.
     let greedy: ModelDeployment = serde_json::from_value(serde_json::json!({
@@ -733,6 +746,117 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     let stalled = failed.common.conditions.iter().find(|c| c.type_ == "Stalled" && c.is_true()).expect("Stalled");
     assert!(stalled.message.as_deref().is_some_and(|m| m.contains("https:// is planned")), "{stalled:?}");
     assert!(Api::<Deployment>::namespaced(client.clone(), ns).get_opt("remote").await.expect("get").is_none());
+}
+
+/// Roboflow's dedicated deployments through the `roboflow` CLI (`DEDICATED_DEPLOYMENT_URL` is the
+/// apiserver's `/api/roboflow`), and predictions through the deployment's URL with Roboflow's
+/// inference SDK: machine types, create (serving the export its name names), list, get until
+/// ready, infer (v1 and the legacy v0 route), logs, pause, resume, delete.
+const ROBOFLOW_SCRIPT: &str = r#"
+import json, os, subprocess, sys, time
+from inference_sdk import InferenceHTTPClient, InferenceConfiguration
+
+cli_path = os.path.join(os.path.dirname(sys.executable), "roboflow")
+name = "shapes-yolov8n-onnx"
+
+def cli(*args, ok=True):
+    p = subprocess.run([cli_path, "deployment", *args], capture_output=True, text=True, timeout=120)
+    out = p.stdout
+    if ok:
+        assert p.returncode == 0, (args, p.returncode, out, p.stderr)
+    start = min([i for i in (out.find("{"), out.find("[")) if i >= 0], default=-1)
+    return json.loads(out[start:]) if start >= 0 and ok else out + p.stderr
+
+def wait(status, limit=180):
+    deadline = time.time() + limit
+    while True:
+        d = cli("get", name)
+        if d["status"] == status:
+            return d
+        assert d["status"] != "failed" and time.time() < deadline, (status, d)
+        time.sleep(1)
+
+types = cli("machine-type")
+created = cli("create", name, "-m", "dev-cpu", "-e", "e2e@example.com", "--duration", "2", "--no-delete-on-expiration")
+listed = cli("list")
+ready = wait("ready")
+cfg = InferenceConfiguration(api_key_transport="header", confidence_threshold=0.01, iou_threshold=0.7)
+client = InferenceHTTPClient(api_url=ready["url"], api_key=os.environ["ROBOFLOW_API_KEY"])
+client.configure(cfg)
+v1 = client.infer(sys.argv[1], model_id=ready["model_id"])
+client.select_api_v0()
+v0 = client.infer(sys.argv[1], model_id=ready["model_id"])
+log = cli("log", name, "-d", "600", "-n", "50", ok=False)
+paused = cli("pause", name)
+paused = wait("paused")
+cli("resume", name)
+resumed = wait("ready")
+cli("delete", name)
+gone = cli("get", name, ok=False)
+print(json.dumps({"types": types, "created": created, "listed": listed, "ready": ready, "v1": v1, "v0": v0,
+                  "log": log, "paused": paused, "resumed": resumed, "gone": gone}))
+"#;
+
+async fn roboflow(client: &Client, gw: &Process, key: &str, ns: &str, jpeg: &[u8], direct: &serde_json::Value) {
+    let image = std::env::temp_dir().join(format!("ocellus-e2e-roboflow-{}.jpg", std::process::id()));
+    std::fs::write(&image, jpeg).expect("image");
+    let out = std::process::Command::new(ocellus_tests::require_tool("ocellus-python"))
+        .args(["-c", ROBOFLOW_SCRIPT, &image.display().to_string()])
+        .env("DEDICATED_DEPLOYMENT_URL", format!("{}/api/roboflow", gw.url()))
+        .env("ROBOFLOW_API_KEY", key)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("python");
+    let _ = std::fs::remove_file(&image);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the Roboflow script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
+    let types: Vec<&str> =
+        v["types"].as_array().expect("types").iter().filter_map(|t| t["machine_type"].as_str()).collect();
+    assert_eq!(types, ["cpu", "gpu", "gpu-nvidia-test-gpu"], "from the local node's GPU: {}", v["types"]);
+    let created = &v["created"];
+    assert_eq!(
+        (created["status"].as_str(), created["machine_type"].as_str()),
+        (Some("pending"), Some("cpu")),
+        "{created}"
+    );
+    assert_eq!(
+        (created["model"].as_str(), created["duration"].as_f64()),
+        (Some("export/shapes-yolov8n-onnx"), Some(2.0))
+    );
+    assert!(
+        v["listed"].as_array().is_some_and(|l| l.iter().any(|d| d["deployment_name"] == "shapes-yolov8n-onnx")),
+        "{}",
+        v["listed"]
+    );
+    let ready = &v["ready"];
+    assert_eq!(ready["url"], format!("{}/{ns}/shapes-yolov8n-onnx", gw.url()));
+    assert_eq!(ready["num_replicas"], 1, "{ready}");
+    // The SDK's detections are the pod's own (Ultralytics' format at the same thresholds), as
+    // centre, width and height.
+    let ours = direct["images"][0]["results"].as_array().expect("results");
+    for (form, answer) in [("v1", &v["v1"]), ("v0", &v["v0"])] {
+        let preds = answer["predictions"].as_array().unwrap_or_else(|| panic!("{form}: {answer}"));
+        assert_eq!(preds.len(), ours.len(), "{form}: {answer} vs {direct}");
+        for (p, o) in preds.iter().zip(ours) {
+            assert_eq!(p["class"], o["name"], "{form}");
+            let b = &o["box"];
+            let f = |x: &serde_json::Value| x.as_f64().unwrap_or(f64::NAN);
+            let cx = (f(&b["x1"]) + f(&b["x2"])) / 2.0;
+            assert!((f(&p["x"]) - cx).abs() < 0.5, "{form}: {p} vs {o}");
+            assert!((f(&p["confidence"]) - f(&o["confidence"])).abs() < 1e-3, "{form}: {p} vs {o}");
+        }
+    }
+    let log = v["log"].as_str().unwrap_or_default();
+    assert!(log.lines().any(|l| l.contains("shapes-yolov8n-onnx-")), "the predictor pods' log lines: {log}");
+    assert_eq!(v["paused"]["num_replicas"], 0, "{}", v["paused"]);
+    assert_eq!(v["resumed"]["status"], "ready");
+    assert!(v["gone"].as_str().is_some_and(|g| g.contains("404")), "{}", v["gone"]);
+    let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
+    eventually("the Roboflow deployment deleted", Duration::from_secs(30), || async {
+        mds.get_opt("shapes-yolov8n-onnx").await.ok()?.is_none().then_some(())
+    })
+    .await;
 }
 
 /// A TrainingJob suspended while it trains and resumed: the attempt's pod saves `last` on SIGTERM

@@ -135,6 +135,9 @@ pub enum Flavor {
     /// Ultralytics Platform: `{"error": "...", "code": "..."}`. Also what `/api/api-keys` uses.
     #[default]
     Ultralytics,
+    /// Roboflow dedicated deployments: the message as plain text, with the status code (their
+    /// reference: "otherwise, the response body contains an error message as a string").
+    Roboflow,
 }
 
 impl ApiError {
@@ -217,6 +220,9 @@ impl ApiError {
         let mut resp = match flavor {
             Flavor::Ultralytics => {
                 (status, Json(ErrorBody { error: self.to_string(), code: self.code().to_string() })).into_response()
+            }
+            Flavor::Roboflow => {
+                (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.to_string()).into_response()
             }
         };
         if let Some(s) = self.retry_after() {

@@ -32,7 +32,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
             characters) as `Authorization: Bearer <key>` (or `Token <key>`), HTTP Basic with the key as password, \
             or the `api_key` query parameter. Each key acts in one namespace with one role (viewer, editor, admin). \
             Rate-limited responses carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`; a 429 \
-            also `Retry-After` (seconds). Errors are `{\"error\": \"...\", \"code\": \"...\"}`."
+            also `Retry-After` (seconds). Errors are `{\"error\": \"...\", \"code\": \"...\"}` (Roboflow routes: plain text)."
     ),
     paths(
         keys_router::create_key,
@@ -72,13 +72,23 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::ultralytics::models::list_exports,
         crate::ultralytics::models::retrieve_export,
         crate::ultralytics::models::delete_export,
+        crate::roboflow::add,
+        crate::roboflow::list,
+        crate::roboflow::retrieve,
+        crate::roboflow::get_log,
+        crate::roboflow::pause,
+        crate::roboflow::resume,
+        crate::roboflow::delete,
+        crate::roboflow::machine_types,
     ),
     components(schemas(ErrorBody, Role)),
     modifiers(&SecuritySchemes),
     security(("bearer" = []), ("basic" = []), ("api_key" = [])),
     tags(
         (name = "api-keys", description = "API keys of the caller's namespace (admin role)"),
-        (name = "ultralytics", description = "The Ultralytics Platform API: the workspace (`owner`) is the key's namespace")
+        (name = "ultralytics", description = "The Ultralytics Platform API: the workspace (`owner`) is the key's namespace"),
+        (name = "roboflow", description = "Roboflow dedicated deployments (`DEDICATED_DEPLOYMENT_URL` = `<apiserver>/api/roboflow`): \
+            ModelDeployments of the key's namespace; the key as `api_key` in the query or JSON body; errors are plain text")
     )
 )]
 pub struct ApiDoc;
@@ -156,6 +166,9 @@ mod tests {
             ("/api/upload/complete", "post"),
             ("/api/deployments/{owner}/{deployment}", "get"),
             ("/api/deployments/{owner}/{deployment}/predict", "post"),
+            ("/api/roboflow/add", "post"),
+            ("/api/roboflow/get_log", "get"),
+            ("/api/roboflow/machine_types", "get"),
         ] {
             assert!(doc["paths"][path].get(method).is_some(), "{method} {path} missing");
         }

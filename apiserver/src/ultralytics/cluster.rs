@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use ocellus_crds::{Dataset, DatasetSource, Export, ModelDeployment, TrainingJob};
@@ -58,6 +58,28 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<ModelDeployment, ApiError>>;
     /// Deletes a ModelDeployment (its predictor Deployment goes with it).
     fn delete_deployment<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// The logs of a ModelDeployment's predictor pods, each line prefixed with its RFC 3339 time
+    /// (the kubelet's `timestamps=true`), from `since_seconds` ago (unset: all that is kept).
+    fn predictor_logs<'a>(
+        &'a self,
+        namespace: &'a str,
+        deployment: &'a str,
+        since_seconds: Option<i64>,
+    ) -> BoxFuture<'a, Result<Vec<PodLog>, ApiError>>;
+}
+
+/// The log of one pod, as the Kubernetes API returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLog {
+    /// The pod's name.
+    pub pod: String,
+    /// Its log text, one `<RFC 3339 time> <line>` per line.
+    pub text: String,
+}
+
+/// The label selector of a ModelDeployment's predictor pods (the operator's labels).
+pub fn predictor_selector(deployment: &str) -> String {
+    format!("ocellus.dev/kind=ModelDeployment,ocellus.dev/name={deployment}")
 }
 
 /// What a kind is called in errors.
@@ -194,6 +216,30 @@ impl Cluster for KubeCluster {
     fn delete_deployment<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(self.delete::<ModelDeployment>(namespace, name))
     }
+
+    fn predictor_logs<'a>(
+        &'a self,
+        namespace: &'a str,
+        deployment: &'a str,
+        since_seconds: Option<i64>,
+    ) -> BoxFuture<'a, Result<Vec<PodLog>, ApiError>> {
+        Box::pin(async move {
+            let pods = Api::<Pod>::namespaced(self.client.clone(), namespace);
+            let listed = pods.list(&ListParams::default().labels(&predictor_selector(deployment))).await?;
+            let lp = LogParams { timestamps: true, since_seconds, ..Default::default() };
+            let mut out = Vec::new();
+            for p in listed.items {
+                let name = p.metadata.name.unwrap_or_default();
+                match pods.logs(&name, &lp).await {
+                    Ok(text) => out.push(PodLog { pod: name, text }),
+                    // A pod still being scheduled or already gone has no log to read.
+                    Err(kube::Error::Api(s)) if s.code == 400 || s.code == 404 => {}
+                    Err(e) => return Err(ApiError::from(e)),
+                }
+            }
+            Ok(out)
+        })
+    }
 }
 
 /// `target` with the JSON merge patch `patch` applied (RFC 7386: objects merge, `null` removes,
@@ -263,6 +309,8 @@ pub struct MemoryCluster {
     records: MemStore<ConfigMap>,
     training_jobs: MemStore<TrainingJob>,
     exports: MemStore<Export>,
+    nodes: MemStore<Node>,
+    logs: Mutex<HashMap<(String, String), Vec<PodLog>>>,
     next_uid: std::sync::atomic::AtomicU64,
 }
 
@@ -298,9 +346,26 @@ impl MemoryCluster {
         self.exports.store.clone()
     }
 
+    /// The Node store this cluster feeds.
+    pub fn node_store(&self) -> Store<Node> {
+        self.nodes.store.clone()
+    }
+
+    /// Adds or replaces a Node, as if it had registered.
+    pub fn put_node(&self, node: Node) {
+        self.nodes.put(&node);
+    }
+
     /// Adds or replaces a ModelDeployment, as if applied and reconciled.
     pub fn put_deployment(&self, md: ModelDeployment) {
         self.deployments.put(&md);
+    }
+
+    /// Sets the predictor pod logs [`Cluster::predictor_logs`] returns for a deployment.
+    pub fn set_predictor_logs(&self, namespace: &str, deployment: &str, logs: Vec<PodLog>) {
+        if let Ok(mut l) = self.logs.lock() {
+            l.insert((namespace.to_string(), deployment.to_string()), logs);
+        }
     }
 
     /// Replaces the status of a Dataset, as the operator would.
@@ -459,6 +524,17 @@ impl Cluster for MemoryCluster {
 
     fn delete_deployment<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move { self.delete(&self.deployments, namespace, name) })
+    }
+
+    fn predictor_logs<'a>(
+        &'a self,
+        namespace: &'a str,
+        deployment: &'a str,
+        _since_seconds: Option<i64>,
+    ) -> BoxFuture<'a, Result<Vec<PodLog>, ApiError>> {
+        let key = (namespace.to_string(), deployment.to_string());
+        let logs = self.logs.lock().ok().and_then(|l| l.get(&key).cloned()).unwrap_or_default();
+        Box::pin(async move { Ok(logs) })
     }
 }
 

@@ -157,7 +157,7 @@ pub fn deployment_item(md: &ModelDeployment, origin: &str) -> DeploymentItem {
 }
 
 /// `http://<Host>` of the request: the address the client used.
-fn origin(headers: &HeaderMap) -> String {
+pub(crate) fn origin(headers: &HeaderMap) -> String {
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let proto = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
     format!("{proto}://{host}")
@@ -366,6 +366,7 @@ pub fn build(ns: &str, body: &CreateDeployment, source: ModelSource) -> Result<M
             scheduling: Default::default(),
             stopped: false,
             duration_hours: None,
+            delete_on_expiration: false,
         },
     );
     md.metadata.namespace = Some(ns.into());

@@ -31,7 +31,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -59,6 +59,9 @@ pub struct UltralyticsApi {
     pub training_jobs: Store<TrainingJob>,
     /// Exports of every namespace, from the watch.
     pub exports: Store<Export>,
+    /// The cluster's Nodes, from the watch: their GPU products are what deployments and
+    /// trainings can ask for (Roboflow's machine types).
+    pub nodes: Store<Node>,
     /// The serving gateway's routes, which predictions are handed to; `None`: predictions 501.
     pub gateway: Option<Router>,
     /// This replica's recent Dataset writes, read over the cache.
@@ -145,8 +148,8 @@ impl UltralyticsApi {
     }
 }
 
-/// Starts the watches (all namespaces) of Datasets, ModelDeployments, TrainingJobs, Exports and
-/// the project and model records, and returns the routes' state; `gateway` is the serving
+/// Starts the watches (all namespaces) of Datasets, ModelDeployments, TrainingJobs, Exports,
+/// Nodes and the project and model records, and returns the routes' state; `gateway` is the serving
 /// gateway's router, for predictions.
 pub fn start(
     client: kube::Client,
@@ -161,12 +164,14 @@ pub fn start(
     let (records, rw) = reflector::store::<ConfigMap>();
     let (training_jobs, tw) = reflector::store::<TrainingJob>();
     let (exports, ew) = reflector::store::<Export>();
+    let (nodes, nw) = reflector::store::<Node>();
     let all = watcher::Config::default();
     let tasks = vec![
         watch("Dataset", kube::Api::all(client.clone()), all.clone(), dw, listed.clone(), synced.clone()),
         watch("ModelDeployment", kube::Api::all(client.clone()), all.clone(), mw, listed.clone(), synced.clone()),
         watch("TrainingJob", kube::Api::all(client.clone()), all.clone(), tw, listed.clone(), synced.clone()),
-        watch("Export", kube::Api::all(client.clone()), all, ew, listed.clone(), synced.clone()),
+        watch("Export", kube::Api::all(client.clone()), all.clone(), ew, listed.clone(), synced.clone()),
+        watch("Node", kube::Api::all(client.clone()), all, nw, listed.clone(), synced.clone()),
         // Only the records: the apiserver never reads other ConfigMaps.
         watch(
             "ConfigMap",
@@ -183,6 +188,7 @@ pub fn start(
         records,
         training_jobs,
         exports,
+        nodes,
         gateway,
         recent: Arc::default(),
         recent_records: Arc::default(),
@@ -198,7 +204,7 @@ pub fn start(
 }
 
 /// How many watches [`start`] runs: the routes are ready once all have listed.
-const WATCHES: usize = 5;
+const WATCHES: usize = 6;
 
 /// One reflector; `synced` is set once all [`WATCHES`] have listed.
 fn watch<K>(

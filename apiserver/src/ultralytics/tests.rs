@@ -31,6 +31,7 @@ fn state(cluster: &Arc<MemoryCluster>, gateway: Option<Router>, platform_bucket:
         records: cluster.record_store(),
         training_jobs: cluster.training_job_store(),
         exports: cluster.export_store(),
+        nodes: cluster.node_store(),
         gateway,
         recent: Arc::default(),
         recent_records: Arc::default(),
