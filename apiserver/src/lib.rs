@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod gateway;
+pub mod podlogs;
 pub mod roboflow;
 pub mod ultralytics;
 

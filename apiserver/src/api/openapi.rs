@@ -56,6 +56,8 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::ultralytics::deployments::create,
         crate::ultralytics::deployments::update,
         crate::ultralytics::deployments::delete,
+        crate::ultralytics::deployments::health,
+        crate::ultralytics::deployments::logs,
         crate::ultralytics::projects::create,
         crate::ultralytics::projects::list,
         crate::ultralytics::projects::retrieve,

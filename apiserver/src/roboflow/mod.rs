@@ -8,7 +8,7 @@
 //!   `spec.deleteOnExpiration`; `min_replicas`/`max_replicas` → `spec.scaling`;
 //! - `GET /list`, `GET /get`: every ModelDeployment of the namespace, however it was made;
 //! - `POST /pause`, `/resume` → `spec.stopped`; `POST /delete` deletes it;
-//! - `GET /get_log`: the predictor pods' logs ([`logs`]); `GET /machine_types`: [`machines`].
+//! - `GET /get_log`: the predictor pods' logs ([`crate::podlogs`]); `GET /machine_types`: [`machines`].
 //!
 //! The key comes as `api_key` in the query (GETs) or the JSON body (POSTs); `Authorization:
 //! Bearer` works too. Errors are plain text with the status code, as the reference says.
@@ -16,7 +16,6 @@
 //! inference SDK pointed there reaches the predictor, which speaks the inference server's
 //! protocol (`/model/registry`, `/infer/...`).
 
-pub mod logs;
 pub mod machines;
 #[cfg(test)]
 mod tests;
@@ -569,16 +568,29 @@ fn parse_time(field: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
     })
 }
 
+/// A log entry as `/get_log` answers it.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    /// Stable id of the line, by which the CLI drops repeats when it follows.
+    pub insert_id: String,
+    /// `[<pod>] <line>`.
+    pub payload: String,
+    /// `ERROR`, `WARNING`, `INFO` or `DEBUG` from the line's level; `DEFAULT` when it names none.
+    pub severity: String,
+    /// When it was logged (RFC 3339, microseconds, `+00:00`).
+    pub timestamp: String,
+}
+
 /// The predictor pods' log lines in the window, newest first.
 #[utoipa::path(get, path = "/api/roboflow/get_log", tag = "roboflow", params(LogQuery),
-    responses((status = 200, body = Vec<logs::LogEntry>), (status = 400, body = String), (status = 404, body = String),
+    responses((status = 200, body = Vec<LogEntry>), (status = 400, body = String), (status = 404, body = String),
         (status = 401, body = String)),
     security(("api_key" = [])))]
 pub async fn get_log(
     State(api): State<UltralyticsApi>,
     principal: Principal,
     Query(q): Query<LogQuery>,
-) -> Reply<Vec<logs::LogEntry>> {
+) -> Reply<Vec<LogEntry>> {
     principal.require(Action::Read)?;
     let ns = &principal.namespace;
     find(&api, ns, &q.deployment_name)?;
@@ -600,7 +612,18 @@ pub async fn get_log(
     // Ask the API server for no more than the window (plus a second for rounding).
     let since = (now - from).num_seconds().max(0) + 1;
     let pods = api.cluster.predictor_logs(ns, &q.deployment_name, Some(since)).await?;
-    Ok(Json(logs::entries(&pods, from, to, max)))
+    let entries = crate::podlogs::entries(&pods, from, to, max);
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|e| LogEntry {
+                timestamp: e.timestamp(),
+                insert_id: e.id,
+                payload: e.message,
+                severity: e.severity.into(),
+            })
+            .collect(),
+    ))
 }
 
 /// Usage reports are Roboflow billing: not offered.

@@ -41,8 +41,6 @@ pub const SUFFIXES: &[(&str, &str, Gap)] = &[
     ("/images", "dataset images", Gap::Planned),
     ("/embeddings", "dataset embeddings", Gap::NotOffered),
     ("/clone", "dataset clone", Gap::Planned),
-    ("/health", "deployment health", Gap::Planned),
-    ("/logs", "deployment logs", Gap::Planned),
     ("/metrics", "deployment metrics", Gap::Planned),
 ];
 
@@ -89,7 +87,7 @@ mod tests {
         assert!(msg("POST", "/api/models/team-a/p/m/predict").contains("predictions by model"));
         assert!(msg("GET", "/api/billing/transactions").contains("hosted-platform"));
         assert!(msg("GET", "/api/datasets/team-a/shapes/class-stats").contains("class statistics (planned)"));
-        assert!(msg("GET", "/api/deployments/team-a/d/logs").contains("deployment logs"));
+        assert!(msg("GET", "/api/deployments/team-a/d/metrics").contains("deployment metrics (planned)"));
         assert!(matches!(answer("POST", "/api/deployments/team-a"), ApiError::NotImplemented { .. }));
         assert!(matches!(answer("GET", "/api/no-such-thing"), ApiError::NotFound(_)));
     }

@@ -14,7 +14,9 @@
 //! - `PATCH /api/deployments/{owner}/{deployment}`: `{action: stop|start}` sets `spec.stopped`,
 //!   `{action: resize, cpu?, memoryGi?}` the pods' resources, `{action: replace, project, model}`
 //!   the model, `{name}` the display name;
-//! - `DELETE /api/deployments/{owner}/{deployment}`.
+//! - `DELETE /api/deployments/{owner}/{deployment}`;
+//! - `GET /api/deployments/{owner}/{deployment}/health`: the predictor's `/health` through the
+//!   gateway, timed; `GET .../logs`: the predictor pods' log lines of the last 24 hours.
 
 use std::sync::Arc;
 
@@ -48,6 +50,8 @@ pub(super) fn routes() -> Router<UltralyticsApi> {
             get(retrieve).patch(update).delete(delete).fallback(super::compat::fallback),
         )
         .route("/api/deployments/{owner}/{deployment}/predict", post(predict).fallback(super::compat::fallback))
+        .route("/api/deployments/{owner}/{deployment}/health", get(health).fallback(super::compat::fallback))
+        .route("/api/deployments/{owner}/{deployment}/logs", get(logs).fallback(super::compat::fallback))
 }
 
 /// A deployment as lists and `retrieve` show it.
@@ -271,6 +275,161 @@ pub async fn predict(
     parts.uri = uri.parse().map_err(|_| ApiError::bad_request("path", "not a valid URI"))?;
     let forwarded = Request::from_parts(parts, Body::new(body));
     gateway.oneshot(forwarded).await.map_err(|e| match e {})
+}
+
+/// `GET /api/deployments/{owner}/{deployment}/health` response.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Whether the predictor answered its health check with 200.
+    pub healthy: bool,
+    /// The HTTP status it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// How long the check took, through the gateway.
+    pub latency_ms: f64,
+    /// Why it is not healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The deployment's health: its predictor's `/health`, through the gateway (which answers for
+/// a deployment at zero from its status, and wakes it).
+#[utoipa::path(get, path = "/api/deployments/{owner}/{deployment}/health", tag = "ultralytics",
+    params(("owner" = String, Path), ("deployment" = String, Path)),
+    responses((status = 200, body = Health), (status = 404, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn health(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path((owner, deployment)): Path<(String, String)>,
+) -> Result<Json<Health>, ApiError> {
+    principal.require(Action::Read)?;
+    let ns = own_workspace(&principal, &owner)?.to_string();
+    let md = find(&api, &ns, &deployment)?;
+    let Some(gateway) = api.gateway.clone() else {
+        return Err(ApiError::NotImplemented { what: "health checks without the gateway".into() });
+    };
+    // The caller's own key goes with it: the gateway checks it again, then removes it.
+    let mut req = axum::http::Request::builder().method("GET").uri(format!("/{ns}/{}/health", md.name_any()));
+    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+        req = req.header(axum::http::header::AUTHORIZATION, auth);
+    }
+    let req = req.body(Body::empty()).map_err(ApiError::internal)?;
+    let t0 = std::time::Instant::now();
+    let Ok(resp) = gateway.oneshot(req).await;
+    let latency_ms = (t0.elapsed().as_secs_f64() * 1000.0 * 10.0).round() / 10.0;
+    let status = resp.status();
+    let error = if status.is_success() {
+        None
+    } else {
+        let body = axum::body::to_bytes(resp.into_body(), 64 << 10).await.unwrap_or_default();
+        Some(String::from_utf8_lossy(&body).chars().take(500).collect())
+    };
+    Ok(Json(Health { healthy: status == StatusCode::OK, status: Some(status.as_u16()), latency_ms, error }))
+}
+
+/// `GET .../logs` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Comma-separated severities to keep: `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`.
+    pub severity: Option<String>,
+    /// Entries per page, 1 to 200; default 50.
+    pub limit: Option<usize>,
+    /// `nextPageToken` of the previous page.
+    pub page_token: Option<String>,
+}
+
+/// A log entry.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    /// When it was logged (RFC 3339).
+    pub timestamp: String,
+    /// `DEBUG`, `INFO`, `WARNING`, `ERROR`, or `DEFAULT` for a line that names no level.
+    pub severity: String,
+    /// `[<pod>] <line>`.
+    pub message: String,
+}
+
+/// `GET .../logs` response.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Logs {
+    /// Newest first.
+    pub entries: Vec<LogEntry>,
+    /// Pass as `pageToken` for the next, older page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+/// How far back deployment logs go.
+const LOG_WINDOW_HOURS: i64 = 24;
+/// Most lines read from the pods for one page.
+const LOG_LINES_READ: usize = 10_000;
+
+/// One page of the log (pure): `entries` filtered by `severity`, after the entry whose id is
+/// `token`, at most `limit`.
+pub fn logs_page(
+    entries: Vec<crate::podlogs::LogEntry>,
+    severity: Option<&str>,
+    limit: usize,
+    token: Option<&str>,
+) -> Result<Logs, ApiError> {
+    let wanted: Option<Vec<String>> = severity.map(|s| s.split(',').map(|x| x.trim().to_ascii_uppercase()).collect());
+    if let Some(w) = &wanted
+        && let Some(bad) = w.iter().find(|x| !["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"].contains(&x.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            "severity",
+            format!("'{bad}' is not DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ));
+    }
+    let kept: Vec<_> =
+        entries.into_iter().filter(|e| wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == e.severity))).collect();
+    let start = match token {
+        None => 0,
+        Some(t) => kept.iter().position(|e| e.id == t).map(|i| i + 1).ok_or_else(|| {
+            ApiError::bad_request("pageToken", "not a token of this log (or its line has left the 24-hour window)")
+        })?,
+    };
+    let page: Vec<_> = kept.iter().skip(start).take(limit).collect();
+    let more = kept.len() > start + page.len();
+    Ok(Logs {
+        next_page_token: if more { page.last().map(|e| e.id.clone()) } else { None },
+        entries: page
+            .into_iter()
+            .map(|e| LogEntry { timestamp: e.timestamp(), severity: e.severity.into(), message: e.message.clone() })
+            .collect(),
+    })
+}
+
+/// The predictor pods' log lines of the last 24 hours, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/deployments/{owner}/{deployment}/logs", tag = "ultralytics",
+    params(("owner" = String, Path), ("deployment" = String, Path), LogsQuery),
+    responses((status = 200, body = Logs), (status = 400, body = crate::api::error::ErrorBody),
+        (status = 404, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn logs(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, deployment)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<Logs>, ApiError> {
+    principal.require(Action::Read)?;
+    let ns = own_workspace(&principal, &owner)?.to_string();
+    let md = find(&api, &ns, &deployment)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("limit", format!("must be from 1 to 200, not {limit}")));
+    }
+    let now = chrono::Utc::now();
+    let from = now - chrono::Duration::hours(LOG_WINDOW_HOURS);
+    let pods = api.cluster.predictor_logs(&ns, &md.name_any(), Some(LOG_WINDOW_HOURS * 3600)).await?;
+    let entries = crate::podlogs::entries(&pods, from, now, LOG_LINES_READ);
+    Ok(Json(logs_page(entries, q.severity.as_deref(), limit, q.page_token.as_deref())?))
 }
 
 /// `POST /api/deployments/{owner}` body.

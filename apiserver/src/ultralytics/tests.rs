@@ -395,6 +395,80 @@ async fn a_prediction_is_handed_to_the_gateway_under_the_deployment_path() {
 }
 
 #[tokio::test]
+async fn health_is_the_predictors_through_the_gateway_and_logs_come_in_pages() {
+    let f = fixture();
+    f.cluster.put_deployment(model_deployment("team-a", "shapes", DeploymentPhase::Ready, 1));
+    f.cluster.put_deployment(model_deployment("team-a", "sick", DeploymentPhase::Ready, 1));
+    // A stand-in gateway: `shapes` is healthy, `sick` is not; both need the caller's key.
+    let gateway = Router::new().route(
+        "/{ns}/{name}/health",
+        axum::routing::get(|axum::extract::Path((_, name)): axum::extract::Path<(String, String)>, h: axum::http::HeaderMap| async move {
+            match (h.contains_key(header::AUTHORIZATION), name.as_str()) {
+                (false, _) => (StatusCode::UNAUTHORIZED, "no key".to_string()),
+                (true, "shapes") => (StatusCode::OK, r#"{"status":"UP"}"#.to_string()),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "model not loaded".to_string()),
+            }
+        }),
+    );
+    let (api, ul) = (api_with(&f.a_editor, "team-a"), state(&f.cluster, Some(gateway), None));
+    let app = api.router_with(ul.router(&api));
+    let (s, h) = call(&app, "GET", "/api/deployments/team-a/shapes/health", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    assert_eq!((h["healthy"].as_bool(), h["status"].as_u64()), (Some(true), Some(200)), "{h}");
+    assert!(h["latencyMs"].is_number() && h.get("error").is_none(), "{h}");
+    let (_, h) = call(&app, "GET", "/api/deployments/team-a/sick/health", &f.a_editor, None).await;
+    assert_eq!(
+        (h["healthy"].as_bool(), h["status"].as_u64(), h["error"].as_str()),
+        (Some(false), Some(503), Some("model not loaded"))
+    );
+    let (s, _) = call(&app, "GET", "/api/deployments/team-b/shapes/health", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another workspace");
+
+    let now = Utc::now();
+    let at = |secs: i64| (now - chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let lines: String =
+        (0..5).map(|i| format!("{} {} line {i}\n", at(100 - i), if i % 2 == 0 { "INFO" } else { "ERROR" })).collect();
+    let old = format!("{} INFO two days ago\n", at(2 * 86400));
+    f.cluster.set_predictor_logs(
+        "team-a",
+        "shapes",
+        vec![crate::ultralytics::cluster::PodLog { pod: "shapes-1".into(), text: lines + &old }],
+    );
+    let (s, page) = call(&app, "GET", "/api/deployments/team-a/shapes/logs?limit=2", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let messages = |p: &Value| {
+        p["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(messages(&page), ["[shapes-1] INFO line 4", "[shapes-1] ERROR line 3"]);
+    let token = page["nextPageToken"].as_str().expect("a next page");
+    let (_, page2) =
+        call(&app, "GET", &format!("/api/deployments/team-a/shapes/logs?limit=2&pageToken={token}"), &f.a_editor, None)
+            .await;
+    assert_eq!(messages(&page2), ["[shapes-1] INFO line 2", "[shapes-1] ERROR line 1"]);
+    let token = page2["nextPageToken"].as_str().expect("a third page");
+    let (_, page3) =
+        call(&app, "GET", &format!("/api/deployments/team-a/shapes/logs?limit=2&pageToken={token}"), &f.a_editor, None)
+            .await;
+    assert_eq!(messages(&page3), ["[shapes-1] INFO line 0"], "the two-day-old line is outside the window");
+    assert!(page3.get("nextPageToken").is_none());
+    let (_, errors) =
+        call(&app, "GET", "/api/deployments/team-a/shapes/logs?severity=error,critical", &f.a_editor, None).await;
+    assert_eq!(messages(&errors), ["[shapes-1] ERROR line 3", "[shapes-1] ERROR line 1"]);
+    assert_eq!(errors["entries"][0]["severity"], "ERROR");
+    for bad in ["severity=LOUD", "limit=0", "limit=201", "pageToken=nope"] {
+        let (s, e) = call(&app, "GET", &format!("/api/deployments/team-a/shapes/logs?{bad}"), &f.a_editor, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {e}");
+    }
+    let (s, _) = call(&app, "GET", "/api/deployments/team-b/shapes/logs", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another workspace");
+}
+
+#[tokio::test]
 async fn routes_the_platform_has_and_ocellus_does_not_answer_in_the_error_shape() {
     let f = fixture();
     for (method, uri, status) in [

@@ -1,23 +1,30 @@
-//! Deployment logs in Roboflow's `/get_log` shape, from the predictor pods' logs (pure).
+//! A deployment's log lines, from its predictor pods' logs as the Kubernetes API returns them
+//! with `timestamps=true` (pure); each API shows them in its own shape.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::ultralytics::cluster::PodLog;
 
-/// One log entry.
-#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+/// One log line.
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogEntry {
     /// Stable id of the line (pod, time and text hashed), by which clients drop repeats when
     /// they follow.
-    pub insert_id: String,
-    /// The line, prefixed with the pod's name.
-    pub payload: String,
+    pub id: String,
+    /// The line, prefixed with the pod's name: `[<pod>] <line>`.
+    pub message: String,
     /// `ERROR`, `WARNING`, `INFO` or `DEBUG`, from the line's level; `DEFAULT` when it names none.
-    pub severity: String,
-    /// When it was logged (RFC 3339, microseconds, `+00:00`).
-    pub timestamp: String,
+    pub severity: &'static str,
+    /// When it was logged.
+    pub time: DateTime<Utc>,
+}
+
+impl LogEntry {
+    /// The time in RFC 3339 with microseconds and `+00:00` (Python's `fromisoformat` reads it).
+    pub fn timestamp(&self) -> String {
+        self.time.to_rfc3339_opts(SecondsFormat::Micros, false)
+    }
 }
 
 /// The level a log line names (the predictor logs `tracing`'s `ERROR`/`WARN`/`INFO`/`DEBUG`
@@ -37,7 +44,7 @@ fn severity(line: &str) -> &'static str {
 /// Entries of `logs` logged in `from..=to`, newest first, at most `max`. Lines whose time
 /// prefix does not parse are skipped (the API server always sends one with `timestamps`).
 pub fn entries(logs: &[PodLog], from: DateTime<Utc>, to: DateTime<Utc>, max: usize) -> Vec<LogEntry> {
-    let mut all: Vec<(DateTime<Utc>, LogEntry)> = Vec::new();
+    let mut all: Vec<LogEntry> = Vec::new();
     for log in logs {
         for line in log.text.lines() {
             let Some((ts, text)) = line.split_once(' ') else { continue };
@@ -47,19 +54,17 @@ pub fn entries(logs: &[PodLog], from: DateTime<Utc>, to: DateTime<Utc>, max: usi
                 continue;
             }
             let id = Sha256::digest(format!("{}\n{ts}\n{text}", log.pod).as_bytes());
-            all.push((
-                t,
-                LogEntry {
-                    insert_id: hex::encode(&id[..8]),
-                    payload: format!("[{}] {text}", log.pod),
-                    severity: severity(text).into(),
-                    timestamp: t.to_rfc3339_opts(SecondsFormat::Micros, false),
-                },
-            ));
+            all.push(LogEntry {
+                id: hex::encode(&id[..8]),
+                message: format!("[{}] {text}", log.pod),
+                severity: severity(text),
+                time: t,
+            });
         }
     }
-    all.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.insert_id.cmp(&b.1.insert_id)));
-    all.into_iter().take(max).map(|(_, e)| e).collect()
+    all.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.id.cmp(&b.id)));
+    all.truncate(max);
+    all
 }
 
 #[cfg(test)]
@@ -86,7 +91,7 @@ mod tests {
             },
         ];
         let e = entries(&logs, t("2026-12-02T04:59:00Z"), t("2026-12-02T05:30:00Z"), 50);
-        let got: Vec<_> = e.iter().map(|e| (e.severity.as_str(), e.payload.as_str())).collect();
+        let got: Vec<_> = e.iter().map(|e| (e.severity, e.message.as_str())).collect();
         assert_eq!(
             got,
             [
@@ -95,10 +100,9 @@ mod tests {
                 ("INFO", "[p-1] 2026-12-02T05:00:00Z  INFO ocellus_predictor: model loaded"),
             ]
         );
-        assert_eq!(e[0].timestamp, "2026-12-02T05:00:02.500000+00:00");
-        // Python's datetime.fromisoformat reads it (the CLI does).
-        assert!(e.iter().all(|x| x.insert_id.len() == 16));
+        assert_eq!(e[0].timestamp(), "2026-12-02T05:00:02.500000+00:00");
+        assert!(e.iter().all(|x| x.id.len() == 16));
         assert_eq!(entries(&logs, t("2026-12-02T04:59:00Z"), t("2026-12-02T05:30:00Z"), 50), e, "ids are stable");
-        assert_eq!(entries(&logs, t("2026-12-02T04:59:00Z"), t("2026-12-02T07:00:00Z"), 1)[0].payload, "[p-2] later");
+        assert_eq!(entries(&logs, t("2026-12-02T04:59:00Z"), t("2026-12-02T07:00:00Z"), 1)[0].message, "[p-2] later");
     }
 }
