@@ -87,6 +87,9 @@ pub enum ApiError {
         /// How long until one more request is allowed.
         retry_after: Duration,
     },
+    /// A method no API has on this path (`TRACE`, `CONNECT`, ...). 405.
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
     /// A documented route or option that Ocellus does not implement (yet). 501.
     #[error("{what} is not implemented by Ocellus")]
     NotImplemented {
@@ -120,7 +123,7 @@ pub struct ErrorBody {
     pub error: String,
     /// Machine-readable code from the reference's table (`UNAUTHORIZED`, `FORBIDDEN`,
     /// `NOT_FOUND`, `VALIDATION_ERROR`, `RATE_LIMITED`, `INTERNAL_ERROR`), plus `CONFLICT`,
-    /// `PAYLOAD_TOO_LARGE`, `NOT_IMPLEMENTED` and `SERVICE_UNAVAILABLE` for the statuses the
+    /// `PAYLOAD_TOO_LARGE`, `METHOD_NOT_ALLOWED`, `NOT_IMPLEMENTED` and `SERVICE_UNAVAILABLE` for the statuses the
     /// table leaves out.
     #[schema(example = "NOT_FOUND")]
     pub code: String,
@@ -161,6 +164,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -177,6 +181,7 @@ impl ApiError {
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
+            ApiError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             ApiError::NotImplemented { .. } => "NOT_IMPLEMENTED",
             ApiError::Unavailable { .. } => "SERVICE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL_ERROR",
@@ -313,6 +318,7 @@ mod tests {
             (ApiError::PayloadTooLarge { limit: 10 }, 413, "PAYLOAD_TOO_LARGE"),
             (ApiError::RateLimited { retry_after: Duration::from_millis(1500) }, 429, "RATE_LIMITED"),
             (ApiError::NotImplemented { what: "clone".into() }, 501, "NOT_IMPLEMENTED"),
+            (ApiError::MethodNotAllowed("TRACE".into()), 405, "METHOD_NOT_ALLOWED"),
             (ApiError::Unavailable { what: "keys".into(), retry_after: Duration::ZERO }, 503, "SERVICE_UNAVAILABLE"),
             (ApiError::internal("boom"), 500, "INTERNAL_ERROR"),
         ];

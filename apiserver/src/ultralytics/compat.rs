@@ -1,5 +1,6 @@
 //! What the Ultralytics Platform serves and Ocellus does not: every other `/api/...` request is
-//! answered in the API's error shape, never with an empty 404 or 405. [`TABLE`] is the
+//! answered in the API's error shape (501 for the platform's routes, 405 for methods no one has
+//! there, 404 otherwise), never empty. [`TABLE`] is the
 //! compatibility table (docs/ultralytics-compatibility.md lists it; a test keeps them equal).
 
 use axum::extract::Request;
@@ -48,6 +49,13 @@ pub const SUFFIXES: &[(&str, &str, Gap)] = &[
 pub fn answer(method: &str, path: &str) -> ApiError {
     let rest = path.strip_prefix("/api/").unwrap_or(path);
     let family = rest.split('/').next().unwrap_or_default();
+    // The platform's methods are GET, POST, PATCH and DELETE (PUT only for workflows and image
+    // labels): any other is not a gap, just not allowed.
+    let platform_method = ["GET", "HEAD", "POST", "PATCH", "DELETE"].contains(&method)
+        || (method == "PUT" && ["workflows", "images"].contains(&family));
+    if !platform_method {
+        return ApiError::MethodNotAllowed(method.into());
+    }
     let gap = TABLE.iter().find(|(prefix, _, _)| *prefix == family).map(|(_, what, gap)| (*what, *gap)).or_else(|| {
         let trimmed = rest.trim_end_matches('/');
         SUFFIXES
@@ -60,11 +68,13 @@ pub fn answer(method: &str, path: &str) -> ApiError {
         Some((what, Gap::NotOffered)) => {
             ApiError::NotImplemented { what: format!("{method} {path}: {what} (a hosted-platform feature)") }
         }
-        // A served path with another method: say which methods are (e.g. creating deployments).
-        None if ["datasets", "deployments", "upload", "account", "api-keys", "projects", "models"]
-            .contains(&family) =>
-        {
-            ApiError::NotImplemented { what: format!("{method} {path}") }
+        // Updating a dataset: the platform's PATCH, planned.
+        None if family == "datasets" && method == "PATCH" => {
+            ApiError::NotImplemented { what: format!("{method} {path}: dataset updates (planned)") }
+        }
+        // A served path with a method neither the platform nor Ocellus has there.
+        None if ["datasets", "deployments", "upload", "account", "api-keys"].contains(&family) => {
+            ApiError::MethodNotAllowed(method.into())
         }
         None => ApiError::NotFound(format!("route {method} {path}")),
     }
@@ -88,8 +98,10 @@ mod tests {
         assert!(msg("GET", "/api/billing/transactions").contains("hosted-platform"));
         assert!(msg("GET", "/api/datasets/team-a/shapes/class-stats").contains("class statistics (planned)"));
         assert!(msg("GET", "/api/deployments/team-a/d/metrics").contains("deployment metrics (planned)"));
-        assert!(matches!(answer("POST", "/api/deployments/team-a"), ApiError::NotImplemented { .. }));
+        assert!(matches!(answer("PATCH", "/api/datasets/team-a/d"), ApiError::NotImplemented { .. }));
+        assert!(matches!(answer("PUT", "/api/deployments/team-a/d"), ApiError::MethodNotAllowed(_)));
         assert!(matches!(answer("GET", "/api/no-such-thing"), ApiError::NotFound(_)));
+        assert!(matches!(answer("TRACE", "/api/datasets"), ApiError::MethodNotAllowed(_)));
     }
 }
 
