@@ -488,6 +488,15 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
     assert_eq!(sdk["one"]["serviceUrl"], format!("{}/{ns}/shapes", gw.url()));
     assert_eq!(sdk["predicted"]["metadata"]["task"], "detect", "{sdk}");
     assert_eq!(sdk["predicted"]["images"][0]["results"], direct["images"][0]["results"], "{sdk}");
+    assert_eq!(sdk["health"]["healthy"], true, "{sdk}");
+    let (newest, older) = (&sdk["logs"]["entries"], &sdk["older"]["entries"]);
+    assert_eq!(newest.as_array().map(Vec::len), Some(3), "the predictor pod's lines: {sdk}");
+    assert!(newest[0]["message"].as_str().is_some_and(|m| m.starts_with("[shapes-")), "{sdk}");
+    assert!(
+        older.as_array().is_some_and(|o| !o.is_empty())
+            && older[0]["timestamp"].as_str() <= newest[2]["timestamp"].as_str(),
+        "{sdk}"
+    );
     roboflow(client, &gw, &key, ns, jpeg, &direct).await;
     let started = |p: &Pod| {
         let s = p.status.clone()?;
@@ -1133,7 +1142,10 @@ names = [d["deployment"] for d in p.deployments.list(owner)["deployments"]]
 one = p.deployments.retrieve(owner, "shapes")["deployment"]
 with open(sys.argv[1], "rb") as f:
     predicted = p.deployments.predict(owner, "shapes", body={"file": f, "conf": 0.01}, timeout=300)
-print(json.dumps({"names": names, "one": one, "predicted": predicted}))
+health = p.deployments.health(owner, "shapes")
+logs = p.deployments.logs(owner, "shapes", limit=3)
+older = p.deployments.logs(owner, "shapes", limit=3, page_token=logs["nextPageToken"])
+print(json.dumps({"names": names, "one": one, "predicted": predicted, "health": health, "logs": logs, "older": older}))
 "#;
 
 fn ultralytics_sdk_predict(gw: &Process, key: &str, jpeg: &[u8]) -> serde_json::Value {
