@@ -2,7 +2,6 @@
 //! body, plain-text errors, machine types from nodes, logs, and tenancy.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::body::Body;
@@ -44,24 +43,7 @@ fn fixture() -> Fixture {
     )
     .expect("state");
     let cluster = Arc::new(MemoryCluster::default());
-    let ul = UltralyticsApi {
-        datasets: cluster.store(),
-        deployments: cluster.deployment_store(),
-        records: cluster.record_store(),
-        training_jobs: cluster.training_job_store(),
-        exports: cluster.export_store(),
-        nodes: cluster.node_store(),
-        gateway: None,
-        recent: Arc::default(),
-        recent_records: Arc::default(),
-        recent_jobs: Arc::default(),
-        recent_exports: Arc::default(),
-        recent_deployments: Arc::default(),
-        cluster: cluster.clone(),
-        uploads: None,
-        platform_bucket: None,
-        synced: Arc::new(AtomicBool::new(true)),
-    };
+    let ul = UltralyticsApi::in_memory(&cluster, None, None);
     // Both surfaces, as the binary merges them: the Ultralytics catch-all must not take ours.
     let app = api.router_with(ul.router(&api).merge(super::router(&ul, &api)));
     let [a, av, b] = keys.map(|k| k.expose().to_string());
@@ -87,6 +69,12 @@ async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> (St
         assert!(ct.starts_with("text/plain"), "errors are plain text: {method} {uri} {ct} {text}");
     }
     (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+}
+
+/// `/add` of `name` (the export of that name, on `cpu`) with `key` in the body: the status.
+async fn add(app: &Router, key: &str, name: &str) -> StatusCode {
+    let body = json!({"api_key": key, "deployment_name": name, "machine_type": "cpu"});
+    call(app, "POST", "/api/roboflow/add", Some(body)).await.0
 }
 
 async fn put_export(c: &MemoryCluster, ns: &str, name: &str, tj: &str, phase: ExportPhase) {
@@ -268,32 +256,11 @@ async fn keys_are_checked_in_every_form_and_bound_to_their_namespace() {
     let wrong = PlaintextKey::from_bytes([9; 20]);
     let (s, _, _) = call(&f.app, "GET", &format!("/api/roboflow/list?api_key={}", wrong.expose()), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _, _) = call(
-        &f.app,
-        "POST",
-        "/api/roboflow/add",
-        Some(json!({"api_key": f.a_viewer, "deployment_name": "shapes-onnx", "machine_type": "cpu"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "a viewer cannot add");
+    assert_eq!(add(&f.app, &f.a_viewer, "shapes-onnx").await, StatusCode::FORBIDDEN, "a viewer cannot add");
 
     // Team B cannot serve, see, pause or delete team A's things.
-    let (s, _, _) = call(
-        &f.app,
-        "POST",
-        "/api/roboflow/add",
-        Some(json!({"api_key": f.b, "deployment_name": "shapes-onnx", "machine_type": "cpu"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "team A's export is not team B's");
-    let (s, _, _) = call(
-        &f.app,
-        "POST",
-        "/api/roboflow/add",
-        Some(json!({"api_key": f.a, "deployment_name": "shapes-onnx", "machine_type": "cpu"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(add(&f.app, &f.b, "shapes-onnx").await, StatusCode::NOT_FOUND, "team A's export is not team B's");
+    assert_eq!(add(&f.app, &f.a, "shapes-onnx").await, StatusCode::OK);
     let (_, list, _) = call(&f.app, "GET", &format!("/api/roboflow/list?api_key={}", f.b), None).await;
     assert_eq!(list, json!([]));
     for (m, uri, body) in [
@@ -321,14 +288,7 @@ async fn keys_are_checked_in_every_form_and_bound_to_their_namespace() {
 async fn logs_come_from_the_predictor_pods_newest_first() {
     let f = fixture();
     put_export(&f.cluster, "team-a", "shapes-onnx", "x", ExportPhase::Succeeded).await;
-    let (s, _, _) = call(
-        &f.app,
-        "POST",
-        "/api/roboflow/add",
-        Some(json!({"api_key": f.a, "deployment_name": "shapes-onnx", "machine_type": "cpu"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(add(&f.app, &f.a, "shapes-onnx").await, StatusCode::OK);
     let now = Utc::now();
     let at = |secs: i64| (now - chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     f.cluster.set_predictor_logs(

@@ -104,6 +104,29 @@ impl UltralyticsApi {
         api.protect(routes, Flavor::Ultralytics)
     }
 
+    /// The routes' state over a [`MemoryCluster`] (for tests without a cluster), synced, with
+    /// `gateway` for predictions and `platform_bucket` for upload checks.
+    pub fn in_memory(cluster: &Arc<MemoryCluster>, gateway: Option<Router>, platform_bucket: Option<String>) -> Self {
+        UltralyticsApi {
+            datasets: cluster.store(),
+            deployments: cluster.deployment_store(),
+            records: cluster.record_store(),
+            training_jobs: cluster.training_job_store(),
+            exports: cluster.export_store(),
+            nodes: cluster.node_store(),
+            gateway,
+            recent: Arc::default(),
+            recent_records: Arc::default(),
+            recent_jobs: Arc::default(),
+            recent_exports: Arc::default(),
+            recent_deployments: Arc::default(),
+            cluster: cluster.clone(),
+            uploads: None,
+            platform_bucket,
+            synced: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
     /// A Dataset as this replica last saw it: its own write when the cache is older.
     pub fn dataset(&self, namespace: &str, name: &str) -> Option<Arc<Dataset>> {
         let cached = self.datasets.get(&reflector::ObjectRef::new(name).within(namespace));

@@ -25,24 +25,7 @@ pub(super) struct Fixture {
 
 /// The routes' state over `cluster`, with `gateway` for predictions.
 fn state(cluster: &Arc<MemoryCluster>, gateway: Option<Router>, platform_bucket: Option<&str>) -> UltralyticsApi {
-    UltralyticsApi {
-        datasets: cluster.store(),
-        deployments: cluster.deployment_store(),
-        records: cluster.record_store(),
-        training_jobs: cluster.training_job_store(),
-        exports: cluster.export_store(),
-        nodes: cluster.node_store(),
-        gateway,
-        recent: Arc::default(),
-        recent_records: Arc::default(),
-        recent_jobs: Arc::default(),
-        recent_exports: Arc::default(),
-        recent_deployments: Arc::default(),
-        cluster: cluster.clone(),
-        uploads: None,
-        platform_bucket: platform_bucket.map(String::from),
-        synced: Arc::new(AtomicBool::new(true)),
-    }
+    UltralyticsApi::in_memory(cluster, gateway, platform_bucket.map(String::from))
 }
 
 /// The shared API state with one editor key of `ns`.
