@@ -97,9 +97,10 @@ setup_cluster() {
 # Python tools the tests run for real: moto's S3 server, pycocotools (the mAP reference) and
 # onnxruntime (runs exported ONNX; its libonnxruntime.so is what the predictor loads), and the
 # vendors' real clients of the REST API tests: the Ultralytics Platform SDK, the Roboflow CLI
-# (dedicated deployments) and Roboflow's inference SDK (predictions through a deployment); and
-# schemathesis, which fuzzes the apiserver from its OpenAPI document.
-PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11 onnxruntime==1.32.0 ultralytics-platform==0.1.99 roboflow==1.7.3 inference-sdk==1.8.3 schemathesis==4.32.5"
+# (dedicated deployments), Roboflow's inference SDK (predictions through a deployment) and
+# label-studio-sdk (ML backends); and schemathesis, which fuzzes the apiserver from its OpenAPI
+# document.
+PY_TOOLS="moto[server]==5.2.5 pycocotools==2.0.11 onnxruntime==1.32.0 ultralytics-platform==0.1.99 roboflow==1.7.3 inference-sdk==1.8.3 label-studio-sdk==2.1.2 schemathesis==4.32.5"
 
 setup_python() {
   local v; v=$(venv)

@@ -7,8 +7,10 @@
 
 pub mod api;
 pub mod gateway;
+pub mod label_studio;
 pub mod podlogs;
 pub mod roboflow;
+pub mod serving;
 pub mod ultralytics;
 
 use axum::Router;
@@ -36,9 +38,10 @@ pub fn app_with_api(state: AppState, api: api::ApiState) -> Router {
     app(state).merge(api.router())
 }
 
-/// [`app_with_api`] plus the Ultralytics Platform routes ([`ultralytics`]) and Roboflow's
-/// dedicated deployments ([`roboflow`]) over the same cluster caches.
+/// [`app_with_api`] plus the Ultralytics Platform routes ([`ultralytics`]), Roboflow's
+/// dedicated deployments ([`roboflow`]) and Label Studio's ML backends ([`label_studio`]) over
+/// the same cluster caches.
 pub fn app_with_apis(state: AppState, api: api::ApiState, ul: ultralytics::UltralyticsApi) -> Router {
-    let protected = ul.router(&api).merge(roboflow::router(&ul, &api));
+    let protected = ul.router(&api).merge(roboflow::router(&ul, &api)).merge(label_studio::router(&ul, &api));
     app(state).merge(api.router_with(protected))
 }

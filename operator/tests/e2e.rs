@@ -498,6 +498,7 @@ async fn serving(c: &LocalCluster, client: &Client, ns: &str, serve: Serve<'_>) 
         "{sdk}"
     );
     roboflow(client, &gw, &key, ns, jpeg, &direct).await;
+    label_studio_ml(&gw, &key, ns);
     let started = |p: &Pod| {
         let s = p.status.clone()?;
         let running = s.container_statuses?.first()?.state.clone()?.running?.started_at?.0;
@@ -866,6 +867,49 @@ async fn roboflow(client: &Client, gw: &Process, key: &str, ns: &str, jpeg: &[u8
         mds.get_opt("shapes-yolov8n-onnx").await.ok()?.is_none().then_some(())
     })
     .await;
+}
+
+/// Label Studio's `/api/ml` through `label-studio-sdk` given the apiserver as its base URL: the
+/// `shapes` deployment is an ML backend; a project connects to it; its version is listed.
+const LABEL_STUDIO_SCRIPT: &str = r#"
+import json, os
+from label_studio_sdk.client import LabelStudio
+
+ls = LabelStudio(base_url=os.environ["LABEL_STUDIO_URL"], api_key=os.environ["LABEL_STUDIO_API_KEY"])
+backends = ls.ml.list()
+shapes = next(b for b in backends if b.url.endswith("/shapes"))
+connected = ls.ml.update(id=shapes.id, project=1, title="Shapes detector", is_interactive=False)
+again = ls.ml.get(id=shapes.id)
+for_project = ls.ml.list(project=1)
+versions = ls.ml.list_model_versions(id=shapes.id)
+print(json.dumps({"urls": [b.url for b in backends], "state": shapes.state, "connected": connected.project,
+                  "title": again.title, "for_project": [b.id for b in for_project], "id": shapes.id,
+                  "versions": versions.versions}))
+"#;
+
+fn label_studio_ml(gw: &Process, key: &str, ns: &str) {
+    let out = std::process::Command::new(ocellus_tests::require_tool("ocellus-python"))
+        .args(["-c", LABEL_STUDIO_SCRIPT])
+        .env("LABEL_STUDIO_URL", gw.url())
+        .env("LABEL_STUDIO_API_KEY", key)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Label Studio script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
+    assert!(
+        v["urls"].as_array().is_some_and(|u| u.contains(&serde_json::json!(format!("{}/{ns}/shapes", gw.url())))),
+        "{v}"
+    );
+    assert_eq!(v["state"], "CO", "{v}");
+    assert_eq!((v["connected"].as_i64(), v["title"].as_str()), (Some(1), Some("Shapes detector")), "{v}");
+    assert_eq!(v["for_project"], serde_json::json!([v["id"]]), "{v}");
+    assert_eq!(v["versions"].as_array().map(Vec::len), Some(1), "{v}");
 }
 
 /// A TrainingJob suspended while it trains and resumed: the attempt's pod saves `last` on SIGTERM

@@ -141,6 +141,8 @@ pub enum Flavor {
     /// Roboflow dedicated deployments: the message as plain text, with the status code (their
     /// reference: "otherwise, the response body contains an error message as a string").
     Roboflow,
+    /// Label Studio (Django REST framework): `{"detail": "...", "status_code": 404}`.
+    LabelStudio,
 }
 
 impl ApiError {
@@ -228,6 +230,10 @@ impl ApiError {
             }
             Flavor::Roboflow => {
                 (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], self.to_string()).into_response()
+            }
+            Flavor::LabelStudio => {
+                (status, Json(serde_json::json!({"detail": self.to_string(), "status_code": status.as_u16()})))
+                    .into_response()
             }
         };
         if let Some(s) = self.retry_after() {

@@ -82,6 +82,13 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::roboflow::resume,
         crate::roboflow::delete,
         crate::roboflow::machine_types,
+        crate::label_studio::list,
+        crate::label_studio::create,
+        crate::label_studio::retrieve,
+        crate::label_studio::update,
+        crate::label_studio::delete,
+        crate::label_studio::versions,
+        crate::label_studio::train,
     ),
     components(schemas(ErrorBody, Role)),
     modifiers(&SecuritySchemes),
@@ -90,7 +97,9 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         (name = "api-keys", description = "API keys of the caller's namespace (admin role)"),
         (name = "ultralytics", description = "The Ultralytics Platform API: the workspace (`owner`) is the key's namespace"),
         (name = "roboflow", description = "Roboflow dedicated deployments (`DEDICATED_DEPLOYMENT_URL` = `<apiserver>/api/roboflow`): \
-            ModelDeployments of the key's namespace; the key as `api_key` in the query or JSON body; errors are plain text")
+            ModelDeployments of the key's namespace; the key as `api_key` in the query or JSON body; errors are plain text"),
+        (name = "label-studio", description = "Label Studio's ML backends (`/api/ml`, `Authorization: Token <key>`): \
+            the ModelDeployments of the key's namespace; errors are `{\"detail\": \"...\"}`")
     )
 )]
 pub struct ApiDoc;

@@ -31,10 +31,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use kube::ResourceExt;
-use ocellus_crds::{
-    CheckpointKind, DeploymentPhase, ExportFormat, ExportPhase, LocalRef, ModelDeployment, ModelDeploymentSpec,
-    ModelSource, Scaling, TrainingJobCheckpointRef,
-};
+use ocellus_crds::{DeploymentPhase, ModelDeployment, ModelDeploymentSpec, ModelSource, Scaling};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -263,46 +260,6 @@ pub struct AddDeployment {
     pub model: Option<String>,
 }
 
-/// What a deployment named `name` serves: the Export of that name, else the TrainingJob of that
-/// name through its newest succeeded ONNX Export, else that TrainingJob's `best` weights.
-pub fn model_source(api: &UltralyticsApi, ns: &str, name: &str) -> Result<ModelSource, ApiError> {
-    let source = |export: Option<String>, training_job: Option<String>| ModelSource {
-        export: export.map(|name| LocalRef { name }),
-        training_job: training_job.map(|name| TrainingJobCheckpointRef { name, checkpoint: CheckpointKind::Best }),
-        uri: None,
-        format: None,
-        sha256: None,
-        class_names: vec![],
-    };
-    let exports = api.exports_in(ns);
-    if let Some(e) = exports.iter().find(|e| e.name_any() == name) {
-        if let Some(st) = e.status.as_ref().filter(|s| s.phase == ExportPhase::Failed) {
-            let why = st.common.conditions.iter().find_map(|c| c.message.clone()).unwrap_or_default();
-            return Err(ApiError::Conflict(format!("export '{name}' failed, there is nothing to serve: {why}")));
-        }
-        return Ok(source(Some(name.into()), None));
-    }
-    if api.training_job(ns, name).is_none() {
-        return Err(ApiError::NotFound(format!(
-            "an Export or TrainingJob named '{name}' in workspace '{ns}' (a deployment serves the one its \
-             deployment_name, or model, names)"
-        )));
-    }
-    let mut onnx: Vec<_> = exports
-        .iter()
-        .filter(|e| {
-            e.spec.source.training_job.as_ref().is_some_and(|t| t.name == name)
-                && e.spec.format == ExportFormat::Onnx
-                && e.status.as_ref().is_some_and(|s| s.phase == ExportPhase::Succeeded)
-        })
-        .collect();
-    onnx.sort_by_key(|e| std::cmp::Reverse(e.metadata.creation_timestamp.as_ref().map(|t| t.0)));
-    Ok(match onnx.first() {
-        Some(e) => source(Some(e.name_any()), None),
-        None => source(None, Some(name.into())),
-    })
-}
-
 /// The checked name, duration and replica bounds of an `/add` (pure).
 fn check(body: &AddDeployment) -> Result<(f64, i32, i32), ApiError> {
     let name = &body.deployment_name;
@@ -392,7 +349,7 @@ pub async fn add(
     let machine = machines::find(&types, wanted).ok_or_else(|| {
         ApiError::bad_request("machine_type", format!("'{wanted}' is not offered here: one of {}", names(&types)))
     })?;
-    let source = model_source(&api, &ns, body.model.as_deref().unwrap_or(&body.deployment_name))?;
+    let source = crate::serving::model_source(&api, &ns, body.model.as_deref().unwrap_or(&body.deployment_name))?;
     let md = build(&ns, &body, machine, source, &principal)?;
     let created = api.cluster.create_deployment(md).await?;
     let out = deployment_of(&created, &origin(&headers));
