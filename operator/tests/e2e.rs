@@ -1020,7 +1020,17 @@ try:
     raise SystemExit("another workspace's dataset was answered")
 except APIError as e:
     assert getattr(e, "status_code", None) == 404, e
-print(json.dumps({"owner": owner, "dataset": d, "broken": b, "list": p.datasets.list(owner)}))
+# What `ultralytics` downloads for data="ul://<owner>/datasets/sdk-shapes": NDJSON whose images
+# are presigned URLs.
+exported = p.datasets.export(owner, "sdk-shapes")
+lines = [json.loads(l) for l in httpx.get(exported["downloadUrl"]).text.splitlines() if l.strip()]
+first = next(l for l in lines if l["type"] == "image")
+image = httpx.get(first["url"])
+import hashlib
+print(json.dumps({"owner": owner, "dataset": d, "broken": b, "list": p.datasets.list(owner), "export_header": lines[0],
+                  "export_images": [{k: l[k] for k in ("split", "annotations", "file")} for l in lines[1:]],
+                  "first_image": {"status": image.status_code, "sha256": hashlib.sha256(image.content).hexdigest(),
+                                  "expected": first["sha256"]}}))
 "#;
 
 /// Runs a Python `script` of the Ultralytics SDK against the apiserver `gw` with `key`, `arg`
@@ -1049,6 +1059,16 @@ async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, arc
     let why = v["broken"]["processingError"]["message"].as_str().unwrap_or_default();
     assert!(why.contains("image"), "the failed ingest's message: {}", v["broken"]);
     assert!(v["list"]["datasets"].as_array().expect("list").iter().any(|x| x["dataset"] == "sdk-shapes"), "{v}");
+    // The NDJSON export: Ultralytics' header and one image line per image, each a download.
+    let header = &v["export_header"];
+    assert_eq!((header["type"].as_str(), header["task"].as_str()), (Some("dataset"), Some("detect")), "{header}");
+    assert_eq!(header["class_names"]["0"], fixtures::SHAPES[0], "{header}");
+    let images = v["export_images"].as_array().expect("image lines");
+    assert_eq!(images.len(), 40);
+    assert!(images.iter().all(|i| ["train", "val", "test"].contains(&i["split"].as_str().unwrap_or_default())));
+    assert!(images.iter().any(|i| i["annotations"]["boxes"].as_array().is_some_and(|b| !b.is_empty())), "{images:?}");
+    let first = &v["first_image"];
+    assert_eq!((first["status"].as_i64(), &first["sha256"]), (Some(200), &first["expected"]), "{first}");
     // On the cluster: a Dataset with the upload as its source, marked as the apiserver's.
     let ds = Api::<Dataset>::namespaced(client.clone(), ns).get("sdk-shapes").await.expect("dataset");
     let objects = ds.spec.source.upload.as_ref().map(|u| u.objects.clone()).unwrap_or_default();

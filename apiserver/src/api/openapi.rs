@@ -48,6 +48,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::ultralytics::datasets::retrieve,
         crate::ultralytics::datasets::delete,
         crate::ultralytics::datasets::ingest,
+        crate::ultralytics::datasets::export,
         crate::ultralytics::upload::signed_url,
         crate::ultralytics::upload::complete,
         crate::ultralytics::deployments::list,

@@ -38,7 +38,6 @@ pub const TABLE: &[(&str, &str, Gap)] = &[
 /// Sub-resources of served families that are not served, by path suffix.
 pub const SUFFIXES: &[(&str, &str, Gap)] = &[
     ("/class-stats", "dataset class statistics", Gap::Planned),
-    ("/export", "dataset export (NDJSON download)", Gap::Planned),
     ("/images", "dataset images", Gap::Planned),
     ("/embeddings", "dataset embeddings", Gap::NotOffered),
     ("/clone", "dataset clone", Gap::Planned),

@@ -45,6 +45,7 @@ pub(super) fn routes() -> Router<UltralyticsApi> {
         )
         .route("/api/datasets/{owner}/{dataset}", get(retrieve).delete(delete).fallback(super::compat::fallback))
         .route("/api/datasets/{owner}/{dataset}/ingest", post(ingest).fallback(super::compat::fallback))
+        .route("/api/datasets/{owner}/{dataset}/export", get(export).fallback(super::compat::fallback))
 }
 
 /// A dataset as lists and `retrieve` show it.
@@ -473,6 +474,76 @@ pub async fn retrieve(
     let ns = own_workspace(&principal, &owner)?;
     let d = find(&api, ns, &dataset)?;
     Ok(Json(RetrievedDataset { dataset: dataset_item(&d) }))
+}
+
+/// `GET /api/datasets/{owner}/{dataset}/export` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// A frozen version by number: `v=2` is the version named `v2` (else the second listed).
+    /// Unset: the current manifest.
+    pub v: Option<u32>,
+}
+
+/// `GET /api/datasets/{owner}/{dataset}/export` response.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetExport {
+    /// A presigned `GET` of the dataset in Ultralytics' NDJSON (images as presigned URLs), valid
+    /// 12 hours.
+    pub download_url: String,
+    /// The version asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Always false: the NDJSON is written anew, since the image URLs in it expire.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached: Option<bool>,
+}
+
+/// The manifest URI of `d` at version `v` (pure): the version named `v<N>`, else the N-th; the
+/// current manifest without `v`.
+pub fn manifest_for(d: &Dataset, v: Option<u32>) -> Result<String, ApiError> {
+    let st = d.status.as_ref();
+    match v {
+        None => st.and_then(|s| s.manifest_uri.clone()).ok_or_else(|| {
+            ApiError::Conflict(format!("dataset '{}' has no manifest yet: ingest it first", d.name_any()))
+        }),
+        Some(n) => {
+            let versions = st.map(|s| s.versions.as_slice()).unwrap_or_default();
+            versions
+                .iter()
+                .find(|x| x.name == format!("v{n}"))
+                .or_else(|| n.checked_sub(1).and_then(|i| versions.get(i as usize)))
+                .map(|x| x.manifest_uri.clone())
+                .ok_or_else(|| ApiError::NotFound(format!("version {n} of dataset '{}'", d.name_any())))
+        }
+    }
+}
+
+/// The dataset in Ultralytics' NDJSON: what `ultralytics` trains on for
+/// `data="ul://<owner>/datasets/<slug>"`.
+#[utoipa::path(get, path = "/api/datasets/{owner}/{dataset}/export", tag = "ultralytics",
+    params(("owner" = String, Path), ("dataset" = String, Path, description = "Slug or `ds_` id"), ExportQuery),
+    responses((status = 200, body = DatasetExport), (status = 404, body = crate::api::error::ErrorBody),
+        (status = 409, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, dataset)): Path<(String, String)>,
+    Query(q): Query<ExportQuery>,
+) -> Result<Json<DatasetExport>, ApiError> {
+    principal.require(Action::Read)?;
+    let ns = own_workspace(&principal, &owner)?;
+    let d = find(&api, ns, &dataset)?;
+    let manifest = manifest_for(&d, q.v)?;
+    let Some(uploads) = api.uploads.as_ref() else {
+        return Err(ApiError::NotImplemented { what: "dataset exports without object storage".into() });
+    };
+    let tag = q.v.map(|v| format!("v{v}")).unwrap_or_else(|| "current".into());
+    let key = format!("{ns}/datasets/{}/exports/{tag}.ndjson", d.name_any());
+    let download_url = uploads.export_manifest(&manifest, &key).await?;
+    Ok(Json(DatasetExport { download_url, version: q.v, cached: q.v.is_none().then_some(false) }))
 }
 
 /// `{"success": true}`.

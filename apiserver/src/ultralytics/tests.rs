@@ -451,6 +451,36 @@ async fn health_is_the_predictors_through_the_gateway_and_logs_come_in_pages() {
     assert_eq!(s, StatusCode::NOT_FOUND, "another workspace");
 }
 
+#[test]
+fn a_dataset_export_reads_the_current_manifest_or_a_frozen_version() {
+    let mut d: ocellus_crds::Dataset = serde_json::from_value(json!({
+        "apiVersion": "ocellus.dev/v1alpha1", "kind": "Dataset",
+        "metadata": {"name": "shapes", "namespace": "team-a"},
+        "spec": {"task": "detect", "format": "yolo", "source": {}},
+    }))
+    .expect("dataset");
+    let e = super::datasets::manifest_for(&d, None).expect_err("no manifest yet");
+    assert_eq!(e.status(), StatusCode::CONFLICT, "{e}");
+    let version = |name: &str, uri: &str| ocellus_crds::DatasetVersionStatus {
+        name: name.into(),
+        description: None,
+        manifest_uri: uri.into(),
+        images: 1,
+        created_at: None,
+    };
+    d.status = Some(DatasetStatus {
+        manifest_uri: Some("s3://b/current.ndjson".into()),
+        versions: vec![version("first", "s3://b/first.ndjson"), version("v1", "s3://b/v1.ndjson")],
+        ..Default::default()
+    });
+    let m = |v| super::datasets::manifest_for(&d, v);
+    assert_eq!(m(None).expect("current"), "s3://b/current.ndjson");
+    assert_eq!(m(Some(1)).expect("v1 by name"), "s3://b/v1.ndjson");
+    assert_eq!(m(Some(2)).expect("the second"), "s3://b/v1.ndjson");
+    assert_eq!(m(Some(3)).expect_err("none").status(), StatusCode::NOT_FOUND);
+    assert_eq!(m(Some(0)).expect_err("none").status(), StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn routes_the_platform_has_and_ocellus_does_not_answer_in_the_error_shape() {
     let f = fixture();

@@ -59,17 +59,46 @@ impl Uploads {
     /// The size (`None` if it is missing) and a presigned `GET` URL of `uri`, an object of the
     /// platform bucket (`s3://<bucket>/<key>`), valid [`URL_TTL`].
     pub async fn presign_download(&self, uri: &str) -> Result<(Option<u64>, String), ApiError> {
-        let key = uri
-            .strip_prefix("s3://")
-            .and_then(|rest| rest.split_once('/'))
-            .filter(|(bucket, key)| *bucket == self.bucket() && !key.is_empty())
-            .map(|(_, key)| key)
-            .ok_or_else(|| ApiError::NotImplemented {
-                what: format!("downloads of {uri}, outside the platform bucket"),
-            })?;
+        let key = self.key_of(uri).ok_or_else(|| ApiError::NotImplemented {
+            what: format!("downloads of {uri}, outside the platform bucket"),
+        })?;
         let size = self.store.head(key).await.map_err(ApiError::internal)?;
         let url = self.signer.presign_get(key, URL_TTL).await.map_err(ApiError::internal)?;
         Ok((size, url))
+    }
+
+    /// The key of `uri` when it is an object of the platform bucket.
+    fn key_of<'a>(&self, uri: &'a str) -> Option<&'a str> {
+        uri.strip_prefix("s3://")
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(bucket, key)| *bucket == self.bucket() && !key.is_empty())
+            .map(|(_, key)| key)
+    }
+
+    /// Ultralytics' NDJSON of the manifest at `manifest_uri`, written to `export_key` with every
+    /// image's `url` a presigned `GET` (valid [`URL_TTL`]), and a presigned `GET` of it: what
+    /// `ultralytics` downloads for `data="ul://<owner>/datasets/<slug>"`. Written anew each time,
+    /// since the image URLs expire.
+    pub async fn export_manifest(&self, manifest_uri: &str, export_key: &str) -> Result<String, ApiError> {
+        let key = self.key_of(manifest_uri).ok_or_else(|| ApiError::NotImplemented {
+            what: format!("exports of {manifest_uri}, outside the platform bucket"),
+        })?;
+        let manifest = self.store.get(key).await.map_err(ApiError::internal)?;
+        let text = std::str::from_utf8(&manifest).map_err(ApiError::internal)?;
+        let mut out = String::with_capacity(text.len() * 2);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut v: serde_json::Value = serde_json::from_str(line).map_err(ApiError::internal)?;
+            let image_key = v.get("url").and_then(|u| u.as_str()).and_then(|u| self.key_of(u)).map(str::to_string);
+            if v.get("type").and_then(|t| t.as_str()) == Some("image")
+                && let Some(k) = image_key
+            {
+                v["url"] = serde_json::json!(self.signer.presign_get(&k, URL_TTL).await.map_err(ApiError::internal)?);
+            }
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        self.store.put(export_key, out.into(), "application/x-ndjson").await.map_err(ApiError::internal)?;
+        self.signer.presign_get(export_key, URL_TTL).await.map_err(ApiError::internal)
     }
 }
 
