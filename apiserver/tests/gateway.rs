@@ -707,4 +707,31 @@ async fn with_keys_only_the_namespace_s_key_passes_and_the_pod_never_sees_it() {
     let echo: Value = http.get(&only).send().await.expect("send").json().await.expect("json");
     assert_eq!(echo["query"], Value::Null);
     assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+
+    // Roboflow's inference SDK: the key in a JSON body, taken out before the pod sees it.
+    let infer = gw.url("/team-a/det/infer/object_detection");
+    let body = json!({"api_key": ours.expose(), "model_id": "det/1", "image": {"type": "base64", "value": "AAAA"}});
+    let echo: Value = http.post(&infer).json(&body).send().await.expect("send").json().await.expect("json");
+    let forwarded: Value =
+        serde_json::from_slice(&serde_json::from_value::<Vec<u8>>(echo["body"].clone()).expect("bytes")).expect("json");
+    assert_eq!(forwarded, json!({"model_id": "det/1", "image": {"type": "base64", "value": "AAAA"}}));
+    assert!(echo["headers"].get("authorization").is_none(), "the key reached the pod: {echo}");
+    let theirs_in_body = json!({"api_key": theirs.expose(), "model_id": "det/1"});
+    assert_eq!(http.post(&infer).json(&theirs_in_body).send().await.expect("send").status(), 403);
+    assert_eq!(http.post(&infer).json(&json!({"model_id": "det/1"})).send().await.expect("send").status(), 401);
+    // A header decides; the body's key is taken out all the same.
+    let echo: Value = http
+        .post(&infer)
+        .bearer_auth(ours.expose())
+        .json(&theirs_in_body)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let forwarded: Value =
+        serde_json::from_slice(&serde_json::from_value::<Vec<u8>>(echo["body"].clone()).expect("bytes")).expect("json");
+    assert_eq!(forwarded, json!({"model_id": "det/1"}), "the body's key is taken out all the same");
+    assert_eq!(up.hits.load(Ordering::SeqCst), 5);
 }

@@ -79,6 +79,14 @@ pub(crate) fn end_to_end(headers: &HeaderMap, also_drop_content_length: bool) ->
 
 /// The gateway's handler for every method on `/{namespace}/{name}/...`.
 pub(crate) async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
+    let req = match key_from_json_body(&gw, req).await {
+        Ok(req) => req,
+        Err(e) => {
+            let resp = e.into_response();
+            gw.inner.metrics.count_response(resp.status());
+            return resp;
+        }
+    };
     let resp = match authorize(&gw, req) {
         Ok(req) => match forward(&gw, req).await {
             Ok(r) => r,
@@ -91,8 +99,9 @@ pub(crate) async fn handle(State(gw): State<Gateway>, req: Request) -> Response 
 }
 
 /// With API keys required: the caller's key must be live and act in the deployment's
-/// namespace; the key (header or `api_key` query parameter) is then removed, so that pods never
-/// see it. A refusal is the REST APIs' error body.
+/// namespace; the key (header or `api_key` query parameter; a JSON body's was taken out by
+/// [`key_from_json_body`]) is then removed, so that pods never see it. A refusal is the REST
+/// APIs' error body.
 fn authorize(gw: &Gateway, mut req: Request) -> Result<Request, crate::api::error::ApiError> {
     let Some(keys) = gw.inner.keys.get() else { return Ok(req) };
     let path = req.uri().path().to_string();
@@ -108,6 +117,47 @@ fn authorize(gw: &Gateway, mut req: Request) -> Result<Request, crate::api::erro
         }
     }
     Ok(req)
+}
+
+/// Roboflow's inference SDK sends its key as `api_key` in the JSON body of `/infer/...` and
+/// `/model/add` (its default transport). With keys required, an `api_key` in a JSON `POST` body
+/// (read within the body limit) is taken out, so that the pod never sees it; when the request
+/// has no key in the header or query, it is the request's key ([`authorize`] gets it as
+/// `Authorization: Bearer`).
+async fn key_from_json_body(gw: &Gateway, req: Request) -> Result<Request, GatewayError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if gw.inner.keys.get().is_none() || req.method() != Method::POST || !is_json {
+        return Ok(req);
+    }
+    let has_key = req.headers().contains_key(header::AUTHORIZATION)
+        || req.uri().query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("api_key")));
+    let (mut parts, body) = req.into_parts();
+    let limit = gw.inner.config.max_body_bytes;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::BodyTooLarge { limit });
+    }
+    let mut bytes = read_body(body, limit, declared).await?;
+    // Parsed only when the field may be there: most JSON bodies (Label Studio's tasks) have none.
+    let mentions_key = bytes.windows(9).any(|w| w == b"\"api_key\"");
+    if mentions_key
+        && let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(key) = fields.remove("api_key")
+    {
+        if let (false, Some(k)) = (has_key, key.as_str())
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {k}"))
+        {
+            value.set_sensitive(true);
+            parts.headers.insert(header::AUTHORIZATION, value);
+        }
+        bytes = Bytes::from(serde_json::Value::Object(fields).to_string());
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 async fn forward(gw: &Gateway, req: Request) -> Result<Response, GatewayError> {

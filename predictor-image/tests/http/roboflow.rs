@@ -174,9 +174,10 @@ from inference_sdk import InferenceHTTPClient, InferenceConfiguration
 
 url, model_id, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
 client = InferenceHTTPClient(api_url=url, api_key="unused")
-# Deployments are reached through the apiserver's gateway, which authenticates the
-# `Authorization: Bearer` header (and removes it); the predictor itself checks no key.
-client.configure(InferenceConfiguration(api_key_transport="header", confidence_threshold=0.05, max_batch_size=len(paths)))
+# The SDK's default transport puts the key in the query and the JSON body. Deployments are
+# reached through the apiserver's gateway, which checks the key and removes it; the predictor
+# checks none, and ignores one it is sent.
+client.configure(InferenceConfiguration(confidence_threshold=0.05, max_batch_size=len(paths)))
 registry = [m.model_id for m in client.list_loaded_models().models]
 v1 = [client.infer(p, model_id=model_id) for p in paths]
 batch = client.infer(paths, model_id=model_id)
