@@ -237,8 +237,17 @@ fn helm_install_runs_operator_and_apiserver_with_least_privilege() {
 
     // Uninstall leaves nothing of the release behind (the CRDs, installed apart, stay).
     ok(run("helm", &c, &["uninstall", "ocellus", "-n", "ocellus-system", "--wait", "--timeout", "60s"]));
-    let left = ok(run("kubectl", &c, &["get", "pods", "-n", "ocellus-system", "-o", "name"]));
-    assert_eq!(left.trim(), "", "pods left after uninstall");
+    // `--wait` waits for the release's objects; their pods go after, by garbage collection and
+    // their grace period.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let left = loop {
+        let left = ok(run("kubectl", &c, &["get", "pods", "-n", "ocellus-system", "-o", "name"]));
+        if left.trim().is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(left.trim(), "", "pods left a minute after uninstall");
     let selector = "app.kubernetes.io/instance=ocellus";
     for kind in [
         "deployments,services,secrets,configmaps,serviceaccounts,roles,rolebindings",
