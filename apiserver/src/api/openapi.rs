@@ -52,6 +52,8 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::ultralytics::upload::signed_url,
         crate::ultralytics::upload::complete,
         crate::ultralytics::deployments::list,
+        crate::ultralytics::deployments::list_own,
+        crate::ultralytics::deployments::create_by_model_id,
         crate::ultralytics::deployments::retrieve,
         crate::ultralytics::deployments::predict,
         crate::ultralytics::deployments::create,

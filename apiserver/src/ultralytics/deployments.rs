@@ -16,15 +16,19 @@
 //!   the model, `{name}` the display name;
 //! - `DELETE /api/deployments/{owner}/{deployment}`;
 //! - `GET /api/deployments/{owner}/{deployment}/health`: the predictor's `/health` through the
-//!   gateway, timed; `GET .../logs`: the predictor pods' log lines of the last 24 hours.
+//!   gateway, timed; `GET .../logs`: the predictor pods' log lines of the last 24 hours;
+//! - the reference's id forms, with the owner the key's namespace: `GET|POST /api/deployments`
+//!   (`?owner`, `modelId`, `status`, `limit`; create from `{modelId, name, region, resources}`),
+//!   `GET|DELETE /api/deployments/{dp_id}`, `POST .../{dp_id}/start|stop|predict`, `GET
+//!   .../{dp_id}/health|logs`.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
@@ -44,10 +48,14 @@ use crate::api::{Action, ApiError, ApiJson, Principal};
 
 pub(super) fn routes() -> Router<UltralyticsApi> {
     Router::new()
-        .route("/api/deployments/{owner}", get(list).post(create).fallback(super::compat::fallback))
+        .route("/api/deployments", get(list_own).post(create_by_model_id).fallback(super::compat::fallback))
+        .route(
+            "/api/deployments/{owner}",
+            get(list_or_retrieve_by_id).post(create).delete(delete_by_id).fallback(super::compat::fallback),
+        )
         .route(
             "/api/deployments/{owner}/{deployment}",
-            get(retrieve).patch(update).delete(delete).fallback(super::compat::fallback),
+            get(get_item).post(post_by_id).patch(update).delete(delete).fallback(super::compat::fallback),
         )
         .route("/api/deployments/{owner}/{deployment}/predict", post(predict).fallback(super::compat::fallback))
         .route("/api/deployments/{owner}/{deployment}/health", get(health).fallback(super::compat::fallback))
@@ -430,6 +438,210 @@ pub async fn logs(
     let pods = api.cluster.predictor_logs(&ns, &md.name_any(), Some(LOG_WINDOW_HOURS * 3600)).await?;
     let entries = crate::podlogs::entries(&pods, from, now, LOG_LINES_READ);
     Ok(Json(logs_page(entries, q.severity.as_deref(), limit, q.page_token.as_deref())?))
+}
+
+/// `GET /api/deployments` query: the reference's filters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct OwnListQuery {
+    /// The workspace (default: the key's).
+    pub owner: Option<String>,
+    /// Only deployments of this model (its 12-hex id).
+    pub model_id: Option<String>,
+    /// Only deployments with this status.
+    pub status: Option<String>,
+    /// Most items, 1 to 100; default 20.
+    pub limit: Option<usize>,
+}
+
+/// The key's workspace's deployments (the reference's form).
+#[utoipa::path(get, path = "/api/deployments", tag = "ultralytics", params(OwnListQuery),
+    responses((status = 200, body = DeploymentList), (status = 400, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn list_own(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(q): Query<OwnListQuery>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit", format!("must be from 1 to 100, not {limit}")));
+    }
+    let owner = q.owner.clone().unwrap_or_else(|| principal.namespace.clone());
+    let model = match &q.model_id {
+        Some(id) => {
+            let record = model_record(&api, &principal.namespace, id)?;
+            Some(super::models::slugs_of(&record))
+        }
+        None => None,
+    };
+    let Json(mut listed) = list(
+        State(api.clone()),
+        principal,
+        headers,
+        Path(owner.clone()),
+        Query(ListQuery { status: q.status, limit: None }),
+    )
+    .await?;
+    if let Some((project, slug)) = model {
+        let ns = owner.as_str();
+        listed.deployments.retain(|d| {
+            api.deployments_in(ns).iter().any(|m| {
+                m.name_any() == d.deployment
+                    && m.labels().get(PROJECT) == Some(&project)
+                    && m.labels().get(MODEL) == Some(&slug)
+            })
+        });
+        listed.total = listed.deployments.len();
+    }
+    listed.deployments.truncate(limit);
+    Ok(Json(listed))
+}
+
+/// The model record of a 12-hex model id in `ns`.
+fn model_record(
+    api: &UltralyticsApi,
+    ns: &str,
+    id: &str,
+) -> Result<Arc<k8s_openapi::api::core::v1::ConfigMap>, ApiError> {
+    (id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| api.record(ns, &super::models::record_name(id)))
+        .flatten()
+        .filter(|r| super::models::is_model(r))
+        .ok_or_else(|| ApiError::NotFound(format!("model '{id}'")))
+}
+
+/// `POST /api/deployments` body (the reference's form).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateByModelId {
+    /// The model's 12-hex id.
+    pub model_id: String,
+    /// The deployment's display name (its slug names the ModelDeployment).
+    pub name: String,
+    /// Accepted; Ocellus serves where it is installed.
+    pub region: Option<String>,
+    /// `cpu` (cores) and `memoryGi` of each pod; `minInstances`/`maxInstances` are accepted as
+    /// the platform's plan caps them (0 and 1): one replica, as the other form.
+    pub resources: Option<Value>,
+}
+
+/// Deploys a trained model by its id (the reference's form).
+#[utoipa::path(post, path = "/api/deployments", tag = "ultralytics", request_body = CreateByModelId,
+    responses((status = 201, body = Object), (status = 400, body = crate::api::error::ErrorBody),
+        (status = 404, body = crate::api::error::ErrorBody), (status = 409, body = crate::api::error::ErrorBody),
+        crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn create_by_model_id(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    ApiJson(body): ApiJson<CreateByModelId>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(Action::Write)?;
+    let record = model_record(&api, &principal.namespace, &body.model_id)?;
+    let (project, model) = super::models::slugs_of(&record);
+    let number = |k: &str| body.resources.as_ref().and_then(|r| r.get(k)).and_then(Value::as_f64);
+    let ns = principal.namespace.clone();
+    let create_body = CreateDeployment {
+        project,
+        model,
+        deployment: None,
+        name: Some(body.name),
+        region: body.region,
+        cpu: number("cpu"),
+        memory_gi: number("memoryGi"),
+    };
+    create(State(api), principal, Path(ns), ApiJson(create_body)).await
+}
+
+/// `GET /api/deployments/{owner}`: the workspace's list, or, for a `dp_` id, that deployment.
+pub async fn list_or_retrieve_by_id(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(owner): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    if owner.starts_with("dp_") {
+        let ns = principal.namespace.clone();
+        let Json(one) = retrieve(State(api), principal, headers, Path((ns, owner))).await?;
+        return Ok(Json(one).into_response());
+    }
+    let Json(list) = list(State(api), principal, headers, Path(owner), Query(q)).await?;
+    Ok(Json(list).into_response())
+}
+
+/// `DELETE /api/deployments/{dp_id}`.
+pub async fn delete_by_id(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path(owner): Path<String>,
+) -> Result<Json<Success>, ApiError> {
+    if !owner.starts_with("dp_") {
+        return Err(super::compat::answer("DELETE", &format!("/api/deployments/{owner}")));
+    }
+    let ns = principal.namespace.clone();
+    delete(State(api), principal, Path((ns, owner))).await
+}
+
+/// `GET /api/deployments/{owner}/{deployment}`, and the id forms `GET
+/// /api/deployments/{dp_id}/health|logs`.
+pub async fn get_item(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path((owner, deployment)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if !owner.starts_with("dp_") {
+        let Json(one) = retrieve(State(api), principal, headers, Path((owner, deployment))).await?;
+        return Ok(Json(one).into_response());
+    }
+    let ns = principal.namespace.clone();
+    match deployment.as_str() {
+        "health" => Ok(health(State(api), principal, headers, Path((ns, owner))).await?.into_response()),
+        "logs" => {
+            let Query(q) = Query::<LogsQuery>::try_from_uri(
+                &format!("/?{}", query.unwrap_or_default())
+                    .parse()
+                    .map_err(|_| ApiError::bad_request("query", "not a valid query"))?,
+            )
+            .map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+            Ok(logs(State(api), principal, Path((ns, owner)), Query(q)).await?.into_response())
+        }
+        _ => Err(super::compat::answer("GET", &format!("/api/deployments/{owner}/{deployment}"))),
+    }
+}
+
+/// The id forms `POST /api/deployments/{dp_id}/start|stop|predict`.
+pub async fn post_by_id(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, deployment)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let path = format!("/api/deployments/{owner}/{deployment}");
+    if !owner.starts_with("dp_") {
+        return Err(super::compat::answer("POST", &path));
+    }
+    let ns = principal.namespace.clone();
+    let action = |a: &str| UpdateDeployment {
+        action: Some(a.into()),
+        name: None,
+        cpu: None,
+        memory_gi: None,
+        project: None,
+        model: None,
+    };
+    match deployment.as_str() {
+        "start" | "stop" => {
+            Ok(update(State(api), principal, Path((ns, owner)), ApiJson(action(&deployment))).await?.into_response())
+        }
+        "predict" => predict(State(api), principal, Path((ns, owner)), req).await,
+        _ => Err(super::compat::answer("POST", &path)),
+    }
 }
 
 /// `POST /api/deployments/{owner}` body.

@@ -79,7 +79,7 @@ pub fn training_job_name(model: &str, id: &str) -> String {
     format!("{model}-{}", &id[..8])
 }
 
-fn is_model(cm: &ConfigMap) -> bool {
+pub fn is_model(cm: &ConfigMap) -> bool {
     cm.labels().get(RECORD).map(String::as_str) == Some("model")
 }
 
@@ -102,7 +102,8 @@ pub fn model_slugs(records: &[Arc<ConfigMap>], project: &str) -> Vec<String> {
     models_of(records, project).iter().filter_map(|m| m.labels().get(MODEL).cloned()).collect()
 }
 
-fn slugs_of(cm: &ConfigMap) -> (String, String) {
+/// The project and model slugs of a model record.
+pub fn slugs_of(cm: &ConfigMap) -> (String, String) {
     let l = cm.labels();
     (l.get(PROJECT).cloned().unwrap_or_default(), l.get(MODEL).cloned().unwrap_or_default())
 }

@@ -451,6 +451,58 @@ async fn health_is_the_predictors_through_the_gateway_and_logs_come_in_pages() {
     assert_eq!(s, StatusCode::NOT_FOUND, "another workspace");
 }
 
+#[tokio::test]
+async fn the_references_id_forms_of_deployments_act_in_the_keys_workspace() {
+    let f = fixture();
+    f.cluster.put_deployment(model_deployment("team-a", "shapes", DeploymentPhase::Ready, 1));
+    f.cluster.put_deployment(model_deployment("team-a", "old", DeploymentPhase::Stopped, 0));
+    f.cluster.put_deployment(model_deployment("team-b", "theirs", DeploymentPhase::Ready, 1));
+    let (s, list) = call(&f.app, "GET", "/api/deployments?limit=1", &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!((list["total"].as_u64(), list["deployments"].as_array().map(Vec::len)), (Some(2), Some(1)));
+    let (s, _) = call(&f.app, "GET", "/api/deployments?owner=team-b", &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another workspace");
+    let (s, _) = call(&f.app, "GET", "/api/deployments?limit=101", &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&f.app, "GET", "/api/deployments?modelId=0123456789ab", &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no such model");
+
+    let (_, all) = call(&f.app, "GET", "/api/deployments/team-a", &f.a_viewer, None).await;
+    let id = all["deployments"][1]["id"].as_str().expect("id").to_string();
+    let (s, one) = call(&f.app, "GET", &format!("/api/deployments/{id}"), &f.a_viewer, None).await;
+    assert_eq!((s, one["deployment"]["deployment"].as_str()), (StatusCode::OK, Some("shapes")), "{one}");
+    let (s, logs) = call(&f.app, "GET", &format!("/api/deployments/{id}/logs?limit=5"), &f.a_viewer, None).await;
+    assert_eq!((s, &logs["entries"]), (StatusCode::OK, &json!([])), "{logs}");
+    let (s, e) = call(&f.app, "GET", &format!("/api/deployments/{id}/logs?limit=many"), &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, e) = call(&f.app, "GET", &format!("/api/deployments/{id}/metrics"), &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{e}");
+
+    let (s, _) = call(&f.app, "POST", &format!("/api/deployments/{id}/stop"), &f.a_viewer, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a viewer cannot stop it");
+    let (s, stopped) = call(&f.app, "POST", &format!("/api/deployments/{id}/stop"), &f.a_editor, None).await;
+    assert_eq!((s, stopped["status"].as_str()), (StatusCode::OK, Some("stopping")), "{stopped}");
+    let (_, started) = call(&f.app, "POST", &format!("/api/deployments/{id}/start"), &f.a_editor, None).await;
+    assert_eq!(started["status"], "deploying", "{started}");
+    let (s, _) = call(&f.app, "POST", &format!("/api/deployments/{id}/reboot"), &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Team B's key cannot reach team A's deployment by its id.
+    let (s, _) = call(&f.app, "GET", &format!("/api/deployments/{id}"), &f.b_editor, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&f.app, "DELETE", &format!("/api/deployments/{id}"), &f.b_editor, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&f.app, "DELETE", "/api/deployments/team-a", &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "a workspace is not deleted");
+    let (s, _) = call(&f.app, "DELETE", &format!("/api/deployments/{id}"), &f.a_editor, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, after) = call(&f.app, "GET", "/api/deployments", &f.a_viewer, None).await;
+    assert_eq!(after["total"], 1);
+    let body = json!({"modelId": "0123456789ab", "name": "x", "region": "us-central1"});
+    let (s, _) = call(&f.app, "POST", "/api/deployments", &f.a_editor, Some(body)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no such model");
+}
+
 #[test]
 fn a_dataset_export_reads_the_current_manifest_or_a_frozen_version() {
     let mut d: ocellus_crds::Dataset = serde_json::from_value(json!({
