@@ -1028,7 +1028,9 @@ lines = [json.loads(l) for l in httpx.get(exported["downloadUrl"]).text.splitlin
 first = next(l for l in lines if l["type"] == "image")
 image = httpx.get(first["url"])
 import hashlib
+stats = p.datasets.class_stats(owner, "sdk-shapes")
 print(json.dumps({"owner": owner, "dataset": d, "broken": b, "list": p.datasets.list(owner), "export_header": lines[0],
+                  "class_stats": stats,
                   "export_images": [{k: l[k] for k in ("split", "annotations", "file")} for l in lines[1:]],
                   "first_image": {"status": image.status_code, "sha256": hashlib.sha256(image.content).hexdigest(),
                                   "expected": first["sha256"]}}))
@@ -1068,6 +1070,21 @@ async fn ultralytics_sdk(client: &Client, gw: &Process, key: &str, ns: &str, arc
     assert_eq!(images.len(), 40);
     assert!(images.iter().all(|i| ["train", "val", "test"].contains(&i["split"].as_str().unwrap_or_default())));
     assert!(images.iter().any(|i| i["annotations"]["boxes"].as_array().is_some_and(|b| !b.is_empty())), "{images:?}");
+    // Class statistics from the same manifest: every annotation counted once in each view.
+    let stats = &v["class_stats"];
+    assert_eq!(stats["classNames"], serde_json::json!(fixtures::SHAPES), "{stats}");
+    assert_eq!(stats["sampleSize"], 40, "{stats}");
+    let annotations: u64 =
+        images.iter().map(|i| i["annotations"]["boxes"].as_array().map_or(0, |b| b.len() as u64)).sum();
+    let counted: u64 = stats["classes"].as_array().expect("classes").iter().filter_map(|c| c["count"].as_u64()).sum();
+    let located: u64 = stats["locationHeatmap"]["bins"]
+        .as_array()
+        .expect("bins")
+        .iter()
+        .flat_map(|r| r.as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c.as_u64())
+        .sum();
+    assert_eq!((counted, located), (annotations, annotations), "{stats}");
     let first = &v["first_image"];
     assert_eq!((first["status"].as_i64(), &first["sha256"]), (Some(200), &first["expected"]), "{first}");
     // On the cluster: a Dataset with the upload as its source, marked as the apiserver's.

@@ -49,6 +49,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::ultralytics::datasets::delete,
         crate::ultralytics::datasets::ingest,
         crate::ultralytics::datasets::export,
+        crate::ultralytics::datasets::class_stats,
         crate::ultralytics::upload::signed_url,
         crate::ultralytics::upload::complete,
         crate::ultralytics::deployments::list,

@@ -37,7 +37,6 @@ pub const TABLE: &[(&str, &str, Gap)] = &[
 
 /// Sub-resources of served families that are not served, by path suffix.
 pub const SUFFIXES: &[(&str, &str, Gap)] = &[
-    ("/class-stats", "dataset class statistics", Gap::Planned),
     ("/images", "dataset images", Gap::Planned),
     ("/embeddings", "dataset embeddings", Gap::NotOffered),
     ("/clone", "dataset clone", Gap::Planned),
@@ -95,7 +94,6 @@ mod tests {
         assert!(msg("GET", "/api/training/gpu-availability").contains("GPU availability (planned)"));
         assert!(msg("POST", "/api/models/team-a/p/m/predict").contains("predictions by model"));
         assert!(msg("GET", "/api/billing/transactions").contains("hosted-platform"));
-        assert!(msg("GET", "/api/datasets/team-a/shapes/class-stats").contains("class statistics (planned)"));
         assert!(msg("GET", "/api/deployments/team-a/d/metrics").contains("deployment metrics (planned)"));
         assert!(matches!(answer("PATCH", "/api/datasets/team-a/d"), ApiError::NotImplemented { .. }));
         assert!(matches!(answer("PUT", "/api/deployments/team-a/d"), ApiError::MethodNotAllowed(_)));

@@ -43,9 +43,10 @@ pub(super) fn routes() -> Router<UltralyticsApi> {
             "/api/datasets/{owner}",
             get(list_or_retrieve_by_id).delete(delete_by_id).fallback(super::compat::fallback),
         )
-        .route("/api/datasets/{owner}/{dataset}", get(retrieve).delete(delete).fallback(super::compat::fallback))
+        .route("/api/datasets/{owner}/{dataset}", get(get_item).delete(delete).fallback(super::compat::fallback))
         .route("/api/datasets/{owner}/{dataset}/ingest", post(ingest).fallback(super::compat::fallback))
         .route("/api/datasets/{owner}/{dataset}/export", get(export).fallback(super::compat::fallback))
+        .route("/api/datasets/{owner}/{dataset}/class-stats", get(class_stats).fallback(super::compat::fallback))
 }
 
 /// A dataset as lists and `retrieve` show it.
@@ -476,6 +477,27 @@ pub async fn retrieve(
     Ok(Json(RetrievedDataset { dataset: dataset_item(&d) }))
 }
 
+/// `GET /api/datasets/{owner}/{dataset}`, and the reference's id forms `GET
+/// /api/datasets/{ds_id}/class-stats|export`.
+pub async fn get_item(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, dataset)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if !owner.starts_with("ds_") {
+        return Ok(retrieve(State(api), principal, Path((owner, dataset))).await?.into_response());
+    }
+    let ns = principal.namespace.clone();
+    match dataset.as_str() {
+        "class-stats" => Ok(class_stats(State(api), principal, Path((ns, owner))).await?.into_response()),
+        "export" => {
+            Ok(export(State(api), principal, Path((ns, owner)), Query(ExportQuery::default())).await?.into_response())
+        }
+        _ => Err(super::compat::answer("GET", &format!("/api/datasets/{owner}/{dataset}"))),
+    }
+}
+
 /// `GET /api/datasets/{owner}/{dataset}/export` query.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -544,6 +566,30 @@ pub async fn export(
     let key = format!("{ns}/datasets/{}/exports/{tag}.ndjson", d.name_any());
     let download_url = uploads.export_manifest(&manifest, &key).await?;
     Ok(Json(DatasetExport { download_url, version: q.v, cached: q.v.is_none().then_some(false) }))
+}
+
+/// The dataset's class distribution, image sizes and object location and size heatmaps, from
+/// its current manifest.
+#[utoipa::path(get, path = "/api/datasets/{owner}/{dataset}/class-stats", tag = "ultralytics",
+    params(("owner" = String, Path), ("dataset" = String, Path, description = "Slug or `ds_` id")),
+    responses((status = 200, body = super::class_stats::ClassStats), (status = 404, body = crate::api::error::ErrorBody),
+        (status = 409, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn class_stats(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, dataset)): Path<(String, String)>,
+) -> Result<Json<super::class_stats::ClassStats>, ApiError> {
+    principal.require(Action::Read)?;
+    let ns = own_workspace(&principal, &owner)?;
+    let d = find(&api, ns, &dataset)?;
+    let manifest = manifest_for(&d, None)?;
+    let Some(uploads) = api.uploads.as_ref() else {
+        return Err(ApiError::NotImplemented { what: "class statistics without object storage".into() });
+    };
+    let bytes = uploads.read(&manifest).await?;
+    let text = std::str::from_utf8(&bytes).map_err(ApiError::internal)?;
+    Ok(Json(super::class_stats::compute(text).map_err(ApiError::internal)?))
 }
 
 /// `{"success": true}`.

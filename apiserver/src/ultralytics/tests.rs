@@ -543,7 +543,7 @@ async fn routes_the_platform_has_and_ocellus_does_not_answer_in_the_error_shape(
         ("PATCH", "/api/models/team-a/p/m", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/billing/usage-summary", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/trash", StatusCode::NOT_IMPLEMENTED),
-        ("GET", "/api/datasets/team-a/x/class-stats", StatusCode::NOT_IMPLEMENTED),
+        ("GET", "/api/datasets/team-a/x/images", StatusCode::NOT_IMPLEMENTED),
         // A served path, another method: the platform's (planned), or no one's.
         ("PATCH", "/api/datasets/team-a/x", StatusCode::NOT_IMPLEMENTED),
         ("PUT", "/api/deployments/team-a/d", StatusCode::METHOD_NOT_ALLOWED),

@@ -75,6 +75,14 @@ impl Uploads {
             .map(|(_, key)| key)
     }
 
+    /// The bytes of `uri`, an object of the platform bucket.
+    pub async fn read(&self, uri: &str) -> Result<axum::body::Bytes, ApiError> {
+        let key = self
+            .key_of(uri)
+            .ok_or_else(|| ApiError::NotImplemented { what: format!("reading {uri}, outside the platform bucket") })?;
+        self.store.get(key).await.map_err(ApiError::internal)
+    }
+
     /// Ultralytics' NDJSON of the manifest at `manifest_uri`, written to `export_key` with every
     /// image's `url` a presigned `GET` (valid [`URL_TTL`]), and a presigned `GET` of it: what
     /// `ultralytics` downloads for `data="ul://<owner>/datasets/<slug>"`. Written anew each time,
