@@ -55,6 +55,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
         crate::ultralytics::deployments::list,
         crate::ultralytics::deployments::list_own,
         crate::ultralytics::deployments::create_by_model_id,
+        crate::ultralytics::deployments::predict_by_model,
         crate::ultralytics::deployments::retrieve,
         crate::ultralytics::deployments::predict,
         crate::ultralytics::deployments::create,

@@ -20,7 +20,7 @@ pub enum Gap {
 /// family's name and why.
 pub const TABLE: &[(&str, &str, Gap)] = &[
     ("projects", "project updates and clones", Gap::Planned),
-    ("models", "model updates, clones, checkpoint uploads, predictions by model and similar images", Gap::Planned),
+    ("models", "model updates, clones, checkpoint uploads and similar images", Gap::Planned),
     ("training", "GPU availability", Gap::Planned),
     ("exports", "exports by id (the reference's `/api/exports`)", Gap::Planned),
     ("webhooks", "training callbacks of the `ultralytics` package", Gap::Planned),
@@ -92,7 +92,7 @@ mod tests {
         let msg = |m: &str, p: &str| answer(m, p).to_string();
         assert!(msg("PATCH", "/api/projects/team-a/p").contains("project updates and clones (planned)"));
         assert!(msg("GET", "/api/training/gpu-availability").contains("GPU availability (planned)"));
-        assert!(msg("POST", "/api/models/team-a/p/m/predict").contains("predictions by model"));
+        assert!(msg("POST", "/api/models/team-a/p/m/clone").contains("model updates, clones"));
         assert!(msg("GET", "/api/billing/transactions").contains("hosted-platform"));
         assert!(msg("GET", "/api/deployments/team-a/d/metrics").contains("deployment metrics (planned)"));
         assert!(matches!(answer("PATCH", "/api/datasets/team-a/d"), ApiError::NotImplemented { .. }));

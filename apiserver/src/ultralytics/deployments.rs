@@ -644,6 +644,92 @@ pub async fn post_by_id(
     }
 }
 
+/// Annotation marking the ModelDeployment that serves a model's predictions through the API.
+pub const PREDICTIONS_OF: &str = "ocellus.dev/predictions-of";
+
+/// The ModelDeployment a model's predictions go to (pure, over `deployments` of its
+/// namespace): one labelled with the model that is not failed, expired or stopped, preferring
+/// one that serves now.
+pub fn serving_deployment(
+    deployments: &[Arc<ModelDeployment>],
+    project: &str,
+    model: &str,
+) -> Option<Arc<ModelDeployment>> {
+    let mut candidates: Vec<_> = deployments
+        .iter()
+        .filter(|m| m.labels().get(PROJECT).map(String::as_str) == Some(project))
+        .filter(|m| m.labels().get(MODEL).map(String::as_str) == Some(model))
+        .filter(|m| !m.spec.stopped && m.metadata.deletion_timestamp.is_none())
+        .filter(|m| {
+            !matches!(m.status.as_ref().map(|s| s.phase), Some(DeploymentPhase::Failed | DeploymentPhase::Expired))
+        })
+        .cloned()
+        .collect();
+    let serving = |m: &ModelDeployment| {
+        matches!(m.status.as_ref().map(|s| s.phase), Some(DeploymentPhase::Ready | DeploymentPhase::ScaledToZero))
+    };
+    candidates.sort_by_key(|m| (!serving(m), m.name_any()));
+    candidates.into_iter().next()
+}
+
+/// A prediction by model (the platform's shared inference): handed to a deployment of the
+/// model, or, when it has none, to one Ocellus makes for it: `predict-<model id>`, scaling to
+/// zero when idle (at most one replica), which the request wakes and waits for.
+#[utoipa::path(post, path = "/api/models/{owner}/{project}/{model}/predict", tag = "ultralytics",
+    params(("owner" = String, Path), ("project" = String, Path), ("model" = String, Path)),
+    responses((status = 200, description = "The predictor's Ultralytics response"), (status = 404, body = crate::api::error::ErrorBody),
+        (status = 409, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
+    security(("bearer" = [])))]
+pub async fn predict_by_model(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((owner, project, model)): Path<(String, String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    principal.require(Action::Read)?;
+    let ns = own_workspace(&principal, &owner)?.to_string();
+    super::models::find(&api, &ns, &project, &model)?;
+    let md = match serving_deployment(&api.deployments_in(&ns), &project, &model) {
+        Some(md) => md,
+        None => {
+            principal.require(Action::Write)?;
+            let id = super::models::model_id(&project, &model);
+            let source = model_source(&api, &ns, &project, &model)?;
+            let body = CreateDeployment {
+                project: project.clone(),
+                model: model.clone(),
+                deployment: Some(format!("predict-{id}")),
+                name: Some(format!("{project}/{model} predictions")),
+                region: None,
+                cpu: None,
+                memory_gi: None,
+            };
+            let mut md = build(&ns, &body, source)?;
+            md.spec.scaling = ocellus_crds::Scaling { min_replicas: 0, max_replicas: 1, ..Default::default() };
+            md.metadata.annotations.get_or_insert_with(Default::default).insert(PREDICTIONS_OF.into(), id);
+            let created = match api.cluster.create_deployment(md).await {
+                Ok(c) => c,
+                // Another request (or replica) made it first: use that one.
+                Err(ApiError::Conflict(_)) => {
+                    api.cluster
+                        .patch_deployment(
+                            &ns,
+                            &format!("predict-{}", super::models::model_id(&project, &model)),
+                            json!({}),
+                        )
+                        .await?
+                }
+                Err(e) => return Err(e),
+            };
+            tracing::info!(namespace = %ns, deployment = %created.name_any(), key = %principal.key_id, "deployment for predictions by model created");
+            let created = Arc::new(created);
+            api.recent_deployments.wrote((*created).clone());
+            created
+        }
+    };
+    predict(State(api), principal, Path((ns, md.name_any())), req).await
+}
+
 /// `POST /api/deployments/{owner}` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

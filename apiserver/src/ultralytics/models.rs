@@ -53,15 +53,37 @@ pub(super) fn routes() -> Router<UltralyticsApi> {
     Router::new()
         .route("/api/models", post(create).fallback(f))
         .route("/api/training/start", post(start_training).fallback(f))
-        .route("/api/models/{owner}/{project}", get(list).fallback(f))
         .route("/api/models/{owner}/{project}/{model}", get(retrieve).delete(delete).fallback(f))
         .route("/api/models/{owner}/{project}/{model}/training", get(training).delete(cancel_training).fallback(f))
         .route("/api/models/{owner}/{project}/{model}/files", get(files).fallback(f))
+        .route("/api/models/{owner}/{project}/{model}/predict", post(super::deployments::predict_by_model).fallback(f))
+        .route("/api/models/{owner}/{project}", get(list).post(predict_by_id).fallback(f))
         .route("/api/models/{owner}/{project}/{model}/exports", get(list_exports).post(create_export).fallback(f))
         .route(
             "/api/models/{owner}/{project}/{model}/exports/{export}",
             get(retrieve_export).delete(delete_export).fallback(f),
         )
+}
+
+/// The reference's `POST /api/models/{modelId}/predict` (the path of `/{owner}/{project}`):
+/// the model by its id, in the key's workspace.
+async fn predict_by_id(
+    State(api): State<UltralyticsApi>,
+    principal: Principal,
+    Path((id, action)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    let is_id = id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if action != "predict" || !is_id {
+        return Err(super::compat::answer("POST", &format!("/api/models/{id}/{action}")));
+    }
+    let ns = principal.namespace.clone();
+    let record = api
+        .record(&ns, &record_name(&id))
+        .filter(|r| is_model(r))
+        .ok_or_else(|| ApiError::NotFound(format!("model '{id}'")))?;
+    let (project, model) = slugs_of(&record);
+    super::deployments::predict_by_model(State(api), principal, Path((ns, project, model)), req).await
 }
 
 /// The id of model `model` of `project`: 12 hex digits of a SHA-256 of both slugs.

@@ -24,12 +24,16 @@ pub(super) struct Fixture {
 }
 
 /// The routes' state over `cluster`, with `gateway` for predictions.
-fn state(cluster: &Arc<MemoryCluster>, gateway: Option<Router>, platform_bucket: Option<&str>) -> UltralyticsApi {
+pub(super) fn state(
+    cluster: &Arc<MemoryCluster>,
+    gateway: Option<Router>,
+    platform_bucket: Option<&str>,
+) -> UltralyticsApi {
     UltralyticsApi::in_memory(cluster, gateway, platform_bucket.map(String::from))
 }
 
 /// The shared API state with one editor key of `ns`.
-fn api_with(key: &PlaintextKey, ns: &str) -> ApiState {
+pub(super) fn api_with(key: &PlaintextKey, ns: &str) -> ApiState {
     let keys = Keys::from_index(KeyIndex::from_records([KeyRecord::new(key, ns, Role::Editor, "a", Utc::now())]));
     let limiter = RateLimiter::new(Limits::default(), 10);
     ApiState::new(keys, Arc::new(MemorySecrets::new()), "rel".into(), limiter, &prometheus::Registry::new())
@@ -539,7 +543,7 @@ async fn routes_the_platform_has_and_ocellus_does_not_answer_in_the_error_shape(
     for (method, uri, status) in [
         ("PATCH", "/api/projects/team-a/p", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/training/gpu-availability", StatusCode::NOT_IMPLEMENTED),
-        ("POST", "/api/models/team-a/p/m/predict", StatusCode::NOT_IMPLEMENTED),
+        ("POST", "/api/models/team-a/p/m/clone", StatusCode::NOT_IMPLEMENTED),
         ("PATCH", "/api/models/team-a/p/m", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/billing/usage-summary", StatusCode::NOT_IMPLEMENTED),
         ("GET", "/api/trash", StatusCode::NOT_IMPLEMENTED),

@@ -473,3 +473,61 @@ async fn a_trained_model_is_deployed_stopped_resized_replaced_and_deleted() {
     assert_eq!(md.spec.model.export.as_ref().map(|e| e.name.clone()), ex.metadata.name.clone());
     assert!(md.spec.model.training_job.is_none());
 }
+
+#[tokio::test]
+async fn predictions_by_model_go_to_its_deployment_or_to_one_made_for_them() {
+    use axum::Router;
+    use axum::routing::any;
+    let f = fixture();
+    let id = project_with_model(&f).await;
+    // A stand-in gateway that echoes the path it was handed.
+    let gateway = Router::new().route(
+        "/{ns}/{name}/{*rest}",
+        any(|req: axum::extract::Request| async move { axum::Json(json!({"uri": req.uri().to_string()})) }),
+    );
+    let (api, ul) =
+        (super::tests::api_with(&f.a_editor, "team-a"), super::tests::state(&f.cluster, Some(gateway), None));
+    let app = api.router_with(ul.router(&api));
+    let a = &f.a_editor;
+    let uri = "/api/models/team-a/vision/detector/predict";
+    let (s, e) = call(&app, "POST", uri, a, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "an untrained model has nothing to serve: {e}");
+    assert!(f.cluster.deployment_store().state().is_empty(), "nothing half-made");
+    call(&app, "POST", "/api/training/start", a, start(&id, json!({"model": "yolov8n", "data": "shapes"}))).await;
+
+    // No deployment of the model: one is made for its predictions, scaling to zero.
+    let (s, echoed) = call(&app, "POST", uri, a, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{echoed}");
+    let made = format!("predict-{id}");
+    assert_eq!(echoed["uri"], format!("/team-a/{made}/predict"));
+    let md = f.cluster.deployment_store().get(&ObjectRef::new(&made).within("team-a")).expect("the deployment made");
+    assert_eq!((md.spec.scaling.min_replicas, md.spec.scaling.max_replicas), (0, 1));
+    assert!(md.spec.model.training_job.is_some(), "the model's best weights");
+    // Again, and by the model's id: the same deployment.
+    let (_, again) = call(&app, "POST", &format!("/api/models/{id}/predict"), a, Some(json!({}))).await;
+    assert_eq!(again["uri"], format!("/team-a/{made}/predict"));
+    assert_eq!(f.cluster.deployment_store().state().len(), 1);
+
+    // A deployment of the model that serves now is preferred.
+    let body = json!({"project": "vision", "model": "detector", "deployment": "api"});
+    let (s, _) = call(&app, "POST", "/api/deployments/team-a", a, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let mut ready = (*f.cluster.deployment_store().get(&ObjectRef::new("api").within("team-a")).expect("md")).clone();
+    ready.status =
+        Some(ocellus_crds::ModelDeploymentStatus { phase: ocellus_crds::DeploymentPhase::Ready, ..Default::default() });
+    f.cluster.put_deployment(ready);
+    let (_, to_api) = call(&app, "POST", uri, a, Some(json!({}))).await;
+    assert_eq!(to_api["uri"], "/team-a/api/predict", "{to_api}");
+
+    // The fixture's app (no gateway) knows every key: refusals come before the gateway.
+    for (key, path, status) in [
+        (&f.b_editor, uri.to_string(), StatusCode::NOT_FOUND),
+        (&f.b_editor, format!("/api/models/{id}/predict"), StatusCode::NOT_FOUND),
+        (a, "/api/models/team-a/vision/nothing/predict".to_string(), StatusCode::NOT_FOUND),
+        (a, "/api/models/0123456789ab/predict".to_string(), StatusCode::NOT_FOUND),
+        (a, format!("/api/models/{id}/clone"), StatusCode::NOT_IMPLEMENTED),
+    ] {
+        let (s, e) = call(&f.app, "POST", &path, key, Some(json!({}))).await;
+        assert_eq!(s, status, "{path}: {e}");
+    }
+}
