@@ -1139,6 +1139,8 @@ ready, _ = wait("deployment", lambda: p.deployments.retrieve(owner, "sdk-shapes-
                 lambda d: d["status"] in ("ready", "failed"))
 with open(sys.argv[1], "rb") as f:
     predicted = p.deployments.predict(owner, "sdk-shapes-n", body={"file": f, "conf": 0.01}, timeout=300)
+with open(sys.argv[1], "rb") as f:
+    by_model = p.models.predict(owner, "sdk-vision", "shapes-n", body={"file": f, "conf": 0.01}, timeout=300)
 stopped = p.deployments.update(owner, "sdk-shapes-n", body={"action": "stop"})
 p.deployments.delete(owner, "sdk-shapes-n")
 project = p.projects.retrieve(owner, "sdk-vision")
@@ -1152,7 +1154,7 @@ print(json.dumps({"created": m, "untrained": untrained, "started": started, "job
                   "progress": [j["progress"]["currentEpoch"] for j in polls if j], "model": model, "files": files,
                   "best_bytes": len(best.content), "best_status": best.status_code, "export": export,
                   "onnx_bytes": len(onnx.content) if onnx else 0, "onnx_head": onnx.content[:2].hex() if onnx else "",
-                  "deployment": dep, "ready": ready, "predicted": predicted, "stopped": stopped,
+                  "deployment": dep, "ready": ready, "predicted": predicted, "by_model": by_model, "stopped": stopped,
                   "project": project, "deleted": deleted}))
 "#;
 
@@ -1196,6 +1198,10 @@ async fn ultralytics_sdk_training(client: &Client, gw: &Process, key: &str, ns: 
     assert_eq!(v["ready"]["name"], "SDK shapes n");
     assert_eq!(v["predicted"]["metadata"]["task"], "detect", "{}", v["predicted"]);
     assert!(v["predicted"]["images"][0]["results"].is_array(), "{}", v["predicted"]);
+    assert_eq!(
+        v["by_model"]["images"][0]["results"], v["predicted"]["images"][0]["results"],
+        "models.predict went to the model's deployment"
+    );
     assert_eq!(v["stopped"]["status"], "stopping");
     assert_eq!(v["project"]["models"][0]["model"], "shapes-n");
     assert_eq!(v["deleted"], serde_json::json!({"success": true, "cascadedModels": 1}));
