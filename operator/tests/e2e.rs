@@ -325,6 +325,7 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
         assert_eq!(after.iter().filter(|n| n.contains("-ingest-")).count(), ingest_jobs_before, "{after:?}");
 
         pause_and_resume(&client, &ns).await;
+        unschedulable_then_fixed(&client, &ns).await;
 
         // Nothing left to do: the batch controllers sleep until something changes (no requeue
         // loop on final or idle objects).
@@ -911,6 +912,39 @@ fn label_studio_ml(gw: &Process, key: &str, ns: &str) {
     assert_eq!((v["connected"].as_i64(), v["title"].as_str()), (Some(1), Some("Shapes detector")), "{v}");
     assert_eq!(v["for_project"], serde_json::json!([v["id"]]), "{v}");
     assert_eq!(v["versions"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+/// A TrainingJob asking for more GPUs than the node has: `Unschedulable` with the scheduler's
+/// words; fewer GPUs in the spec replace the attempt that never started, and it trains.
+async fn unschedulable_then_fixed(client: &Client, ns: &str) {
+    let tjs: Api<TrainingJob> = Api::namespaced(client.clone(), ns);
+    let mut tj = tjs.get("shapes-yolov8n").await.expect("tj");
+    tj.metadata = kube::api::ObjectMeta { name: Some("greedy-training".into()), ..Default::default() };
+    tj.spec.hyperparameters.epochs = 1;
+    tj.spec.resources.gpu.count = 2;
+    tj.status = None;
+    tjs.create(&PostParams::default(), &tj).await.expect("create");
+    let st = eventually("greedy training Unschedulable", Duration::from_secs(60), || async {
+        let st = tjs.get("greedy-training").await.ok()?.status?;
+        let cause = st.job.failure.as_ref()?.pod_cause.clone()?;
+        (cause == "Unschedulable").then_some(st)
+    })
+    .await;
+    assert_eq!(st.phase, TrainingPhase::Pending, "{st:?}");
+    let ready = st.common.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert!(ready.message.as_deref().is_some_and(|m| m.contains("nvidia.com/gpu")), "{ready:?}");
+    let fix = serde_json::json!({"spec": {"resources": {"gpu": {"count": 1}}}});
+    tjs.patch("greedy-training", &PatchParams::default(), &Patch::Merge(&fix)).await.expect("patch");
+    let st = eventually("fixed training Succeeded", Duration::from_secs(300), || async {
+        let st = tjs.get("greedy-training").await.ok()?.status?;
+        assert_ne!(st.phase, TrainingPhase::Failed, "{st:?}");
+        (st.phase == TrainingPhase::Succeeded).then_some(st)
+    })
+    .await;
+    assert_eq!(st.job.job_name.as_deref(), Some("greedy-training-2"), "the new spec ran as a new attempt");
+    assert_eq!(st.restarts, 0, "an attempt that never started is not a failure");
+    let jobs = Api::<Job>::namespaced(client.clone(), ns);
+    assert!(jobs.get_opt("greedy-training-1").await.expect("get").is_none(), "the unschedulable attempt was removed");
 }
 
 /// A TrainingJob suspended while it trains and resumed: the attempt's pod saves `last` on SIGTERM
