@@ -568,28 +568,34 @@ pub async fn export(
     Ok(Json(DatasetExport { download_url, version: q.v, cached: q.v.is_none().then_some(false) }))
 }
 
-/// The dataset's class distribution, image sizes and object location and size heatmaps, from
-/// its current manifest.
+/// The dataset's class distribution, image sizes and object location and size heatmaps: the
+/// `classStats` of its current ingest's summary (computed over every image at ingest, in the
+/// platform's shape).
 #[utoipa::path(get, path = "/api/datasets/{owner}/{dataset}/class-stats", tag = "ultralytics",
     params(("owner" = String, Path), ("dataset" = String, Path, description = "Slug or `ds_` id")),
-    responses((status = 200, body = super::class_stats::ClassStats), (status = 404, body = crate::api::error::ErrorBody),
+    responses((status = 200, body = Object), (status = 404, body = crate::api::error::ErrorBody),
         (status = 409, body = crate::api::error::ErrorBody), crate::api::keys_router::CommonErrors),
     security(("bearer" = [])))]
 pub async fn class_stats(
     State(api): State<UltralyticsApi>,
     principal: Principal,
     Path((owner, dataset)): Path<(String, String)>,
-) -> Result<Json<super::class_stats::ClassStats>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     principal.require(Action::Read)?;
     let ns = own_workspace(&principal, &owner)?;
     let d = find(&api, ns, &dataset)?;
-    let manifest = manifest_for(&d, None)?;
+    let summary = d.status.as_ref().and_then(|s| s.summary_uri.clone()).ok_or_else(|| {
+        ApiError::Conflict(format!("dataset '{}' has no ingest summary yet: ingest it first", d.name_any()))
+    })?;
     let Some(uploads) = api.uploads.as_ref() else {
         return Err(ApiError::NotImplemented { what: "class statistics without object storage".into() });
     };
-    let bytes = uploads.read(&manifest).await?;
-    let text = std::str::from_utf8(&bytes).map_err(ApiError::internal)?;
-    Ok(Json(super::class_stats::compute(text).map_err(ApiError::internal)?))
+    let bytes = uploads.read(&summary).await?;
+    let mut summary: serde_json::Value = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+    match summary.get_mut("classStats").map(serde_json::Value::take) {
+        Some(stats) if stats.is_object() => Ok(Json(stats)),
+        _ => Err(ApiError::internal(format!("the summary of dataset '{}' has no classStats", d.name_any()))),
+    }
 }
 
 /// `{"success": true}`.

@@ -15,7 +15,6 @@
 //! ([`Recent`]), so that a client reads what it just wrote. Writes go through [`Cluster`]: the
 //! Kubernetes API in the binary, memory in unit tests.
 
-pub mod class_stats;
 pub mod cluster;
 pub mod compat;
 pub mod datasets;
