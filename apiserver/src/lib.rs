@@ -11,6 +11,8 @@ pub mod label_studio;
 pub mod podlogs;
 pub mod roboflow;
 pub mod serving;
+#[cfg(test)]
+mod test_support;
 pub mod ultralytics;
 
 use axum::Router;

@@ -6,15 +6,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use chrono::Utc;
 use kube::ResourceExt;
 use ocellus_crds::{DeploymentPhase, Export, ExportPhase, ExportStatus, ModelDeployment, ModelDeploymentStatus};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::api::keys::{KeyRecord, PlaintextKey};
-use crate::api::{ApiState, KeyIndex, Keys, Limits, MemorySecrets, RateLimiter, Role};
-use crate::ultralytics::{Cluster, MemoryCluster, UltralyticsApi};
+use crate::ultralytics::{Cluster, MemoryCluster};
 
 struct Fixture {
     app: Router,
@@ -23,26 +20,8 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let keys =
-        [PlaintextKey::from_bytes([1; 20]), PlaintextKey::from_bytes([2; 20]), PlaintextKey::from_bytes([3; 20])];
-    let index = KeyIndex::from_records([
-        KeyRecord::new(&keys[0], "team-a", Role::Editor, "a", Utc::now()),
-        KeyRecord::new(&keys[1], "team-a", Role::Viewer, "av", Utc::now()),
-        KeyRecord::new(&keys[2], "team-b", Role::Editor, "b", Utc::now()),
-    ]);
-    let limiter = RateLimiter::new(Limits::default(), 100);
-    let api = ApiState::new(
-        Keys::from_index(index),
-        Arc::new(MemorySecrets::new()),
-        "rel".into(),
-        limiter,
-        &prometheus::Registry::new(),
-    )
-    .expect("state");
-    let cluster = Arc::new(MemoryCluster::default());
-    let ul = UltralyticsApi::in_memory(&cluster, None, None);
-    let app = api.router_with(ul.router(&api).merge(super::router(&ul, &api)));
-    Fixture { app, cluster, keys: keys.map(|k| k.expose().to_string()) }
+    let (app, cluster, keys) = crate::test_support::app_with(super::router);
+    Fixture { app, cluster, keys }
 }
 
 /// A request as `label-studio-sdk` sends it (`Authorization: Token`); the status and JSON body.

@@ -12,10 +12,9 @@ use ocellus_crds::{DeploymentPhase, Export, ExportPhase, ExportStatus, ModelDepl
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::api::keys::{KeyRecord, PlaintextKey};
-use crate::api::{ApiState, KeyIndex, Keys, Limits, MemorySecrets, RateLimiter, Role};
+use crate::api::keys::PlaintextKey;
 use crate::ultralytics::cluster::PodLog;
-use crate::ultralytics::{Cluster, MemoryCluster, UltralyticsApi};
+use crate::ultralytics::{Cluster, MemoryCluster};
 
 struct Fixture {
     app: Router,
@@ -26,28 +25,8 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let keys =
-        [PlaintextKey::from_bytes([1; 20]), PlaintextKey::from_bytes([2; 20]), PlaintextKey::from_bytes([3; 20])];
-    let index = KeyIndex::from_records([
-        KeyRecord::new(&keys[0], "team-a", Role::Editor, "a", Utc::now()),
-        KeyRecord::new(&keys[1], "team-a", Role::Viewer, "av", Utc::now()),
-        KeyRecord::new(&keys[2], "team-b", Role::Editor, "b", Utc::now()),
-    ]);
-    let limiter = RateLimiter::new(Limits::default(), 100);
-    let api = ApiState::new(
-        Keys::from_index(index),
-        Arc::new(MemorySecrets::new()),
-        "rel".into(),
-        limiter,
-        &prometheus::Registry::new(),
-    )
-    .expect("state");
-    let cluster = Arc::new(MemoryCluster::default());
-    let ul = UltralyticsApi::in_memory(&cluster, None, None);
-    // Both surfaces, as the binary merges them: the Ultralytics catch-all must not take ours.
-    let app = api.router_with(ul.router(&api).merge(super::router(&ul, &api)));
-    let [a, av, b] = keys.map(|k| k.expose().to_string());
-    Fixture { app, cluster, a, a_viewer: av, b }
+    let (app, cluster, [a, a_viewer, b]) = crate::test_support::app_with(super::router);
+    Fixture { app, cluster, a, a_viewer, b }
 }
 
 /// A request as the Roboflow CLI sends it: GETs with the key in the query, POSTs with it in
