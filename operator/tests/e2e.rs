@@ -915,7 +915,7 @@ fn label_studio_ml(gw: &Process, key: &str, ns: &str) {
 }
 
 /// A TrainingJob asking for more GPUs than the node has: `Unschedulable` with the scheduler's
-/// words; fewer GPUs in the spec replace the attempt that never started, and it trains.
+/// words; a fixed spec (no GPU) replaces the attempt that never started, and it trains.
 async fn unschedulable_then_fixed(client: &Client, ns: &str) {
     let tjs: Api<TrainingJob> = Api::namespaced(client.clone(), ns);
     let mut tj = tjs.get("shapes-yolov8n").await.expect("tj");
@@ -933,7 +933,8 @@ async fn unschedulable_then_fixed(client: &Client, ns: &str) {
     assert_eq!(st.phase, TrainingPhase::Pending, "{st:?}");
     let ready = st.common.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
     assert!(ready.message.as_deref().is_some_and(|m| m.contains("nvidia.com/gpu")), "{ready:?}");
-    let fix = serde_json::json!({"spec": {"resources": {"gpu": {"count": 1}}}});
+    // Fixed by training on CPU: the local node advertises GPUs but has no CUDA to run on.
+    let fix = serde_json::json!({"spec": {"resources": {"gpu": {"count": 0}}}});
     tjs.patch("greedy-training", &PatchParams::default(), &Patch::Merge(&fix)).await.expect("patch");
     let st = eventually("fixed training Succeeded", Duration::from_secs(300), || async {
         let st = tjs.get("greedy-training").await.ok()?.status?;

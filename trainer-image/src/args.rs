@@ -30,19 +30,37 @@ pub struct DeviceArgs {
 
 #[cfg(feature = "torch")]
 impl DeviceArgs {
-    /// The libtorch device, or an invalid-input failure naming the accepted values.
+    /// The libtorch device, or an invalid-input failure naming the accepted values. A CUDA
+    /// device this process cannot see (no driver, or fewer GPUs) is a transient failure of the
+    /// environment, not a panic in libtorch later: another node may have it.
     pub fn resolve(&self) -> Result<tch::Device, crate::report::Failure> {
-        match self.device.as_str() {
-            "auto" => Ok(tch::Device::cuda_if_available()),
-            "cpu" => Ok(tch::Device::Cpu),
-            "cuda" => Ok(tch::Device::Cuda(0)),
-            other => other.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(tch::Device::Cuda).ok_or_else(|| {
-                crate::report::Failure::invalid(
-                    "InvalidDevice",
-                    format!("unknown device {other:?} (auto, cpu, cuda, cuda:N)"),
-                )
-            }),
+        let device = match self.device.as_str() {
+            "auto" => tch::Device::cuda_if_available(),
+            "cpu" => tch::Device::Cpu,
+            "cuda" => tch::Device::Cuda(0),
+            other => {
+                other.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(tch::Device::Cuda).ok_or_else(|| {
+                    crate::report::Failure::invalid(
+                        "InvalidDevice",
+                        format!("unknown device {other:?} (auto, cpu, cuda, cuda:N)"),
+                    )
+                })?
+            }
+        };
+        if let tch::Device::Cuda(n) = device {
+            let visible = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+            if n as i64 >= visible {
+                return Err(crate::report::Failure {
+                    kind: ocellus_core::ErrorKind::Transient,
+                    reason: "CudaUnavailable",
+                    message: format!(
+                        "--device {} asks for CUDA device {n}, but this process sees {visible} (no NVIDIA driver or GPU here)",
+                        self.device
+                    ),
+                });
+            }
         }
+        Ok(device)
     }
 }
 
@@ -63,8 +81,18 @@ mod tests {
     fn devices_parse() {
         let d = |s: &str| DeviceArgs { device: s.into() }.resolve();
         assert_eq!(d("cpu").expect("cpu"), tch::Device::Cpu);
-        assert_eq!(d("cuda:1").expect("cuda:1"), tch::Device::Cuda(1));
         let bad = d("tpu").expect_err("tpu");
         assert_eq!(bad.reason, "InvalidDevice");
+        // A GPU this process cannot see is refused up front (on a machine with two GPUs,
+        // `cuda:1` is accepted).
+        let gpus = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+        match d("cuda:1") {
+            Ok(dev) => assert!(gpus >= 2 && dev == tch::Device::Cuda(1)),
+            Err(e) => {
+                assert!(gpus < 2, "{e}");
+                assert_eq!((e.reason, e.kind), ("CudaUnavailable", ocellus_core::ErrorKind::Transient));
+                assert!(e.message.contains("sees"), "{e}");
+            }
+        }
     }
 }
