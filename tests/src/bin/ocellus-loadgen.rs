@@ -1,5 +1,6 @@
-//! HTTP load generator for the predictor benchmark: posts images as multipart `file` fields to a
-//! URL at a fixed concurrency and prints throughput and latency percentiles as JSON.
+//! HTTP load generator for the benchmarks: posts images as multipart `file` fields to a URL (the
+//! predictor benchmark), or sends `GET`s (`--get`, the REST list benchmark), at a fixed
+//! concurrency, and prints throughput and latency percentiles as JSON.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,9 +12,21 @@ struct Args {
     /// Endpoint, e.g. http://127.0.0.1:8080/predict.
     #[arg(long, env = "LOADGEN_URL")]
     url: String,
-    /// Directory of images (sent round-robin).
-    #[arg(long, env = "LOADGEN_IMAGES")]
-    images: PathBuf,
+    /// Directory of images (sent round-robin); required unless `--get`.
+    #[arg(long, env = "LOADGEN_IMAGES", required_unless_present = "get")]
+    images: Option<PathBuf>,
+    /// Send `GET`s with no body instead of posting images.
+    #[arg(long, env = "LOADGEN_GET")]
+    get: bool,
+    /// Extra request header, `Name: value` (repeatable), e.g. `Authorization: Bearer ...`.
+    #[arg(long = "header", env = "LOADGEN_HEADERS", value_delimiter = ';')]
+    headers: Vec<String>,
+    /// PEM file of a CA to trust for `https://` URLs (e.g. a local cluster's).
+    #[arg(long, env = "LOADGEN_CA")]
+    ca: Option<PathBuf>,
+    /// Client threads.
+    #[arg(long, env = "LOADGEN_THREADS", default_value_t = 1)]
+    threads: usize,
     /// Requests in flight.
     #[arg(long, env = "LOADGEN_CONCURRENCY", default_value_t = 1)]
     concurrency: usize,
@@ -27,49 +40,64 @@ struct Args {
 
 fn main() -> Result<(), String> {
     let a = Args::parse();
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&a.images)
-        .map_err(|e| e.to_string())?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "jpeg"))
-        .map(|p| {
-            (
-                p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                std::fs::read(&p).unwrap_or_default(),
-            )
-        })
-        .collect();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for h in &a.headers {
+        let (k, v) = h.split_once(':').ok_or_else(|| format!("--header {h:?}: expected `Name: value`"))?;
+        let name = reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).map_err(|e| e.to_string())?;
+        headers.insert(name, v.trim().parse().map_err(|e| format!("--header {k}: {e}"))?);
+    }
+    let mut files: Vec<(String, Vec<u8>)> = match &a.images {
+        Some(dir) if !a.get => std::fs::read_dir(dir)
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "jpeg"))
+            .map(|p| {
+                (
+                    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    std::fs::read(&p).unwrap_or_default(),
+                )
+            })
+            .collect(),
+        _ => vec![],
+    };
     files.sort();
-    if files.is_empty() {
-        return Err(format!("no .jpg images in {}", a.images.display()));
+    if files.is_empty() && !a.get {
+        return Err(format!("no .jpg images in {}", a.images.as_deref().unwrap_or(std::path::Path::new("")).display()));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(a.threads.max(1))
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(a.concurrency)
             .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| e.to_string())?;
+            .default_headers(headers);
+        if let Some(ca) = &a.ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?);
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
+        let get = a.get;
         let send = |i: usize| {
-            let (name, bytes) = files[i % files.len()].clone();
+            let file = (!get).then(|| files[i % files.len()].clone());
             let client = client.clone();
             let url = a.url.clone();
             async move {
-                let part = reqwest::multipart::Part::bytes(bytes)
-                    .file_name(name)
-                    .mime_str("image/jpeg")
-                    .map_err(|e| e.to_string())?;
                 let t = Instant::now();
-                let r = client
-                    .post(url)
-                    .multipart(reqwest::multipart::Form::new().part("file", part))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let request = match file {
+                    None => client.get(url),
+                    Some((name, bytes)) => {
+                        let part = reqwest::multipart::Part::bytes(bytes)
+                            .file_name(name)
+                            .mime_str("image/jpeg")
+                            .map_err(|e| e.to_string())?;
+                        client.post(url).multipart(reqwest::multipart::Form::new().part("file", part))
+                    }
+                };
+                let r = request.send().await.map_err(|e| e.to_string())?;
                 let ok = r.status().is_success();
                 let _ = r.bytes().await;
                 Ok::<_, String>((t.elapsed(), ok))
@@ -93,7 +121,8 @@ fn main() -> Result<(), String> {
         println!(
             "{}",
             serde_json::json!({"concurrency": a.concurrency, "requests": a.requests, "errors": errors,
-                               "images_per_second": lat.len() as f64 / wall, "p50_ms": pct(0.5), "p99_ms": pct(0.99)})
+                               "images_per_second": lat.len() as f64 / wall, "requests_per_second": lat.len() as f64 / wall,
+                               "p50_ms": pct(0.5), "p99_ms": pct(0.99)})
         );
         Ok(())
     })
