@@ -105,6 +105,23 @@ pub fn presented_key(headers: &HeaderMap, uri: &Uri) -> Result<Option<PlaintextK
     }
 }
 
+/// Whether a request presents a key in a header or the query: the forms [`presented_key`]
+/// decides by, which a key in a JSON body (Roboflow's) must not override.
+pub fn presents_key(headers: &HeaderMap, uri: &Uri) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || uri.query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("api_key")))
+}
+
+/// Sets `key` (taken from a JSON body) as the request's `Authorization: Bearer`, marked
+/// sensitive so that it is never logged; a key that cannot be a header value is left out, and
+/// the request is then refused as presenting none.
+pub fn set_bearer(headers: &mut HeaderMap, key: &str) {
+    if let Ok(mut v) = axum::http::HeaderValue::from_str(&format!("Bearer {key}")) {
+        v.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, v);
+    }
+}
+
 fn malformed_err() -> ApiError {
     ApiError::Unauthorized(AuthFailure::Malformed)
 }

@@ -133,8 +133,7 @@ async fn key_from_json_body(gw: &Gateway, req: Request) -> Result<Request, Gatew
     if gw.inner.keys.get().is_none() || req.method() != Method::POST || !is_json {
         return Ok(req);
     }
-    let has_key = req.headers().contains_key(header::AUTHORIZATION)
-        || req.uri().query().is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("api_key")));
+    let has_key = crate::api::auth::presents_key(req.headers(), req.uri());
     let (mut parts, body) = req.into_parts();
     let limit = gw.inner.config.max_body_bytes;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -148,11 +147,8 @@ async fn key_from_json_body(gw: &Gateway, req: Request) -> Result<Request, Gatew
         && let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice::<serde_json::Value>(&bytes)
         && let Some(key) = fields.remove("api_key")
     {
-        if let (false, Some(k)) = (has_key, key.as_str())
-            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {k}"))
-        {
-            value.set_sensitive(true);
-            parts.headers.insert(header::AUTHORIZATION, value);
+        if let (false, Some(k)) = (has_key, key.as_str()) {
+            crate::api::auth::set_bearer(&mut parts.headers, k);
         }
         bytes = Bytes::from(serde_json::Value::Object(fields).to_string());
         parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderMap, Method};
 use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -77,8 +77,7 @@ pub fn router(cluster: &UltralyticsApi, api: &ApiState) -> Router {
 /// layer, when the request presents no key otherwise (a header or `api_key` query decides, as
 /// everywhere). The body is passed on unchanged.
 async fn key_from_body(req: Request, next: Next) -> Response {
-    let has_query_key = req.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("api_key=")));
-    if req.method() != Method::POST || req.headers().contains_key(header::AUTHORIZATION) || has_query_key {
+    if req.method() != Method::POST || crate::api::auth::presents_key(req.headers(), req.uri()) {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
@@ -89,11 +88,8 @@ async fn key_from_body(req: Request, next: Next) -> Response {
     struct WithKey {
         api_key: Option<String>,
     }
-    if let Ok(WithKey { api_key: Some(k) }) = serde_json::from_slice::<WithKey>(&bytes)
-        && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {k}"))
-    {
-        v.set_sensitive(true);
-        parts.headers.insert(header::AUTHORIZATION, v);
+    if let Ok(WithKey { api_key: Some(k) }) = serde_json::from_slice::<WithKey>(&bytes) {
+        crate::api::auth::set_bearer(&mut parts.headers, &k);
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
