@@ -486,14 +486,13 @@ pub async fn list_own(
     )
     .await?;
     if let Some((project, slug)) = model {
-        let ns = owner.as_str();
-        listed.deployments.retain(|d| {
-            api.deployments_in(ns).iter().any(|m| {
-                m.name_any() == d.deployment
-                    && m.labels().get(PROJECT) == Some(&project)
-                    && m.labels().get(MODEL) == Some(&slug)
-            })
-        });
+        let of_model: std::collections::HashSet<String> = api
+            .deployments_in(&owner)
+            .iter()
+            .filter(|m| m.labels().get(PROJECT) == Some(&project) && m.labels().get(MODEL) == Some(&slug))
+            .map(|m| m.name_any())
+            .collect();
+        listed.deployments.retain(|d| of_model.contains(&d.deployment));
         listed.total = listed.deployments.len();
     }
     listed.deployments.truncate(limit);
@@ -694,11 +693,12 @@ pub async fn predict_by_model(
         None => {
             principal.require(Action::Write)?;
             let id = super::models::model_id(&project, &model);
+            let name = format!("predict-{id}");
             let source = model_source(&api, &ns, &project, &model)?;
             let body = CreateDeployment {
                 project: project.clone(),
                 model: model.clone(),
-                deployment: Some(format!("predict-{id}")),
+                deployment: Some(name.clone()),
                 name: Some(format!("{project}/{model} predictions")),
                 region: None,
                 cpu: None,
@@ -709,16 +709,9 @@ pub async fn predict_by_model(
             md.metadata.annotations.get_or_insert_with(Default::default).insert(PREDICTIONS_OF.into(), id);
             let created = match api.cluster.create_deployment(md).await {
                 Ok(c) => c,
-                // Another request (or replica) made it first: use that one.
-                Err(ApiError::Conflict(_)) => {
-                    api.cluster
-                        .patch_deployment(
-                            &ns,
-                            &format!("predict-{}", super::models::model_id(&project, &model)),
-                            json!({}),
-                        )
-                        .await?
-                }
+                // Another request (or replica) made it first: use that one (an empty merge patch
+                // reads it back from the API server, which this replica's cache may lag).
+                Err(ApiError::Conflict(_)) => api.cluster.patch_deployment(&ns, &name, json!({})).await?,
                 Err(e) => return Err(e),
             };
             tracing::info!(namespace = %ns, deployment = %created.name_any(), key = %principal.key_id, "deployment for predictions by model created");
