@@ -32,7 +32,7 @@ fn cluster() -> &'static LocalCluster {
             gpus: Some(2),
             gpu_product: Some("NVIDIA-Test-GPU".into()),
             images,
-            keep_dir: false,
+            ..Default::default()
         })
         .expect("local cluster starts")
     })
@@ -261,6 +261,39 @@ fn kubectl_logs_returns_container_output() {
             .output()
             .expect("kubectl");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "line-three");
+    });
+}
+
+/// Each container's `/tmp` is its own, or its pod's when an emptyDir is mounted there: never
+/// the host's, which concurrent trainer pods would share.
+#[test]
+fn containers_get_their_own_tmp_or_their_pods_empty_dir() {
+    with_ns("tmp", |client, ns| async move {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let ctr = |name: &str, mount: bool| {
+            let mut c = json!({"name": name, "image": "busybox", "command": ["sh", "-c", "touch \"$TMPDIR/$HOSTNAME\" && echo \"$TMPDIR\""]});
+            if mount {
+                c["volumeMounts"] = json!([{"name": "scratch", "mountPath": "/tmp"}]);
+            }
+            c
+        };
+        let pod: Pod = obj(json!({"metadata": {"name": "scratch"}, "spec": {"restartPolicy": "Never",
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [ctr("a", true), ctr("b", true), ctr("c", false)]}}));
+        pods.create(&PostParams::default(), &pod).await.expect("create");
+        eventually("pod succeeded", WAIT, || async {
+            (pod_phase(&pods, "scratch").await? == "Succeeded").then_some(())
+        })
+        .await;
+        let mut tmp = std::collections::BTreeMap::new();
+        for c in ["a", "b", "c"] {
+            let out = cluster().kubectl(&["-n", &ns, "logs", "scratch", "-c", c]);
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(out.status.success() && dir.starts_with('/') && dir != "/tmp", "{c}: {dir:?}");
+            tmp.insert(c, dir);
+        }
+        assert_eq!(tmp["a"], tmp["b"], "the emptyDir at /tmp is the pod's");
+        assert_ne!(tmp["a"], tmp["c"], "a container without the mount has its own /tmp");
     });
 }
 

@@ -364,6 +364,25 @@ async fn run_probe(probe: &Probe, ip: &str, c: &Container) -> bool {
     true
 }
 
+/// The container's `/tmp` as TMPDIR: the pod's emptyDir volume when one is mounted there (shared
+/// by the pod's containers, as a kubelet mounts it), else the container's own, as its image's
+/// filesystem would be. Never the host's `/tmp`: concurrent pods must not share scratch files.
+fn tmp_dir(pod: &Pod, spec: &Container, dir: &std::path::Path) -> PathBuf {
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
+    let empty_dir = spec
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.mount_path.trim_end_matches('/') == "/tmp")
+        .find(|m| volumes.iter().any(|v| v.name == m.name && v.empty_dir.is_some()));
+    let tmp = match empty_dir {
+        Some(m) => dir.join("volumes").join(&m.name),
+        None => dir.join("tmp").join(&spec.name),
+    };
+    let _ = std::fs::create_dir_all(&tmp);
+    tmp
+}
+
 /// Resolves env, argv and working dir, then spawns the container's process and records its
 /// output into a new log file (the receiver resolves once all of it is recorded).
 async fn start(
@@ -379,6 +398,7 @@ async fn start(
     vars.insert("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()));
     vars.insert("HOME".into(), dir.display().to_string());
     vars.insert("HOSTNAME".into(), pod.name_any());
+    vars.insert("TMPDIR".into(), tmp_dir(pod, spec, dir).display().to_string());
     let port = ctx.cfg.api_server.rsplit(':').next().unwrap_or("443").to_string();
     vars.insert("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into());
     vars.insert("KUBERNETES_SERVICE_PORT".into(), port);
