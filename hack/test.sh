@@ -37,9 +37,9 @@ source <(hack/setup.sh torch-env)
 # One invocation, so the `ocellus-trainer` binary the predictor tests run is the libtorch build.
 cargo test --locked -p ocellus-trainer -p ocellus-predictor --features ocellus-trainer/torch,ocellus-predictor/torch --no-fail-fast
 
-log "running the operator end to end (examples on the local cluster, the libtorch trainer built above)"
+log "running the operator end to end and under failure (the local cluster, the libtorch trainer built above)"
 # `-p ocellus-operator` alone does not rebuild the trainer: target/debug/ocellus-trainer stays the libtorch build.
-cargo test --locked -p ocellus-operator --features e2e --test e2e --no-fail-fast
+cargo test --locked -p ocellus-operator --features e2e --test e2e --test resilience --no-fail-fast
 
 log "running the demo (hack/demo.sh, the main job) in short: 3 epochs, then --exit"
 cargo test --locked -p ocellus-tests --features demo --test demo --no-fail-fast

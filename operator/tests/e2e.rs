@@ -6,14 +6,13 @@
 //! running this test with `--features e2e`).
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use ocellus_crds::{
@@ -21,83 +20,13 @@ use ocellus_crds::{
 };
 use ocellus_operator::controller::model_deployment::{HELD_ANNOTATION, WAKE_ANNOTATION};
 use ocellus_storage::s3::Store;
-use ocellus_tests::cluster::{ClusterOptions, LocalCluster, stdout_ok};
-use ocellus_tests::node::{ImageMap, ImageMapping};
+use ocellus_tests::cluster::{LocalCluster, stdout_ok};
 use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
-use ocellus_tests::{eventually, fixtures, repo_root, workspace_binary};
+use ocellus_tests::{eventually, fixtures, repo_root};
 use sha2::{Digest, Sha256};
 
-const TRAINER_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-trainer";
-const PREDICTOR_IMAGE: &str = "ghcr.io/ocellus-dev/ocellus-predictor";
-const BUCKET: &str = "ocellus";
-
-/// One of our binaries run as a process against the cluster, its output in a log file under the
-/// temp dir; killed on drop.
-struct Process {
-    child: Child,
-    /// The loopback port it serves on (`/metrics`, or the gateway).
-    port: u16,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    /// Starts `binary` with only PATH, KUBECONFIG and `env` (`{port}` in a value is replaced by a
-    /// free port), logging to `<log>-<pid>.log`.
-    fn start(c: &LocalCluster, binary: &str, log: &str, env: &[(&str, String)]) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-        let file = std::fs::File::create(std::env::temp_dir().join(format!("{log}-{}.log", std::process::id())))
-            .expect("log file");
-        let mut cmd = Command::new(workspace_binary(binary));
-        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("KUBECONFIG", c.kubeconfig());
-        for (k, v) in env {
-            cmd.env(k, v.replace("{port}", &port.to_string()));
-        }
-        let child = cmd.stdout(file.try_clone().expect("log")).stderr(file).spawn().expect("start the process");
-        Process { child, port }
-    }
-
-    /// `ocellus_operator_reconciles_total` by controller, from an operator's `/metrics`.
-    async fn reconciles(&self) -> BTreeMap<String, f64> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        let text = reqwest::get(&url).await.expect("metrics").text().await.expect("text");
-        text.lines()
-            .filter_map(|l| l.strip_prefix("ocellus_operator_reconciles_total{controller=\""))
-            .filter_map(|l| {
-                let (name, rest) = l.split_once("\"} ")?;
-                Some((name.to_string(), rest.trim().parse().ok()?))
-            })
-            .collect()
-    }
-
-    /// Its base URL.
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Process {
-    let env = [
-        ("OCELLUS_METRICS_ADDR", "127.0.0.1:{port}".to_string()),
-        ("OCELLUS_LOG", "info,ocellus_operator=debug".into()),
-        ("OCELLUS_TRAINER_IMAGE", format!("{TRAINER_IMAGE}:test")),
-        ("OCELLUS_PREDICTOR_IMAGE", format!("{PREDICTOR_IMAGE}:test")),
-        ("OCELLUS_S3_ENDPOINT", s3.endpoint().to_string()),
-        ("OCELLUS_S3_BUCKET", BUCKET.into()),
-        ("OCELLUS_S3_SECRET", "ocellus-s3".into()),
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
-        ("POD_NAMESPACE", "default".into()),
-        ("POD_NAME", identity.into()),
-        ("OCELLUS_LEASE_DURATION", "4".into()),
-    ];
-    Process::start(c, "ocellus-operator", &format!("ocellus-operator-{identity}"), &env)
-}
+mod common;
+use common::{BUCKET, Process, s3_secret, start_operator};
 
 /// Starts the apiserver (the gateway) with `key` as the bootstrap admin key of namespace `ns`,
 /// and waits until it is ready.
@@ -122,15 +51,6 @@ async fn start_apiserver(c: &LocalCluster, ns: &str, key: &str, s3_endpoint: &st
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     p
-}
-
-async fn s3_secret(client: &Client, ns: &str) {
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "ocellus-s3"},
-        "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY},
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.expect("create secret");
 }
 
 /// `examples/` with the training shortened to 3 epochs (the rest as committed).
@@ -163,37 +83,7 @@ fn examples(dir: &std::path::Path) {
 #[test]
 fn examples_ingest_train_and_export_on_the_local_cluster() {
     let s3 = S3Server::start().expect("S3 server");
-    let images = ImageMap {
-        images: vec![
-            // Both images set ORT_DYLIB_PATH to the ONNX Runtime they ship (their Dockerfiles):
-            // the trainer calibrates and gates INT8 exports in it, the predictor serves with it.
-            ImageMapping {
-                image: TRAINER_IMAGE.into(),
-                binary: Some(workspace_binary("ocellus-trainer")),
-                env: BTreeMap::from([(
-                    "ORT_DYLIB_PATH".to_string(),
-                    ocellus_tests::cache_dir().join("lib/libonnxruntime.so").display().to_string(),
-                )]),
-            },
-            ImageMapping {
-                image: PREDICTOR_IMAGE.into(),
-                binary: Some(workspace_binary("ocellus-predictor")),
-                env: BTreeMap::from([(
-                    "ORT_DYLIB_PATH".to_string(),
-                    ocellus_tests::cache_dir().join("lib/libonnxruntime.so").display().to_string(),
-                )]),
-            },
-        ],
-    };
-    let c = LocalCluster::start(ClusterOptions {
-        gpus: Some(1),
-        gpu_product: Some("NVIDIA-Test-GPU".into()),
-        images,
-        keep_dir: false,
-    })
-    .expect("local cluster");
-    stdout_ok(&c.kubectl(&["apply", "--validate=false", "-f", &repo_root().join("crds/yaml").display().to_string()]));
-    stdout_ok(&c.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "--all"]));
+    let c = common::cluster_with_crds();
 
     c.block_on(async {
         // The example's source archive and the platform bucket.

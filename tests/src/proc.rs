@@ -134,9 +134,25 @@ pub fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStat
     child.wait().ok()
 }
 
+/// Sends SIGKILL to the one process `pid` (not its group): a container's process dying as the
+/// kernel's OOM killer or `kill -9` would end it.
+pub fn kill_process(pid: u32) {
+    ffi::kill(pid as i32, ffi::SIGKILL);
+}
+
 /// Pids of live processes whose environment carries `MARKER_ENV=<id>`.
 pub fn processes_with_marker(id: &str) -> Vec<u32> {
     let needle = format!("{MARKER_ENV}={id}");
+    live_processes_where("environ", |entry| entry == needle.as_bytes())
+}
+
+/// Pids of live processes with `arg` among their command-line arguments.
+pub fn processes_with_arg(arg: &str) -> Vec<u32> {
+    live_processes_where("cmdline", |entry| entry == arg.as_bytes())
+}
+
+/// Pids of live processes with an entry of `/proc/<pid>/<file>` (NUL-separated) that `hit`s.
+fn live_processes_where(file: &str, hit: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
@@ -145,8 +161,8 @@ pub fn processes_with_marker(id: &str) -> Vec<u32> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
             !zombie
-                && std::fs::read(format!("/proc/{pid}/environ"))
-                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                && std::fs::read(format!("/proc/{pid}/{file}"))
+                    .map(|bytes| bytes.split(|b| *b == 0).any(&hit))
                     .unwrap_or(false)
         })
         .collect()
