@@ -446,7 +446,7 @@ pub fn managed() -> watcher::Config {
 pub struct Runtime {
     /// The shared context.
     pub ctx: Arc<Context>,
-    /// Keeps the Job and Pod caches filled.
+    /// Keeps the Job, Pod and Deployment caches filled.
     pub reflectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -465,16 +465,27 @@ pub async fn start(
     let job_api: Api<Job> = scoped(&client, namespace);
     let pod_api: Api<Pod> = scoped(&client, namespace);
     let deployment_api: Api<Deployment> = scoped(&client, namespace);
+    // The caches keep no managedFields: nothing reads them, and they are a large part of each
+    // Pod (about a third of the operator's memory with 1000 pending pods).
     let reflectors = vec![
         tokio::spawn(
-            watcher(job_api, managed()).default_backoff().reflect(job_writer).for_each(|_| futures::future::ready(())),
+            watcher(job_api, managed())
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(job_writer)
+                .for_each(|_| futures::future::ready(())),
         ),
         tokio::spawn(
-            watcher(pod_api, managed()).default_backoff().reflect(pod_writer).for_each(|_| futures::future::ready(())),
+            watcher(pod_api, managed())
+                .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
+                .reflect(pod_writer)
+                .for_each(|_| futures::future::ready(())),
         ),
         tokio::spawn(
             watcher(deployment_api, managed())
                 .default_backoff()
+                .modify(|o| o.managed_fields_mut().clear())
                 .reflect(deployment_writer)
                 .for_each(|_| futures::future::ready(())),
         ),

@@ -35,7 +35,9 @@ pub const CONTROLLER: &str = "trainingjob";
 pub const GENERATION_ANNOTATION: &str = "ocellus.dev/generation";
 /// Grace period of a training pod: SIGTERM finishes the step and uploads `last`.
 pub const GRACE_SECONDS: i64 = 300;
-/// How often progress is polled while an attempt runs.
+/// How often progress is polled while an attempt runs, and a pending attempt looked at again (its
+/// Job's and pod's changes wake it too, but the two caches can disagree for a moment: a pod's
+/// cause seen before its Job is in the cache is picked up by the next look).
 pub const POLL: Duration = Duration::from_secs(5);
 
 /// The Dataset a TrainingJob trains on, once it can be trained on.
@@ -615,6 +617,7 @@ pub async fn reconcile(tj: Arc<TrainingJob>, ctx: Arc<Context>, stores: &Stores)
         &tj,
         &Observed { dataset: dataset.clone(), run: run.clone(), run_generation, pods_terminating, now: now() },
     );
+    tracing::debug!(object = %format!("{ns}/{name}"), job = %job_name, run = ?run, act = ?plan.act, "trainingjob planned");
 
     // Progress from the object store while an attempt runs or has just ended.
     if matches!(run, RunState::Running | RunState::Succeeded | RunState::Paused | RunState::Failed(_)) {
