@@ -30,6 +30,9 @@ pub struct ClusterOptions {
     pub images: ImageMap,
     /// Keep the state directory after drop (for debugging).
     pub keep_dir: bool,
+    /// Client QPS of kube-controller-manager and kube-scheduler (burst twice that); `None`
+    /// keeps Kubernetes' defaults (20 and 50). Benchmarks raise it as large clusters do.
+    pub control_plane_qps: Option<u32>,
 }
 
 /// The stdout of a command that must have succeeded; panics with its output otherwise.
@@ -269,6 +272,10 @@ impl LocalCluster {
         write_kubeconfig(&cluster.kubeconfig, &cluster.server, &ca, &token)?;
         let kc = cluster.kubeconfig.display().to_string();
 
+        let qps: Vec<String> = opts
+            .control_plane_qps
+            .map(|q| vec![format!("--kube-api-qps={q}"), format!("--kube-api-burst={}", q * 2)])
+            .unwrap_or_default();
         cluster.spawn("kube-controller-manager", bin("kube-controller-manager"), vec![
             format!("--kubeconfig={kc}"),
             format!("--authentication-kubeconfig={kc}"),
@@ -281,7 +288,7 @@ impl LocalCluster {
             "--port=0".into(),
             "--secure-port=0".into(),
             "--concurrent-gc-syncs=5".into(),
-        ], &env)?;
+        ].into_iter().chain(qps.clone()).collect(), &env)?;
         cluster.spawn(
             "kube-scheduler",
             bin("kube-scheduler"),
@@ -292,7 +299,10 @@ impl LocalCluster {
                 "--leader-elect=false".into(),
                 "--port=0".into(),
                 "--secure-port=0".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(qps)
+            .collect(),
             &env,
         )?;
 

@@ -22,6 +22,9 @@ struct Args {
     /// `nvidia.com/gpu.product` label of the node.
     #[arg(long, env = "OCELLUS_NODE_GPU_PRODUCT")]
     gpu_product: Option<String>,
+    /// Client QPS of kube-controller-manager and kube-scheduler (Kubernetes' defaults when unset).
+    #[arg(long, env = "OCELLUS_CONTROL_PLANE_QPS")]
+    control_plane_qps: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         gpu_product: args.gpu_product,
         images,
         keep_dir: false,
+        control_plane_qps: args.control_plane_qps,
     })?;
     let tmp = args.kubeconfig.with_extension("tmp");
     std::fs::copy(cluster.kubeconfig(), &tmp)?;
