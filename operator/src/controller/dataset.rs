@@ -550,7 +550,7 @@ async fn write_status(ds: &Dataset, ctx: &Context, new: &DatasetStatus, old: &Da
             }
             (p, _) => format!("{p:?}"),
         };
-        ctx.event(ds, new.phase == DatasetPhase::Failed, &format!("{:?}", new.phase), note).await;
+        ctx.event(ds, new.phase == DatasetPhase::Failed, &format!("{:?}", new.phase), note);
     }
     Ok(())
 }

@@ -504,7 +504,7 @@ async fn write_status(ex: &Export, ctx: &Context, new: &ExportStatus, old: &Expo
             (Some(f), ExportPhase::Failed) => f.message.clone().unwrap_or_default(),
             _ => new.common.conditions.iter().find(|c| c.is_true()).and_then(|c| c.message.clone()).unwrap_or_default(),
         };
-        ctx.event(ex, new.phase == ExportPhase::Failed, &format!("{:?}", new.phase), note).await;
+        ctx.event(ex, new.phase == ExportPhase::Failed, &format!("{:?}", new.phase), note);
     }
     Ok(())
 }

@@ -253,8 +253,9 @@ impl Context {
         }
     }
 
-    /// Publishes an Event about `obj`.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
+    /// Publishes an Event about `obj` off the reconcile's path, as client-go's recorder does:
+    /// Events are best-effort, and a slow API server should delay them, not the reconcile.
+    pub fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, note: String) {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
@@ -262,9 +263,12 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &object_ref(obj)).await {
-            tracing::warn!(error = %e, "publishing an event failed");
-        }
+        let (recorder, reference) = (self.recorder.clone(), object_ref(obj));
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::warn!(error = %e, "publishing an event failed");
+            }
+        });
     }
 
     /// Reads an object of the platform bucket by `s3://` URI; `None` when it does not exist.

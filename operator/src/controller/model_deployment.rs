@@ -851,7 +851,7 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>, stores: &Sto
 async fn delete_expired(md: &ModelDeployment, ctx: &Context, key: &str) -> Result<(), Error> {
     let at = expires_at(md).map(|t| t.to_string()).unwrap_or_default();
     let note = format!("expired at {at} (spec.durationHours); deleting: spec.deleteOnExpiration");
-    ctx.event(md, false, "Expired", note).await;
+    ctx.event(md, false, "Expired", note);
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
     let params = DeleteParams {
         preconditions: Some(Preconditions { uid: md.uid(), resource_version: None }),
@@ -888,11 +888,11 @@ async fn write_status(
             .find(|c| c.type_ == "Ready")
             .and_then(|c| c.message.clone())
             .unwrap_or_else(|| format!("{:?}", new.phase));
-        ctx.event(md, warning, &format!("{:?}", new.phase), note).await;
+        ctx.event(md, warning, &format!("{:?}", new.phase), note);
     }
     if let Some((from, to)) = scaled {
         ctx.metrics.scaled(if to > from { "up" } else { "down" });
-        ctx.event(md, false, "Scaled", format!("replicas {from} → {to}")).await;
+        ctx.event(md, false, "Scaled", format!("replicas {from} → {to}"));
     }
     Ok(())
 }

@@ -744,7 +744,7 @@ async fn write_status(
     if phase_changed || reason_changed {
         let (reason, message) = headline(new);
         let warning = new.phase == TrainingPhase::Failed || new.job.failure.is_some();
-        ctx.event(tj, warning, &reason, format!("{:?}: {message}", new.phase)).await;
+        ctx.event(tj, warning, &reason, format!("{:?}: {message}", new.phase));
     }
     Ok(())
 }
