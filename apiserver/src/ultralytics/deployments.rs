@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, RawQuery, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -592,7 +592,7 @@ pub async fn get_item(
     principal: Principal,
     headers: HeaderMap,
     Path((owner, deployment)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     if !owner.starts_with("dp_") {
         let Json(one) = retrieve(State(api), principal, headers, Path((owner, deployment))).await?;
@@ -602,12 +602,8 @@ pub async fn get_item(
     match deployment.as_str() {
         "health" => Ok(health(State(api), principal, headers, Path((ns, owner))).await?.into_response()),
         "logs" => {
-            let Query(q) = Query::<LogsQuery>::try_from_uri(
-                &format!("/?{}", query.unwrap_or_default())
-                    .parse()
-                    .map_err(|_| ApiError::bad_request("query", "not a valid query"))?,
-            )
-            .map_err(|e| ApiError::bad_request("query", e.body_text()))?;
+            let Query(q) =
+                Query::<LogsQuery>::try_from_uri(&uri).map_err(|e| ApiError::bad_request("query", e.body_text()))?;
             Ok(logs(State(api), principal, Path((ns, owner)), Query(q)).await?.into_response())
         }
         _ => Err(super::compat::answer("GET", &format!("/api/deployments/{owner}/{deployment}"))),
