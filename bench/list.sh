@@ -17,13 +17,7 @@ export PATH="$OCELLUS_CACHE/bin:$PATH"
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$work"' EXIT
-target/release/ocellus-localcluster --kubeconfig "$work/kubeconfig" --gpus 0 >"$work/cluster.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 600); do [ -s "$work/kubeconfig" ] && break; sleep 0.1; done
-[ -s "$work/kubeconfig" ] || die "the local cluster did not start: $(tail -5 "$work/cluster.log")"
-export KUBECONFIG="$work/kubeconfig"
-kubectl apply --validate=false -f crds/yaml >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
+local_cluster --gpus 0
 kubectl create namespace team-a >/dev/null
 log "creating $N Datasets"
 python3 - "$N" >"$work/datasets.yaml" <<'PY'

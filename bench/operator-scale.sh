@@ -54,14 +54,7 @@ images:
   - image: ghcr.io/ocellus-dev/ocellus-trainer
     binary: $PWD/target/release/ocellus-trainer
 EOF
-target/release/ocellus-localcluster --kubeconfig "$work/kubeconfig" --gpus 1 --gpu-product NVIDIA-Test-GPU \
-  --image-map "$work/images.yaml" --control-plane-qps "$QPS" >"$work/cluster.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 600); do [ -s "$work/kubeconfig" ] && break; sleep 0.1; done
-[ -s "$work/kubeconfig" ] || die "the local cluster did not start: $(tail -5 "$work/cluster.log")"
-export KUBECONFIG="$work/kubeconfig"
-kubectl apply --validate=false -f crds/yaml >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
+local_cluster --gpus 1 --gpu-product NVIDIA-Test-GPU --image-map "$work/images.yaml" --control-plane-qps "$QPS"
 for ns in bench peer; do kubectl create namespace "$ns" >/dev/null; done
 kubectl -n bench create secret generic ocellus-s3 --from-literal=AWS_ACCESS_KEY_ID=bench \
   --from-literal=AWS_SECRET_ACCESS_KEY=bench >/dev/null

@@ -56,3 +56,16 @@ venv() {
   fi
   echo "$v"
 }
+
+# For the benchmarks: starts target/release/ocellus-localcluster in the background (its flags as
+# arguments) with its kubeconfig and log under $work, adds it to pids, waits until it serves,
+# exports KUBECONFIG and installs the CRDs.
+local_cluster() {
+  target/release/ocellus-localcluster --kubeconfig "$work/kubeconfig" "$@" >"$work/cluster.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 600); do [ -s "$work/kubeconfig" ] && break; sleep 0.1; done
+  [ -s "$work/kubeconfig" ] || die "the local cluster did not start: $(tail -5 "$work/cluster.log")"
+  export KUBECONFIG="$work/kubeconfig"
+  kubectl apply --validate=false -f crds/yaml >/dev/null
+  kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
+}

@@ -87,9 +87,7 @@ fn examples_ingest_train_and_export_on_the_local_cluster() {
 
     c.block_on(async {
         // The example's source archive and the platform bucket.
-        let src = Store::new(&s3.config(), "ocellus-demo");
-        src.ensure_bucket().await.expect("bucket");
-        Store::new(&s3.config(), BUCKET).ensure_bucket().await.expect("bucket");
+        let src = common::buckets(&s3).await;
         let dir = std::env::temp_dir().join(format!("ocellus-e2e-{}", std::process::id()));
         let samples = fixtures::samples(7, 40, 96);
         fixtures::write_yolo(&dir.join("shapes"), &samples, 96);

@@ -50,9 +50,7 @@ fn the_operator_under_failure_on_the_local_cluster() {
     let s3 = S3Server::start().expect("S3 server");
     let c = common::cluster_with_crds();
     c.block_on(async {
-        let src = Store::new(&s3.config(), "ocellus-demo");
-        src.ensure_bucket().await.expect("bucket");
-        Store::new(&s3.config(), BUCKET).ensure_bucket().await.expect("bucket");
+        let src = common::buckets(&s3).await;
         let dir = std::env::temp_dir().join(format!("ocellus-resilience-{}", std::process::id()));
         fixtures::write_yolo(&dir.join("tiny"), &fixtures::samples(11, 12, 64), 64);
         src.put("tiny.zip", fixtures::zip_dir(&dir.join("tiny")).into(), "application/zip").await.expect("upload");

@@ -11,6 +11,7 @@ use std::process::{Child, Command};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use ocellus_storage::s3::Store;
 use ocellus_tests::cluster::{ClusterOptions, LocalCluster, stdout_ok};
 use ocellus_tests::node::{ImageMap, ImageMapping};
 use ocellus_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
@@ -100,6 +101,15 @@ pub fn start_operator_with_lease(c: &LocalCluster, s3: &S3Server, identity: &str
 /// Starts the operator binary with a 4 s lease.
 pub fn start_operator(c: &LocalCluster, s3: &S3Server, identity: &str) -> Process {
     start_operator_with_lease(c, s3, identity, 4)
+}
+
+/// Makes the platform bucket and the bucket of source archives (`ocellus-demo`); returns the
+/// latter.
+pub async fn buckets(s3: &S3Server) -> Store {
+    let src = Store::new(&s3.config(), "ocellus-demo");
+    src.ensure_bucket().await.expect("bucket");
+    Store::new(&s3.config(), BUCKET).ensure_bucket().await.expect("bucket");
+    src
 }
 
 /// The Secret the Jobs' pods read S3 credentials from.
