@@ -25,7 +25,7 @@ export PATH="$OCELLUS_CACHE/bin:$PATH"
 
 work=$(mktemp -d)
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; [ -n "${OPERATOR_LOG:-}" ] && cp "$work/operator.log" /tmp/operator-scale.log; rm -rf "$work"' EXIT
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; { [ -z "${OPERATOR_LOG:-}" ] || cp "$work/operator.log" /tmp/operator-scale.log || true; }; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # S3 (moto) with the dataset archive the Dataset ingests.
