@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use ocellus_crds::{Dataset, DatasetPhase, TrainingJob, TrainingPhase};
+use ocellus_crds::{Dataset, DatasetPhase, TrainingJob, TrainingJobStatus, TrainingPhase};
 use ocellus_operator::controller::training_job::attempt_of;
 use ocellus_storage::s3::Store;
 use ocellus_tests::cluster::LocalCluster;
@@ -170,6 +170,29 @@ async fn two_replicas(c: &LocalCluster, s3: &S3Server, client: &Client, ns: &str
     (follower, start_operator(c, s3, "replica-c"))
 }
 
+/// Waits until TrainingJob `name` is Failed and checks its failure: `(reason, exit code,
+/// restarts)` and a message that `says` something.
+async fn failed(
+    tjs: &Api<TrainingJob>,
+    name: &str,
+    limit: Duration,
+    (reason, exit_code, restarts): (&str, i32, i32),
+    says: &str,
+) -> TrainingJobStatus {
+    let st = eventually(&format!("{name} Failed"), limit, || async {
+        tjs.get(name).await.ok()?.status.filter(|s| s.phase == TrainingPhase::Failed)
+    })
+    .await;
+    let failure = st.job.failure.clone().expect("failure");
+    assert_eq!(
+        (failure.reason.as_deref(), failure.exit_code, st.restarts),
+        (Some(reason), Some(exit_code), restarts),
+        "{st:?}"
+    );
+    assert!(failure.message.as_deref().is_some_and(|m| m.contains(says)), "{failure:?}");
+    st
+}
+
 /// Trainers that cannot start or do not finish, all applied at once.
 async fn failing_trainers(s3: &S3Server, client: &Client, ns: &str) {
     let tjs: Api<TrainingJob> = Api::namespaced(client.clone(), ns);
@@ -193,17 +216,7 @@ async fn failing_trainers(s3: &S3Server, client: &Client, ns: &str) {
     };
 
     // A manifest gone from S3: the trainer says so (exit 2) and nothing retries it.
-    let st = eventually("lost-manifest Failed", Duration::from_secs(120), || async {
-        status("lost-manifest").await.filter(|s| s.phase == TrainingPhase::Failed)
-    })
-    .await;
-    let failure = st.job.failure.clone().expect("failure");
-    assert_eq!(
-        (failure.reason.as_deref(), failure.exit_code, st.restarts),
-        (Some("ManifestNotFound"), Some(2), 0),
-        "{st:?}"
-    );
-    assert!(failure.message.as_deref().is_some_and(|m| m.contains("manifest")), "{failure:?}");
+    let st = failed(&tjs, "lost-manifest", Duration::from_secs(120), ("ManifestNotFound", 2, 0), "manifest").await;
     assert!(st.common.conditions.iter().any(|c| c.type_ == "Stalled" && c.is_true()), "{:?}", st.common.conditions);
 
     // Killed with SIGKILL while training, with no retries allowed: failed, not retried.
@@ -212,17 +225,7 @@ async fn failing_trainers(s3: &S3Server, client: &Client, ns: &str) {
     })
     .await;
     proc::kill_process(pid);
-    let st = eventually("killed-once Failed", Duration::from_secs(60), || async {
-        status("killed-once").await.filter(|s| s.phase == TrainingPhase::Failed)
-    })
-    .await;
-    let failure = st.job.failure.clone().expect("failure");
-    assert_eq!(
-        (failure.reason.as_deref(), failure.exit_code, st.restarts),
-        (Some("BackoffLimitExceeded"), Some(137), 1),
-        "{st:?}"
-    );
-    assert!(failure.message.as_deref().is_some_and(|m| m.contains("SIGKILL")), "{failure:?}");
+    failed(&tjs, "killed-once", Duration::from_secs(60), ("BackoffLimitExceeded", 137, 1), "SIGKILL").await;
 
     // Killed with SIGKILL after its first checkpoint: counted, retried after the back-off,
     // resumed from `last`. (Killed before any checkpoint is complete, a retry starts over.)
