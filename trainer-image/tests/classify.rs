@@ -1,4 +1,5 @@
-//! The classifier learns: yolov8n-cls on synthetic shapes reaches >= 90% top-1 on CPU.
+//! The classifier learns: yolov8n-cls on synthetic shapes, 64 px, reaches Ultralytics' top-1 on
+//! CPU.
 #![cfg(feature = "torch")]
 
 use ocellus_tests::fixtures::{self, SHAPES};
@@ -41,5 +42,11 @@ fn yolov8n_cls_learns_shapes_on_cpu() {
     let _ = std::fs::remove_dir_all(dir);
     let last = reports.last().expect("epochs");
     assert!(reports[0].loss > last.loss, "loss did not fall");
-    assert!(last.top1 >= 0.9, "top-1 {} < 0.9", last.top1);
+    // Ultralytics 8.4.190 with the same recipe on the same images (`ocellus-fixtures --layout
+    // folders --images 300 --size 64 --seed 11`; `YOLO("yolov8n-cls.yaml").train(epochs=15,
+    // imgsz=64, batch=16, nbs=16, warmup_epochs=0, lr0=0.002, optimizer="AdamW", seed=0)`) reaches
+    // 0.733 top-1 (0.746 after 30 epochs); ours, initialised as Ultralytics, 0.717; chance is
+    // 0.33. (With tch's default initialisation ours reached 0.9 here, but trained detectors to
+    // half Ultralytics' mAP: see `fresh_weights_are_initialised_as_pytorch_and_ultralytics`.)
+    assert!(last.top1 >= 0.65, "top-1 {} < 0.65", last.top1);
 }

@@ -30,6 +30,23 @@ pub(crate) fn conv_onnx(g: &mut Graph, x: &str, w: &Tensor, b: Option<&Tensor>, 
     }
 }
 
+/// PyTorch's default initialisation for a layer with `fan_in` inputs, which Ultralytics keeps:
+/// `kaiming_uniform_(a=√5)`, i.e. U(±1/√fan_in), for weights, and the same bound for biases.
+/// tch's own default (Kaiming with the ReLU gain) draws weights √6 times wider; behind batch norm
+/// the scale of a convolution's weights does not change its output, but it divides every
+/// relative update by that factor. From the same data and recipe, with everything else equal,
+/// that alone was 0.40 against 0.71 mAP50-95 after 10 epochs (issue 17; docs/benchmarks.md).
+pub fn torch_default_init(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    nn::Init::Uniform { lo: -bound, up: bound }
+}
+
+/// A convolution configured and initialised as PyTorch's `nn.Conv2d` (see [`torch_default_init`]).
+pub fn conv_config(c1: i64, k: i64, stride: i64, bias: bool) -> nn::ConvConfig {
+    let init = torch_default_init(c1 * k * k);
+    nn::ConvConfig { stride, padding: k / 2, bias, ws_init: init, bs_init: init, ..Default::default() }
+}
+
 /// Convolution without bias, batch norm (eps 1e-3, momentum 0.03) and SiLU.
 #[derive(Debug)]
 pub struct ConvBn {
@@ -41,15 +58,19 @@ pub struct ConvBn {
 impl ConvBn {
     /// `c1` → `c2` channels, kernel `k`, stride `s`, "same" padding.
     pub fn new(p: &nn::Path, c1: i64, c2: i64, k: i64, s: i64) -> ConvBn {
-        let conv = nn::conv2d(
-            p / "conv",
-            c1,
+        let conv = nn::conv2d(p / "conv", c1, c2, k, conv_config(c1, k, s, false));
+        // Scale 1 and shift 0, as PyTorch's `BatchNorm2d` (tch's default scale is U(0, 1)).
+        let bn = nn::batch_norm2d(
+            p / "bn",
             c2,
-            k,
-            nn::ConvConfig { stride: s, padding: k / 2, bias: false, ..Default::default() },
+            nn::BatchNormConfig {
+                eps: 1e-3,
+                momentum: 0.03,
+                ws_init: nn::Init::Const(1.0),
+                bs_init: nn::Init::Const(0.0),
+                ..Default::default()
+            },
         );
-        let bn =
-            nn::batch_norm2d(p / "bn", c2, nn::BatchNormConfig { eps: 1e-3, momentum: 0.03, ..Default::default() });
         ConvBn { conv, bn, stride: s }
     }
 

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use super::blocks::{C2f, ConvBn, Sppf, conv_onnx};
+use super::blocks::{C2f, ConvBn, Sppf, conv_config, conv_onnx, torch_default_init};
 use crate::error::ParseError;
 use ocellus_vision::onnx::{Attr, Graph};
 
@@ -111,7 +111,7 @@ impl DetectHead {
         let c3 = ch[0].max(nc.min(100));
         let branch = |name: &str, i: usize, x: i64, c: i64, out: i64, bias: f64| {
             let q = p / name / i;
-            let last = nn::conv2d(&q / 2, c, out, 1, Default::default());
+            let last = nn::conv2d(&q / 2, c, out, 1, conv_config(c, 1, 1, true));
             if let Some(b) = &last.bs {
                 tch::no_grad(|| {
                     let _ = b.shallow_clone().fill_(bias);
@@ -419,7 +419,16 @@ impl Classifier {
         Classifier {
             backbone,
             conv: ConvBn::new(&(&head / "conv"), c1024, 1280, 1, 1),
-            linear: nn::linear(&head / "linear", 1280, nc, Default::default()),
+            linear: nn::linear(
+                &head / "linear",
+                1280,
+                nc,
+                nn::LinearConfig {
+                    ws_init: torch_default_init(1280),
+                    bs_init: Some(torch_default_init(1280)),
+                    bias: true,
+                },
+            ),
         }
     }
 
