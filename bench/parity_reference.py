@@ -25,8 +25,15 @@ names), `input` (uint8 [2, 3, S, S], RGB), `raw` (float32 [2, 64 + nc, anchors]:
 logits of the three levels, eval mode), `output` (float32 [2, 4 + nc, anchors]: decoded boxes cx,
 cy, w, h in pixels and class probabilities) and `raw_train` (the logits in train mode, with batch
 statistics, as the loss takes them). JSON: versions, recipe, targets, the training loss
-[box, cls, dfl] x batch size of these weights on this batch, and how far float32 is from float64
-on the same model (the scale of rounding error the test's tolerances are set against).
+[box, cls, dfl] x batch size of these weights on this batch, what backward of its sum gives (the
+L2 norm of every trained parameter's gradient, and the first convolution's gradient whole), and
+how far float32 is from float64 on the same model (the scale of rounding error the test's
+tolerances are set against).
+
+    python bench/parity_reference.py --gradients
+
+recomputes only the gradients from the stored weights and input (the JSON is rewritten, the
+safetensors left as they are) after checking that the stored loss is reproduced.
 """
 import copy
 import json
@@ -115,6 +122,47 @@ def logits(preds):
     return torch.cat([preds["boxes"], preds["scores"]], 1).detach()
 
 
+def gradients(m, batch):
+    """What backward of the training loss's sum gives, in train mode: every trained parameter's
+    gradient L2 norm, and the first convolution's gradient (it sits behind every other layer)."""
+    m.train()
+    m.zero_grad()
+    loss, _ = m.loss(batch)
+    loss.sum().backward()
+    grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    return {
+        "grad_norms": {n: float(g.double().norm()) for n, g in sorted(grads.items())},
+        "grad_first_conv": [float(v) for v in grads["model.0.conv.weight"].flatten()],
+    }
+
+
+def gradients_only():
+    """Adds the gradients of the stored weights to the stored JSON; the safetensors stay as they are."""
+    from safetensors.torch import load_file
+
+    fx = load_file(os.path.join(OUT, NAME + ".safetensors"))
+    with open(os.path.join(OUT, NAME + ".json")) as f:
+        meta = json.load(f)
+    m = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
+    m.args = get_cfg()
+    state = m.state_dict()
+    for k in state:
+        if not k.endswith("num_batches_tracked"):
+            state[k].copy_(fx[k])
+    t = torch.tensor(meta["targets"], dtype=torch.float32)
+    batch = {"img": fx["input"].float() / 255, "batch_idx": t[:, 0], "cls": t[:, 1:2], "bboxes": t[:, 2:6]}
+    grads = gradients(m, batch)
+    m.train()
+    with torch.no_grad():
+        loss, _ = m.loss(batch)
+    for got, want in zip(loss.tolist(), meta["loss"]):
+        if abs(got - want) > 1e-5 * abs(want):
+            raise SystemExit(f"the stored loss {meta['loss']} is not reproduced ({loss.tolist()}): regenerate all")
+    meta.update(grads)
+    with open(os.path.join(OUT, NAME + ".json"), "w") as f:
+        f.write(to_json(meta))
+
+
 def write_safetensors(path, tensors):
     """The safetensors layout (8-byte header length, JSON header, data), without the package."""
     dtypes = {torch.float32: "F32", torch.uint8: "U8"}
@@ -197,6 +245,7 @@ def main():
         "training": {"steps": STEPS, "lr": LR, "momentum": MOMENTUM, "nesterov": True},
         "targets": targets,
         "loss": [float(v) for v in loss.detach()],
+        **gradients(m, batch),
         "float32_vs_float64": deviation,
     }
     with open(os.path.join(OUT, NAME + ".json"), "w") as f:
@@ -210,4 +259,6 @@ def to_json(meta):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    gradients_only() if sys.argv[1:] == ["--gradients"] else main()
