@@ -2,13 +2,15 @@
 //! datasets, `-cls` classifiers on classify datasets).
 //!
 //! Writes `<output>/results.jsonl` (one line per epoch, rewritten after each epoch),
-//! `<output>/checkpoints/{last,best}.{safetensors,json}` (model, EMA, optimiser moments and
-//! schedule position; the JSON, written last, carries the tensors' SHA-256) and
+//! `<output>/checkpoints/{last,best}.{safetensors,json}` (model, EMA, optimiser moments and, in
+//! the tensors' header, the schedule position; the JSON, written last, repeats the position with
+//! the tensors' SHA-256 and marks the checkpoint complete) and
 //! `<output>/weights/{last,best}.safetensors` (EMA weights, Ultralytics' state-dict names) with
 //! their `ModelInfo` in `{last,best}.json` (the input of `export`).
 //! SIGTERM finishes the current step, saves `last` and exits paused (4);
 //! `--resume` continues from `last` with the same epoch numbering and schedule.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use ocellus_dataset::Task;
 use ocellus_dataset::manifest::{self, Header, ImageRecord};
 use ocellus_storage::location::sidecar;
 use ocellus_storage::{FetchOptions, Storage, Store};
+use ocellus_trainer::checkpoint;
 use ocellus_trainer::error::TrainError;
 use ocellus_trainer::model::{Architecture, ModelKind};
 use ocellus_trainer::train::classify;
@@ -343,7 +346,10 @@ fn train_failure(e: TrainError) -> Failure {
     Failure::invalid(reason, e.to_string())
 }
 
-/// The JSON half of a checkpoint.
+/// The tensors' header metadata key holding their [`Progress`] (JSON).
+const PROGRESS_KEY: &str = "ocellus.progress";
+
+/// A checkpoint's JSON sidecar: its position and the tensors' hash.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointMeta {
     progress: Progress,
@@ -379,12 +385,17 @@ impl Output {
         self.put("results.jsonl", body, "application/x-ndjson").await
     }
 
-    /// Saves a checkpoint as `checkpoints/<name>.{safetensors,json}`: tensors first, the JSON
-    /// (with their hash) last, so a reader never sees a half-written checkpoint.
+    /// Saves a checkpoint as `checkpoints/<name>.{safetensors,json}`. The tensors carry their
+    /// schedule position in their own header, so that one object is a whole checkpoint (S3 writes
+    /// an object entirely or not at all): a run killed between the two writes resumes from the
+    /// tensors. The JSON (position and the tensors' hash), written last, tells the operator that
+    /// the checkpoint is complete.
     async fn save_checkpoint(&self, name: &str, session: &Session, work: &Path) -> Result<(), Failure> {
         let path = work.join(format!("{name}.safetensors"));
         session.save(&path).map_err(|e| Failure::transient(format!("writing {}: {e}", path.display())))?;
-        let bytes = read(&path).await?;
+        let progress = serde_json::to_string(&session.progress).map_err(|e| Failure::transient(e.to_string()))?;
+        let bytes = checkpoint::with_metadata(&read(&path).await?, &BTreeMap::from([(PROGRESS_KEY.into(), progress)]))
+            .map_err(|e| Failure::transient(e.to_string()))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         self.put(&format!("checkpoints/{name}.safetensors"), bytes, "application/octet-stream").await?;
         let meta = serde_json::to_vec(&CheckpointMeta { progress: session.progress.clone(), sha256 })
@@ -423,16 +434,28 @@ impl Output {
                 }
             })
         };
-        let meta: CheckpointMeta = serde_json::from_slice(&get("checkpoints/last.json").await?)
-            .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint metadata: {e}")))?;
         let bytes = get("checkpoints/last.safetensors").await?;
-        if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
-            return Err(Failure::invalid("ResumeFailed", "checkpoint tensors do not match their recorded SHA-256"));
-        }
+        let own = checkpoint::metadata(&bytes).map_err(|e| Failure::invalid("ResumeFailed", e.to_string()))?;
+        let progress = match own.get(PROGRESS_KEY) {
+            Some(p) => serde_json::from_str(p)
+                .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint schedule position: {e}")))?,
+            // Written before the tensors carried their position: the JSON's, if it is theirs.
+            None => {
+                let meta: CheckpointMeta = serde_json::from_slice(&get("checkpoints/last.json").await?)
+                    .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint metadata: {e}")))?;
+                if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
+                    return Err(Failure::invalid(
+                        "ResumeFailed",
+                        "checkpoint tensors do not match their recorded SHA-256",
+                    ));
+                }
+                meta.progress
+            }
+        };
         tokio::fs::create_dir_all(work).await.map_err(|e| Failure::transient(e.to_string()))?;
         let path = work.join("resume.safetensors");
         tokio::fs::write(&path, &bytes).await.map_err(|e| Failure::transient(e.to_string()))?;
-        Session::load(arch, cfg, meta.progress, &path).map_err(train_failure)
+        Session::load(arch, cfg, progress, &path).map_err(train_failure)
     }
 }
 

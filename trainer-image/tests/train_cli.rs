@@ -267,6 +267,16 @@ async fn sigterm_pauses_and_resume_finishes_like_an_uninterrupted_run() {
     assert_eq!(paused["event"], "paused", "{seen:?}");
     assert!(store.head("team/trainingjobs/paused/checkpoints/last.json").await.expect("head").is_some());
 
+    // A kill between a checkpoint's two writes leaves the sidecar of an earlier one beside the
+    // newer tensors: those carry their own position, which wins (the checks below fail if the
+    // run restarts from the sidecar's epoch 0, and a hash mismatch would stop it).
+    let key = "team/trainingjobs/paused/checkpoints/last.json";
+    let mut stale: serde_json::Value = serde_json::from_slice(&store.get(key).await.expect("sidecar")).expect("json");
+    stale["progress"]["epoch"] = 0.into();
+    stale["progress"]["reports"] = serde_json::json!([]);
+    stale["sha256"] = "0".repeat(64).into();
+    store.put(key, serde_json::to_vec(&stale).expect("json").into(), "application/json").await.expect("put");
+
     // Resumed: continues the epoch numbering and finishes.
     let mut args = train_args("team/trainingjobs/paused", &work);
     args.push("--resume");
