@@ -15,11 +15,13 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
 use ocellus_crds::{Dataset, DatasetPhase, DatasetSource, DatasetSpec, HttpsSource, S3Source, Task, UploadSource};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::{REGION, UltralyticsApi, own_workspace, rfc3339};
 use crate::api::{Action, ApiError, ApiJson, Principal};
@@ -276,7 +278,16 @@ pub struct DatasetList {
     pub region: String,
 }
 
-fn list(api: &UltralyticsApi, ns: &str, q: &ListQuery) -> Result<DatasetList, ApiError> {
+/// [`DatasetList`] as sent: each item's JSON rendered once per Dataset version
+/// ([`super::rendered`]), so a list of 1000 sorts and joins fragments.
+#[derive(Serialize)]
+struct RenderedList<'a> {
+    datasets: Vec<&'a RawValue>,
+    total: usize,
+    region: &'static str,
+}
+
+fn list(api: &UltralyticsApi, ns: &str, q: &ListQuery) -> Result<Response, ApiError> {
     if q.limit == Some(0) {
         return Err(ApiError::bad_request("limit", "must be at least 1"));
     }
@@ -290,9 +301,10 @@ fn list(api: &UltralyticsApi, ns: &str, q: &ListQuery) -> Result<DatasetList, Ap
         t(b).cmp(&t(a)).then_with(|| a.metadata.name.cmp(&b.metadata.name))
     });
     let total = all.len();
-    let limit = q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
-    let datasets = all.iter().take(limit).map(|d| dataset_item(d)).collect();
-    Ok(DatasetList { datasets, total, region: REGION.into() })
+    all.truncate(q.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT));
+    let items = api.dataset_items.render(&all, api.datasets.len(), dataset_item).map_err(ApiError::internal)?;
+    let datasets = items.iter().map(|i| &**i).collect();
+    Ok(Json(RenderedList { datasets, total, region: REGION }).into_response())
 }
 
 /// The datasets of the caller's workspace (reference form).
@@ -303,12 +315,12 @@ pub async fn list_own(
     State(api): State<UltralyticsApi>,
     principal: Principal,
     Query(q): Query<ListQuery>,
-) -> Result<Json<DatasetList>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Action::Read)?;
     for owner in [&q.owner, &q.username].into_iter().flatten() {
         own_workspace(&principal, owner)?;
     }
-    Ok(Json(list(&api, &principal.namespace, &q)?))
+    list(&api, &principal.namespace, &q)
 }
 
 /// `GET /api/datasets/{owner}` lists a workspace's datasets (SDK); `GET /api/datasets/{id}`
@@ -322,14 +334,14 @@ pub async fn list_or_retrieve_by_id(
     principal: Principal,
     Path(owner): Path<String>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Action::Read)?;
     if owner.starts_with("ds_") {
         let d = find(&api, &principal.namespace, &owner)?;
-        return Ok(Json(serde_json::json!({ "dataset": dataset_item(&d) })));
+        return Ok(Json(serde_json::json!({ "dataset": dataset_item(&d) })).into_response());
     }
     let ns = own_workspace(&principal, &owner)?;
-    Ok(Json(serde_json::to_value(list(&api, ns, &q)?).map_err(ApiError::internal)?))
+    list(&api, ns, &q)
 }
 
 /// `POST /api/datasets` body: the SDK's keys and the reference's.

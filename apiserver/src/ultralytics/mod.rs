@@ -21,6 +21,7 @@ pub mod datasets;
 pub mod deployments;
 pub mod models;
 pub mod projects;
+pub mod rendered;
 pub mod upload;
 
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct UltralyticsApi {
     pub gateway: Option<Router>,
     /// This replica's recent Dataset writes, read over the cache.
     pub recent: Arc<Recent<Dataset>>,
+    /// Dataset list items, rendered once per Dataset version.
+    pub dataset_items: Arc<rendered::Rendered<Dataset>>,
     /// This replica's recent record writes.
     pub recent_records: Arc<Recent<ConfigMap>>,
     /// This replica's recent TrainingJob writes.
@@ -116,6 +119,7 @@ impl UltralyticsApi {
             nodes: cluster.node_store(),
             gateway,
             recent: Arc::default(),
+            dataset_items: Arc::default(),
             recent_records: Arc::default(),
             recent_jobs: Arc::default(),
             recent_exports: Arc::default(),
@@ -214,6 +218,7 @@ pub fn start(
         nodes,
         gateway,
         recent: Arc::default(),
+        dataset_items: Arc::default(),
         recent_records: Arc::default(),
         recent_jobs: Arc::default(),
         recent_exports: Arc::default(),
