@@ -8,7 +8,8 @@
 #    NMS, pycocotools), with conf 0.001, IoU 0.7 and max_det 300 on the same validation images;
 #    the same predictions are also scored by Ultralytics' own matching and AP;
 #  - the per-epoch curves (each trainer's own validation) are printed side by side.
-#   N=300 EPOCHS=10 IMGSZ=160 BATCH=16 bench/train.sh      (KEEP=1 keeps the work directory)
+#   N=300 EPOCHS=10 IMGSZ=160 BATCH=16 bench/train.sh      (KEEP=1 keeps the work directory;
+#   SAME_INIT=1 starts ours from the peer's initial weights)
 source "$(dirname "$0")/../hack/lib.sh"
 cd "$(dirname "$0")/.."
 N=${N:-300}; EPOCHS=${EPOCHS:-10}; IMGSZ=${IMGSZ:-160}; BATCH=${BATCH:-16}; SEED=0; WORKERS=2
@@ -52,14 +53,23 @@ sys.exit(rc)' "$out" "$@"
 # lr0 = 0.002 * 5 / (4 + classes), beta1 0.9, and the biases' warm-up starting at 0.
 nc=$(python3 -c 'import sys; t=open(sys.argv[1]).read().split("names:",1)[1]; print(sum(1 for l in t.splitlines() if l.strip()))' "$work/ds/data.yaml")
 lr0=$(python3 -c "print(round(0.002 * 5 / (4 + $nc), 6))")
-log "ours: ocellus-trainer train (AdamW, lr0 $lr0 for $nc classes, as optimizer=auto)"
+# SAME_INIT=1: the peer runs first and writes its initial weights (bench/ultralytics_train.py,
+# OCELLUS_DUMP_INIT), and ours starts from them (--start-weights): the two then differ only in
+# the training itself (data pipeline, optimiser), not in the draw of the initial weights.
+peer() {
+  log "peer: Ultralytics YOLO('yolov8n.yaml').train"
+  (eval "$peer_env"; OCELLUS_DUMP_INIT=${SAME_INIT:+$work/peer-init.safetensors} timed "$work/peer.time.json" \
+    python bench/ultralytics_train.py train "$work/ds/data.yaml" "$EPOCHS" "$IMGSZ" "$BATCH" "$work/peer" \
+    >"$work/peer.out" 2>"$work/peer.log")
+}
+if [ -n "${SAME_INIT:-}" ]; then peer; fi
+log "ours: ocellus-trainer train (AdamW, lr0 $lr0 for $nc classes, as optimizer=auto${SAME_INIT:+, from the initial weights of the peer})"
 timed "$work/ours.time.json" "$target/ocellus-trainer" train --manifest s3://bench/b/datasets/shapes/manifest.ndjson \
   --output-prefix b/trainingjobs/t --epochs "$EPOCHS" --imgsz "$IMGSZ" --batch "$BATCH" --seed "$SEED" \
   --optimizer AdamW --lr0 "$lr0" --momentum 0.9 --warmup-bias-lr 0 \
+  ${SAME_INIT:+--start-weights "$work/peer-init.safetensors"} \
   --workers "$WORKERS" --device cpu --work-dir "$work/t" >"$work/ours.jsonl"
-log "peer: Ultralytics YOLO('yolov8n.yaml').train"
-(eval "$peer_env"; timed "$work/peer.time.json" python bench/ultralytics_train.py train "$work/ds/data.yaml" \
-  "$EPOCHS" "$IMGSZ" "$BATCH" "$work/peer" >"$work/peer.out" 2>"$work/peer.log")
+if [ -z "${SAME_INIT:-}" ]; then peer; fi
 
 log "export both last-epoch weights to ONNX"
 "$target/ocellus-trainer" export --weights s3://bench/b/trainingjobs/t/weights/last.safetensors --format onnx \

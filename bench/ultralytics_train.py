@@ -2,7 +2,9 @@
 timed the same way as ours):
 
     python bench/ultralytics_train.py train DATA_YAML EPOCHS IMGSZ BATCH PROJECT
-        Ultralytics trains yolov8n.yaml from scratch; prints {"save_dir", "last"} as JSON. Nothing
+        Ultralytics trains yolov8n.yaml from scratch; prints {"save_dir", "last"} as JSON. With
+        OCELLUS_DUMP_INIT=PATH, the model's initial state dict (at `on_train_start`, before any
+        step; Ultralytics' names, float32) is written there as safetensors first. Nothing
         but the training runs (its per-epoch validation and the final validation of best.pt are
         part of Ultralytics' training and cannot be turned off without changing the recipe).
     python bench/ultralytics_train.py export WEIGHTS IMGSZ [dynamic]
@@ -13,14 +15,34 @@ timed the same way as ours):
         prints its mAP50 and mAP50-95 and the settings it ran with.
 """
 import json
+import os
+import struct
 import sys
 
 from ultralytics import YOLO
+
+def dump_state(model, path):
+    """The state dict (less the batch-norm step counters) as float32 safetensors, without the package."""
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    header, blobs, offset = {}, [], 0
+    for k in sorted(tensors):
+        b = tensors[k].numpy().tobytes()
+        header[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
 
 mode = sys.argv[1]
 if mode == "train":
     data, epochs, imgsz, batch, project = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
     model = YOLO("yolov8n.yaml")
+    if os.environ.get("OCELLUS_DUMP_INIT"):
+        model.add_callback("on_train_start", lambda t: dump_state(t.model, os.environ["OCELLUS_DUMP_INIT"]))
     # workers=2 as ours; on a CPU Ultralytics itself lowers it to 0 (loads in the main process).
     model.train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=2, plots=False, amp=False,
                 project=project, name="run", exist_ok=True, verbose=False, seed=0, deterministic=True)

@@ -34,8 +34,9 @@ pub(crate) fn conv_onnx(g: &mut Graph, x: &str, w: &Tensor, b: Option<&Tensor>, 
 /// `kaiming_uniform_(a=√5)`, i.e. U(±1/√fan_in), for weights, and the same bound for biases.
 /// tch's own default (Kaiming with the ReLU gain) draws weights √6 times wider; behind batch norm
 /// the scale of a convolution's weights does not change its output, but it divides every
-/// relative update by that factor. From the same data and recipe, with everything else equal,
-/// that alone was 0.40 against 0.71 mAP50-95 after 10 epochs (issue 17; docs/benchmarks.md).
+/// relative update by that factor. With batch norm's scale (1, not tch's U(0, 1)), the
+/// initialisation was the whole of a gap to Ultralytics: from the same data and recipe, 0.371
+/// mAP50-95 after 10 epochs from tch's start, 0.710 from Ultralytics' (issue 17; docs/benchmarks.md).
 pub fn torch_default_init(fan_in: i64) -> nn::Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
     nn::Init::Uniform { lo: -bound, up: bound }
