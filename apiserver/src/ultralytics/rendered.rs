@@ -104,7 +104,7 @@ mod tests {
         // No uid or version (a write not yet seen by the watch): rendered every time.
         let bare =
             Arc::new(ConfigMap { data: Some([("v".to_string(), "x".to_string())].into()), ..Default::default() });
-        cache.render(&[bare.clone()], 2, render).expect("render");
+        cache.render(std::slice::from_ref(&bare), 2, render).expect("render");
         cache.render(&[bare], 2, render).expect("render");
         assert_eq!(calls.get(), 5);
     }
