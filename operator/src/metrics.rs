@@ -20,6 +20,8 @@ pub struct Metrics {
     pub resources: IntGaugeVec,
     /// Training epochs completed, as TrainingJob statuses report them.
     pub epochs: IntCounter,
+    /// Events not published because too many were already in flight.
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -61,7 +63,12 @@ impl Metrics {
         let epochs = IntCounter::new("ocellus_training_epochs_total", "Training epochs completed by TrainingJobs")?;
         registry.register(Box::new(resources.clone()))?;
         registry.register(Box::new(epochs.clone()))?;
-        Ok(Metrics { reconciles, duration, errors, scale_decisions, scale_changes, resources, epochs })
+        let events_dropped = IntCounter::new(
+            "ocellus_operator_events_dropped_total",
+            "Events dropped because too many were already waiting for the API server",
+        )?;
+        registry.register(Box::new(events_dropped.clone()))?;
+        Ok(Metrics { reconciles, duration, errors, scale_decisions, scale_changes, resources, epochs, events_dropped })
     }
 
     /// Counts a reconcile of `controller` and returns a timer that records its duration on drop.

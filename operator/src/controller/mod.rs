@@ -8,6 +8,7 @@ pub mod model_deployment;
 pub mod training_job;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,6 +101,42 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive reconcile errors per object, for back-off.
     failures: Mutex<HashMap<String, u32>>,
+    /// Events being published.
+    events_in_flight: InFlight,
+}
+
+/// Events in flight at most: past it, new ones are dropped and counted, as client-go's
+/// broadcaster drops when its queue of 1000 is full, so that an API server refusing Events
+/// cannot grow the operator's memory without bound.
+const MAX_EVENTS_IN_FLIGHT: usize = 1000;
+
+/// A count of tasks in flight with a ceiling; a [`Slot`] holds one place until dropped (also
+/// when its task panics or is cancelled).
+#[derive(Debug, Clone)]
+struct InFlight {
+    n: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One place in an [`InFlight`].
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InFlight {
+    fn new(max: usize) -> InFlight {
+        InFlight { n: Arc::default(), max }
+    }
+
+    /// A place, or `None` when `max` are taken.
+    fn try_acquire(&self) -> Option<Slot> {
+        let slot = Slot(self.n.clone());
+        (self.n.fetch_add(1, Ordering::AcqRel) < self.max).then_some(slot)
+    }
 }
 
 impl Context {
@@ -263,11 +300,17 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
+        let Some(slot) = self.events_in_flight.try_acquire() else {
+            self.metrics.events_dropped.inc();
+            tracing::debug!(reason, "event dropped: too many in flight");
+            return;
+        };
         let (recorder, reference) = (self.recorder.clone(), object_ref(obj));
         tokio::spawn(async move {
             if let Err(e) = recorder.publish(&ev, &reference).await {
                 tracing::warn!(error = %e, "publishing an event failed");
             }
+            drop(slot);
         });
     }
 
@@ -506,6 +549,7 @@ pub async fn start(
         metrics,
         recorder,
         failures: Mutex::new(HashMap::new()),
+        events_in_flight: InFlight::new(MAX_EVENTS_IN_FLIGHT),
     });
     // Reconciles read the caches: wait until both have listed once.
     let _ = jobs.wait_until_ready().await;
@@ -533,4 +577,23 @@ pub fn key_of<K: Resource>(obj: &K) -> String {
         obj.meta().namespace.as_deref().unwrap_or_default(),
         obj.meta().name.as_deref().unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_admits_up_to_its_ceiling_and_frees_places_on_drop() {
+        let f = InFlight::new(2);
+        let (a, b) = (f.try_acquire(), f.try_acquire());
+        assert!(a.is_some() && b.is_some());
+        assert!(f.try_acquire().is_none(), "third place past a ceiling of 2");
+        assert!(f.try_acquire().is_none(), "a refusal takes no place");
+        drop(a);
+        let c = f.try_acquire();
+        assert!(c.is_some(), "a dropped slot frees its place");
+        drop((b, c));
+        assert_eq!(f.n.load(Ordering::Acquire), 0);
+    }
 }
