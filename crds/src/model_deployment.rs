@@ -64,6 +64,25 @@ pub struct ModelDeploymentSpec {
     pub delete_on_expiration: bool,
 }
 
+impl ModelDeploymentSpec {
+    /// A running deployment of `model` with every other field at its default (what `kubectl
+    /// apply` of a spec naming only the model gives): the start the REST APIs build theirs from.
+    pub fn serving(model: ModelSource) -> ModelDeploymentSpec {
+        ModelDeploymentSpec {
+            model,
+            backend: Backend::default(),
+            resources: PredictorResources::default(),
+            scaling: Scaling::default(),
+            batching: Batching::default(),
+            inference: InferenceDefaults::default(),
+            scheduling: Scheduling::default(),
+            stopped: false,
+            duration_hours: None,
+            delete_on_expiration: false,
+        }
+    }
+}
+
 /// The model: exactly one of `export`, `trainingJob` or `uri`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

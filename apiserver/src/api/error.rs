@@ -292,6 +292,51 @@ where
     }
 }
 
+/// An API whose errors all take one [`Flavor`]'s shape (a marker type for [`SurfaceError`]).
+pub trait Surface {
+    /// The shape of this API's errors.
+    const FLAVOR: Flavor;
+}
+
+/// [`ApiError`] rendered in the shape of surface `S`, for handlers whose routes are all one API's.
+pub struct SurfaceError<S>(pub ApiError, std::marker::PhantomData<S>);
+
+impl<S> std::fmt::Debug for SurfaceError<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<S> From<ApiError> for SurfaceError<S> {
+    fn from(e: ApiError) -> Self {
+        SurfaceError(e, std::marker::PhantomData)
+    }
+}
+
+impl<S: Surface> IntoResponse for SurfaceError<S> {
+    fn into_response(self) -> Response {
+        self.0.into_response_as(S::FLAVOR)
+    }
+}
+
+/// A JSON request body ([`ApiJson`]) whose rejections are surface `S`'s errors.
+pub struct SurfaceJson<T, S>(pub T, pub std::marker::PhantomData<S>);
+
+impl<T: std::fmt::Debug, S> std::fmt::Debug for SurfaceJson<T, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T: DeserializeOwned, S: Surface, St: Send + Sync> FromRequest<St> for SurfaceJson<T, S> {
+    type Rejection = SurfaceError<S>;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        let ApiJson(v) = ApiJson::<T>::from_request(req, state).await?;
+        Ok(SurfaceJson(v, std::marker::PhantomData))
+    }
+}
+
 /// Maps axum's JSON rejection onto [`ApiError`].
 fn json_rejection(r: JsonRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -40,7 +40,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::JoinHandle;
 
 pub use auth::Principal;
-pub use error::{ApiError, ApiJson, Flavor};
+pub use error::{ApiError, ApiJson, Flavor, Surface, SurfaceError, SurfaceJson};
 pub use keys::{Action, KeyIndex, Keys, Role};
 pub use metrics::ApiMetrics;
 pub use ratelimit::{Category, Limits, RateLimiter};

@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kube::ResourceExt;
@@ -33,7 +32,7 @@ use ocellus_crds::{DeploymentPhase, ModelDeployment, ModelDeploymentSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::api::{Action, ApiError, ApiJson, ApiState, Flavor, Principal};
+use crate::api::{Action, ApiError, ApiState, Flavor, Principal, Surface, SurfaceError, SurfaceJson};
 use crate::ultralytics::UltralyticsApi;
 use crate::ultralytics::datasets::{DISPLAY_NAME, MANAGED_BY};
 use crate::ultralytics::deployments::origin;
@@ -64,33 +63,18 @@ pub fn router(cluster: &UltralyticsApi, api: &ApiState) -> Router {
     api.protect(routes, Flavor::LabelStudio)
 }
 
+/// Label Studio's API: errors in Django REST framework's shape.
+pub struct LabelStudio;
+
+impl Surface for LabelStudio {
+    const FLAVOR: Flavor = Flavor::LabelStudio;
+}
+
 /// [`ApiError`] in Label Studio's shape.
-#[derive(Debug)]
-pub struct LsError(pub ApiError);
-
-impl From<ApiError> for LsError {
-    fn from(e: ApiError) -> Self {
-        LsError(e)
-    }
-}
-
-impl IntoResponse for LsError {
-    fn into_response(self) -> Response {
-        self.0.into_response_as(Flavor::LabelStudio)
-    }
-}
+pub type LsError = SurfaceError<LabelStudio>;
 
 /// A JSON body whose rejections are Label Studio's errors.
-#[derive(Debug)]
-pub struct LsJson<T>(pub T);
-
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for LsJson<T> {
-    type Rejection = LsError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| LsJson(v)).map_err(LsError)
-    }
-}
+pub type LsJson<T> = SurfaceJson<T, LabelStudio>;
 
 /// An ML backend, as Label Studio's API shows one.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -305,7 +289,7 @@ pub async fn create(
     State(api): State<UltralyticsApi>,
     principal: Principal,
     headers: HeaderMap,
-    LsJson(body): LsJson<BackendBody>,
+    SurfaceJson(body, _): LsJson<BackendBody>,
 ) -> Result<(StatusCode, Json<MlBackend>), LsError> {
     principal.require(Action::Write)?;
     let ns = principal.namespace.clone();
@@ -338,21 +322,7 @@ pub async fn create(
                     ApiError::bad_request("title", format!("'{name}' is not a usable ModelDeployment name")).into()
                 );
             }
-            let mut md = ModelDeployment::new(
-                &name,
-                ModelDeploymentSpec {
-                    model: source,
-                    backend: Default::default(),
-                    resources: Default::default(),
-                    scaling: Default::default(),
-                    batching: Default::default(),
-                    inference: Default::default(),
-                    scheduling: Default::default(),
-                    stopped: false,
-                    duration_hours: None,
-                    delete_on_expiration: false,
-                },
-            );
+            let mut md = ModelDeployment::new(&name, ModelDeploymentSpec::serving(source));
             md.metadata.namespace = Some(ns.clone());
             md.metadata.labels = Some(BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())]));
             md.metadata.annotations = Some(
@@ -402,7 +372,7 @@ pub async fn update(
     principal: Principal,
     headers: HeaderMap,
     Path(id): Path<String>,
-    LsJson(body): LsJson<BackendBody>,
+    SurfaceJson(body, _): LsJson<BackendBody>,
 ) -> Result<Json<MlBackend>, LsError> {
     principal.require(Action::Write)?;
     let ns = principal.namespace.clone();
@@ -479,7 +449,7 @@ async fn not_here(
     if let Err(e) = find(&api, &principal.namespace, &id) {
         return e.into();
     }
-    LsError(ApiError::NotImplemented {
+    LsError::from(ApiError::NotImplemented {
         what: format!(
             "{} (the project's tasks live in Label Studio, which sends them to the backend's url itself)",
             req.uri().path()
@@ -495,7 +465,7 @@ pub async fn train(State(api): State<UltralyticsApi>, principal: Principal, Path
     if let Err(e) = find(&api, &principal.namespace, &id) {
         return e.into();
     }
-    LsError(ApiError::NotImplemented {
+    LsError::from(ApiError::NotImplemented {
         what: "training from Label Studio's annotations (planned: export, new Dataset version, TrainingJob, rollout)"
             .into(),
     })
@@ -503,5 +473,5 @@ pub async fn train(State(api): State<UltralyticsApi>, principal: Principal, Path
 
 /// Any other path under a backend.
 async fn not_found(_principal: Principal, req: Request) -> LsError {
-    LsError(ApiError::NotFound(format!("route {} {}", req.method(), req.uri().path())))
+    LsError::from(ApiError::NotFound(format!("route {} {}", req.method(), req.uri().path())))
 }

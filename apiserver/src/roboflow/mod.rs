@@ -26,7 +26,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::{Next, from_fn};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -35,7 +35,7 @@ use ocellus_crds::{DeploymentPhase, ModelDeployment, ModelDeploymentSpec, ModelS
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{Action, ApiError, ApiJson, ApiState, Flavor, Principal};
+use crate::api::{Action, ApiError, ApiState, Flavor, Principal, Surface, SurfaceError, SurfaceJson};
 use crate::ultralytics::UltralyticsApi;
 use crate::ultralytics::datasets::MANAGED_BY;
 use crate::ultralytics::deployments::origin;
@@ -94,36 +94,21 @@ async fn key_from_body(req: Request, next: Next) -> Response {
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
-/// A JSON body whose rejections are Roboflow's plain-text errors (see [`ApiJson`]).
-#[derive(Debug)]
-pub struct RoboflowJson<T>(pub T);
+/// Roboflow's dedicated-deployment API: plain-text errors.
+pub struct Roboflow;
 
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for RoboflowJson<T> {
-    type Rejection = RoboflowError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| RoboflowJson(v)).map_err(RoboflowError)
-    }
+impl Surface for Roboflow {
+    const FLAVOR: Flavor = Flavor::Roboflow;
 }
+
+/// A JSON body whose rejections are Roboflow's plain-text errors (see [`crate::api::ApiJson`]).
+pub type RoboflowJson<T> = SurfaceJson<T, Roboflow>;
 
 /// Roboflow's answers: JSON on success, plain-text errors.
 type Reply<T> = Result<Json<T>, RoboflowError>;
 
 /// [`ApiError`] in Roboflow's shape.
-#[derive(Debug)]
-pub struct RoboflowError(pub ApiError);
-
-impl From<ApiError> for RoboflowError {
-    fn from(e: ApiError) -> Self {
-        RoboflowError(e)
-    }
-}
-
-impl IntoResponse for RoboflowError {
-    fn into_response(self) -> Response {
-        self.0.into_response_as(Flavor::Roboflow)
-    }
-}
+pub type RoboflowError = SurfaceError<Roboflow>;
 
 /// A deployment as Roboflow's `/add`, `/get` and `/list` answer it.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -298,16 +283,11 @@ pub fn build(
     let mut md = ModelDeployment::new(
         name,
         ModelDeploymentSpec {
-            model: source,
-            backend: Default::default(),
             resources: machine.resources(),
             scaling: Scaling { min_replicas: min, max_replicas: max, ..Default::default() },
-            batching: Default::default(),
-            inference: Default::default(),
-            scheduling: Default::default(),
-            stopped: false,
             duration_hours: Some(duration),
             delete_on_expiration: body.delete_on_expiration.unwrap_or(false),
+            ..ModelDeploymentSpec::serving(source)
         },
     );
     md.metadata.namespace = Some(ns.into());
@@ -332,7 +312,7 @@ pub async fn add(
     State(api): State<UltralyticsApi>,
     principal: Principal,
     headers: HeaderMap,
-    RoboflowJson(body): RoboflowJson<AddDeployment>,
+    SurfaceJson(body, _): RoboflowJson<AddDeployment>,
 ) -> Reply<RoboflowDeployment> {
     principal.require(Action::Write)?;
     check(&body)?;
@@ -452,7 +432,7 @@ pub async fn pause(
     State(api): State<UltralyticsApi>,
     principal: Principal,
     headers: HeaderMap,
-    RoboflowJson(q): RoboflowJson<Named>,
+    SurfaceJson(q, _): RoboflowJson<Named>,
 ) -> Reply<RoboflowDeployment> {
     set_stopped(&api, &principal, &headers, &q.deployment_name, true).await
 }
@@ -466,7 +446,7 @@ pub async fn resume(
     State(api): State<UltralyticsApi>,
     principal: Principal,
     headers: HeaderMap,
-    RoboflowJson(q): RoboflowJson<Named>,
+    SurfaceJson(q, _): RoboflowJson<Named>,
 ) -> Reply<RoboflowDeployment> {
     set_stopped(&api, &principal, &headers, &q.deployment_name, false).await
 }
@@ -478,7 +458,7 @@ pub async fn resume(
 pub async fn delete(
     State(api): State<UltralyticsApi>,
     principal: Principal,
-    RoboflowJson(q): RoboflowJson<Named>,
+    SurfaceJson(q, _): RoboflowJson<Named>,
 ) -> Result<Json<serde_json::Value>, RoboflowError> {
     principal.require(Action::Write)?;
     let ns = &principal.namespace;
@@ -581,7 +561,7 @@ pub async fn get_log(
 
 /// Usage reports are Roboflow billing: not offered.
 async fn usage(_principal: Principal, req: Request) -> RoboflowError {
-    RoboflowError(ApiError::NotImplemented {
+    RoboflowError::from(ApiError::NotImplemented {
         what: format!(
             "{}: usage reports (a hosted-platform billing feature; Ocellus exports request and replica metrics to Prometheus)",
             req.uri().path()
@@ -591,5 +571,5 @@ async fn usage(_principal: Principal, req: Request) -> RoboflowError {
 
 /// Any other path under the prefix.
 async fn not_found(_principal: Principal, req: Request) -> RoboflowError {
-    RoboflowError(ApiError::NotFound(format!("route {} {}", req.method(), req.uri().path())))
+    RoboflowError::from(ApiError::NotFound(format!("route {} {}", req.method(), req.uri().path())))
 }

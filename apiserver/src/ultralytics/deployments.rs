@@ -800,21 +800,7 @@ pub fn build(ns: &str, body: &CreateDeployment, source: ModelSource) -> Result<M
     if let Some(m) = body.memory_gi {
         resources.memory = check_memory(m)?;
     }
-    let mut md = ModelDeployment::new(
-        &slug,
-        ModelDeploymentSpec {
-            model: source,
-            backend: Default::default(),
-            resources,
-            scaling: Default::default(),
-            batching: Default::default(),
-            inference: Default::default(),
-            scheduling: Default::default(),
-            stopped: false,
-            duration_hours: None,
-            delete_on_expiration: false,
-        },
-    );
+    let mut md = ModelDeployment::new(&slug, ModelDeploymentSpec { resources, ..ModelDeploymentSpec::serving(source) });
     md.metadata.namespace = Some(ns.into());
     md.metadata.labels = Some(
         [(MANAGED_BY.0, MANAGED_BY.1), (PROJECT, body.project.as_str()), (MODEL, body.model.as_str())]

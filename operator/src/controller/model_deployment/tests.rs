@@ -9,21 +9,7 @@ use ocellus_crds::{
 };
 
 fn md(model: ModelSource) -> ModelDeployment {
-    let mut d = ModelDeployment::new(
-        "shapes",
-        ModelDeploymentSpec {
-            model,
-            backend: Backend::Auto,
-            resources: Default::default(),
-            scaling: Default::default(),
-            batching: Default::default(),
-            inference: Default::default(),
-            scheduling: Default::default(),
-            stopped: false,
-            duration_hours: None,
-            delete_on_expiration: false,
-        },
-    );
+    let mut d = ModelDeployment::new("shapes", ModelDeploymentSpec::serving(model));
     d.metadata.namespace = Some("team-a".into());
     d.metadata.uid = Some("uid-1".into());
     d.metadata.generation = Some(2);
