@@ -39,7 +39,6 @@ import copy
 import json
 import os
 import re
-import struct
 
 import cv2
 import numpy as np
@@ -47,6 +46,8 @@ import torch
 import ultralytics
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
+
+from safetensors_file import write_safetensors
 
 SEED = 0
 NC = 3
@@ -161,22 +162,6 @@ def gradients_only():
     meta.update(grads)
     with open(os.path.join(OUT, NAME + ".json"), "w") as f:
         f.write(to_json(meta))
-
-
-def write_safetensors(path, tensors):
-    """The safetensors layout (8-byte header length, JSON header, data), without the package."""
-    dtypes = {torch.float32: "F32", torch.uint8: "U8"}
-    header, blobs, offset = {}, [], 0
-    for k in sorted(tensors):
-        t = tensors[k].contiguous()
-        b = t.numpy().tobytes()
-        header[k] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def main():

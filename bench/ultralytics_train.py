@@ -16,25 +16,16 @@ timed the same way as ours):
 """
 import json
 import os
-import struct
 import sys
 
 from ultralytics import YOLO
 
+from safetensors_file import write_safetensors
+
 def dump_state(model, path):
-    """The state dict (less the batch-norm step counters) as float32 safetensors, without the package."""
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
-               if not k.endswith("num_batches_tracked")}
-    header, blobs, offset = {}, [], 0
-    for k in sorted(tensors):
-        b = tensors[k].numpy().tobytes()
-        header[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    """The state dict (less the batch-norm step counters) as float32 safetensors."""
+    write_safetensors(path, {k: v.detach().float().cpu() for k, v in model.state_dict().items()
+                             if not k.endswith("num_batches_tracked")})
 
 
 mode = sys.argv[1]
