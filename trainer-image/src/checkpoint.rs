@@ -10,19 +10,22 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::error::TrainError;
-
 /// The metadata key reserved by the safetensors format.
 const METADATA: &str = "__metadata__";
 /// Largest header read (the format's readers refuse over 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
 
-fn bad(why: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint(format!("not a safetensors file: {why}"))
+/// Bytes that are not a safetensors file (or a header that cannot take metadata).
+#[derive(Debug, thiserror::Error)]
+#[error("not a safetensors file: {0}")]
+pub struct NotSafetensors(String);
+
+fn bad(why: impl std::fmt::Display) -> NotSafetensors {
+    NotSafetensors(why.to_string())
 }
 
 /// The header (parsed) and where the data section starts.
-fn split(bytes: &[u8]) -> Result<(Map<String, Value>, usize), TrainError> {
+fn split(bytes: &[u8]) -> Result<(Map<String, Value>, usize), NotSafetensors> {
     let len: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("shorter than 8 bytes"))?;
     let len = u64::from_le_bytes(len);
     if len > MAX_HEADER || 8 + len > bytes.len() as u64 {
@@ -35,7 +38,7 @@ fn split(bytes: &[u8]) -> Result<(Map<String, Value>, usize), TrainError> {
 
 /// `bytes` (a safetensors file) with `entries` added to its header's metadata; existing keys are
 /// replaced, other metadata kept.
-pub fn with_metadata(bytes: &[u8], entries: &BTreeMap<String, String>) -> Result<Vec<u8>, TrainError> {
+pub fn with_metadata(bytes: &[u8], entries: &BTreeMap<String, String>) -> Result<Vec<u8>, NotSafetensors> {
     let (mut header, data) = split(bytes)?;
     let meta = header.entry(METADATA).or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(meta) = meta else { return Err(bad("__metadata__ is not an object")) };
@@ -53,7 +56,7 @@ pub fn with_metadata(bytes: &[u8], entries: &BTreeMap<String, String>) -> Result
 }
 
 /// The header's metadata (empty when it has none).
-pub fn metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, TrainError> {
+pub fn metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>, NotSafetensors> {
     let (header, _) = split(bytes)?;
     match header.get(METADATA) {
         None => Ok(BTreeMap::new()),
