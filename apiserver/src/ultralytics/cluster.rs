@@ -276,6 +276,9 @@ where
     }
 }
 
+/// The revision every write of a [`MemoryCluster`] takes the next of (etcd's is cluster-wide too).
+static REVISION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl<K> MemStore<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
@@ -284,8 +287,12 @@ where
         self.store.get(&reflector::ObjectRef::new(name).within(namespace)).map(|o| (*o).clone())
     }
 
+    /// Stores `o` with the next resourceVersion, as the API server does on every write.
     fn put(&self, o: &K) {
-        self.writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Apply(o.clone()));
+        let mut o = o.clone();
+        o.meta_mut().resource_version =
+            Some((REVISION.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).to_string());
+        self.writer.lock().expect("writer").apply_watcher_event(&watcher::Event::Apply(o));
     }
 
     fn remove(&self, o: K) {

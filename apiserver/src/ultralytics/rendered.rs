@@ -42,26 +42,47 @@ impl<K: Resource> Rendered<K> {
         let fresh = |o: &K| -> Result<Arc<RawValue>, serde_json::Error> {
             Ok(Arc::from(serde_json::value::to_raw_value(&render(o))?))
         };
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        if items.len() > 2 * live.max(objects.len()) + 64 {
-            items.clear();
-        }
-        objects
-            .iter()
-            .map(|o| {
-                let meta = o.meta();
-                // This replica's own writes may not carry a uid and version yet: rendered each time.
-                let (Some(uid), Some(rv)) = (&meta.uid, &meta.resource_version) else { return fresh(o) };
-                if let Some((v, json)) = items.get(uid)
-                    && v == rv
-                {
-                    return Ok(json.clone());
+        let key = |o: &K| {
+            let m = o.meta();
+            // Objects without both (only test doubles lack them) are rendered every time.
+            m.uid.clone().zip(m.resource_version.clone())
+        };
+        // Look up under the lock; render the misses with it released (a list after many changes
+        // must not hold up the other requests); insert them under it again.
+        let found: Vec<Option<Arc<RawValue>>> = {
+            let items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            objects
+                .iter()
+                .map(|o| {
+                    let (uid, rv) = key(o)?;
+                    items.get(&uid).filter(|(v, _)| *v == rv).map(|(_, json)| json.clone())
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(objects.len());
+        let mut rendered = Vec::new();
+        for (o, hit) in objects.iter().zip(found) {
+            match hit {
+                Some(json) => out.push(json),
+                None => {
+                    let json = fresh(o)?;
+                    if let Some(k) = key(o) {
+                        rendered.push((k, json.clone()));
+                    }
+                    out.push(json);
                 }
-                let json = fresh(o)?;
-                items.insert(uid.clone(), (rv.clone(), json.clone()));
-                Ok(json)
-            })
-            .collect()
+            }
+        }
+        if !rendered.is_empty() {
+            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            if items.len() + rendered.len() > 2 * live.max(objects.len()) + 64 {
+                items.clear();
+            }
+            for ((uid, rv), json) in rendered {
+                items.insert(uid, (rv, json));
+            }
+        }
+        Ok(out)
     }
 }
 

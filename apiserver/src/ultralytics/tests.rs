@@ -211,6 +211,12 @@ async fn an_ingest_sets_the_source_and_the_status_follows_the_operator() {
     assert_eq!(d.spec.source.upload.as_ref().expect("upload").objects, vec!["0a0b/parts.zip".to_string()]);
     let (_, one) = call(&f.app, "GET", "/api/datasets/team-a/parts", &f.a_editor, None).await;
     assert_eq!(one["dataset"]["status"], "processing", "the operator has not seen generation 2");
+    // Lists render each item once per Dataset version: each change below must show in them.
+    let listed = |f: &Fixture| {
+        let (app, key) = (f.app.clone(), f.a_editor.clone());
+        async move { call(&app, "GET", "/api/datasets/team-a", &key, None).await.1["datasets"][0].clone() }
+    };
+    assert_eq!(listed(&f).await["status"], "processing");
 
     let mut st = DatasetStatus { phase: DatasetPhase::Ready, ingested_hash: Some("h".into()), ..Default::default() };
     st.common.observed_generation = Some(2);
@@ -229,6 +235,7 @@ async fn an_ingest_sets_the_source_and_the_status_follows_the_operator() {
     assert_eq!(item["imageCount"], 12);
     assert_eq!(item["classNames"], json!(["circle", "square"]));
     assert_eq!(item["splits"], json!({"train": 10, "val": 2, "test": 0, "labeled": 12}));
+    assert_eq!(listed(&f).await, *item, "the list's item is the retrieved one, after the change");
 
     st.phase = DatasetPhase::Failed;
     st.job.failure = Some(ocellus_crds::Failure { message: Some("no images found".into()), ..Default::default() });
@@ -236,6 +243,11 @@ async fn an_ingest_sets_the_source_and_the_status_follows_the_operator() {
     let (_, one) = call(&f.app, "GET", "/api/datasets/team-a/parts", &f.a_editor, None).await;
     assert_eq!(one["dataset"]["status"], "failed");
     assert_eq!(one["dataset"]["processingError"]["message"], "no images found");
+    assert_eq!(listed(&f).await["status"], "failed");
+    // The joined fragments are `DatasetList`, the shape the OpenAPI document gives.
+    let (_, all) = call(&f.app, "GET", "/api/datasets/team-a", &f.a_editor, None).await;
+    let all: super::datasets::DatasetList = serde_json::from_value(all).expect("a DatasetList");
+    assert_eq!((all.total, all.datasets.len(), all.region.as_str()), (1, 1, "us"));
 
     // What an ingest cannot do is said, not ignored.
     for (body, status) in [
