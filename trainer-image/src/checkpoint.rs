@@ -37,9 +37,10 @@ fn split(bytes: &[u8]) -> Result<(Map<String, Value>, usize), NotSafetensors> {
 }
 
 /// `bytes` (a safetensors file) with `entries` added to its header's metadata; existing keys are
-/// replaced, other metadata kept.
-pub fn with_metadata(bytes: &[u8], entries: &BTreeMap<String, String>) -> Result<Vec<u8>, NotSafetensors> {
-    let (mut header, data) = split(bytes)?;
+/// replaced, other metadata kept. Only the header is replaced in place: a checkpoint of a
+/// gigabyte is not copied.
+pub fn with_metadata(mut bytes: Vec<u8>, entries: &BTreeMap<String, String>) -> Result<Vec<u8>, NotSafetensors> {
+    let (mut header, data) = split(&bytes)?;
     let meta = header.entry(METADATA).or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(meta) = meta else { return Err(bad("__metadata__ is not an object")) };
     for (k, v) in entries {
@@ -48,11 +49,9 @@ pub fn with_metadata(bytes: &[u8], entries: &BTreeMap<String, String>) -> Result
     let mut json = serde_json::to_vec(&header).map_err(bad)?;
     // Spaces pad the header so the data stays 8-byte aligned, as the format's writers do.
     json.resize(json.len().div_ceil(8) * 8, b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - data);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&bytes[data..]);
-    Ok(out)
+    let prefix = (json.len() as u64).to_le_bytes().into_iter().chain(json);
+    bytes.splice(..data, prefix);
+    Ok(bytes)
 }
 
 /// The header's metadata (empty when it has none).
@@ -91,7 +90,7 @@ mod tests {
         let f = file();
         assert!(metadata(&f).expect("plain").is_empty());
         let entries = BTreeMap::from([("progress".to_string(), r#"{"epoch":3}"#.to_string())]);
-        let g = with_metadata(&f, &entries).expect("add");
+        let g = with_metadata(f.clone(), &entries).expect("add");
         assert_eq!(metadata(&g).expect("read"), entries);
         assert_eq!(&g[g.len() - 8..], &f[f.len() - 8..], "data unchanged");
         let len = u64::from_le_bytes(g[..8].try_into().expect("8 bytes")) as usize;
@@ -100,7 +99,7 @@ mod tests {
         assert_eq!(header["t"]["data_offsets"], serde_json::json!([0, 8]));
         // Replacing a key keeps the others.
         let more = BTreeMap::from([("progress".to_string(), "{}".to_string()), ("x".to_string(), "y".to_string())]);
-        let h = with_metadata(&g, &more).expect("replace");
+        let h = with_metadata(g, &more).expect("replace");
         assert_eq!(metadata(&h).expect("read"), more);
     }
 
@@ -108,7 +107,7 @@ mod tests {
     fn truncated_or_foreign_bytes_are_errors() {
         let f = file();
         for bytes in [&f[..4], &f[..12], b"not a safetensors file at all".as_slice()] {
-            assert!(metadata(bytes).is_err() && with_metadata(bytes, &BTreeMap::new()).is_err());
+            assert!(metadata(bytes).is_err() && with_metadata(bytes.to_vec(), &BTreeMap::new()).is_err());
         }
         let mut huge = f.clone();
         huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -394,7 +394,7 @@ impl Output {
         let path = work.join(format!("{name}.safetensors"));
         session.save(&path).map_err(|e| Failure::transient(format!("writing {}: {e}", path.display())))?;
         let progress = serde_json::to_string(&session.progress).map_err(|e| Failure::transient(e.to_string()))?;
-        let bytes = checkpoint::with_metadata(&read(&path).await?, &BTreeMap::from([(PROGRESS_KEY.into(), progress)]))
+        let bytes = checkpoint::with_metadata(read(&path).await?, &BTreeMap::from([(PROGRESS_KEY.into(), progress)]))
             .map_err(|e| Failure::transient(e.to_string()))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         self.put(&format!("checkpoints/{name}.safetensors"), bytes, "application/octet-stream").await?;
@@ -423,35 +423,43 @@ impl Output {
         Ok(self.key(&weights))
     }
 
-    /// The `last` checkpoint, verified against its recorded SHA-256.
+    /// The `last` checkpoint: its tensors, with the schedule position in their header (or, for
+    /// checkpoints written before it was, in the sidecar). Tensors whose sidecar records the same
+    /// position must have the SHA-256 it records; a sidecar of another position is an earlier
+    /// checkpoint's, left by a run killed between the two writes, and is not the tensors' to judge.
     async fn load_checkpoint(&self, arch: &Architecture, cfg: &TrainConfig, work: &Path) -> Result<Session, Failure> {
         let get = |rest: &'static str| async move {
-            self.store.get(&self.key(rest)).await.map_err(|e| {
-                if e.not_found() {
-                    Failure::invalid("ResumeFailed", format!("no checkpoint to resume: {e}"))
-                } else {
-                    Failure::transient(e.to_string())
-                }
-            })
-        };
-        let bytes = get("checkpoints/last.safetensors").await?;
-        let own = checkpoint::metadata(&bytes).map_err(|e| Failure::invalid("ResumeFailed", e.to_string()))?;
-        let progress = match own.get(PROGRESS_KEY) {
-            Some(p) => serde_json::from_str(p)
-                .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint schedule position: {e}")))?,
-            // Written before the tensors carried their position: the JSON's, if it is theirs.
-            None => {
-                let meta: CheckpointMeta = serde_json::from_slice(&get("checkpoints/last.json").await?)
-                    .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint metadata: {e}")))?;
-                if hex::encode(Sha256::digest(&bytes)) != meta.sha256 {
-                    return Err(Failure::invalid(
-                        "ResumeFailed",
-                        "checkpoint tensors do not match their recorded SHA-256",
-                    ));
-                }
-                meta.progress
+            match self.store.get(&self.key(rest)).await {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.not_found() => Ok(None),
+                Err(e) => Err(Failure::transient(e.to_string())),
             }
         };
+        let bytes = get("checkpoints/last.safetensors")
+            .await?
+            .ok_or_else(|| Failure::invalid("ResumeFailed", "no checkpoint to resume: checkpoints/last.safetensors"))?;
+        let sidecar = match get("checkpoints/last.json").await? {
+            Some(b) => Some(
+                serde_json::from_slice::<CheckpointMeta>(&b)
+                    .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint metadata: {e}")))?,
+            ),
+            None => None,
+        };
+        let own = checkpoint::metadata(&bytes).map_err(|e| Failure::invalid("ResumeFailed", e.to_string()))?;
+        let progress: Progress = match (own.get(PROGRESS_KEY), &sidecar) {
+            (Some(p), _) => serde_json::from_str(p)
+                .map_err(|e| Failure::invalid("ResumeFailed", format!("checkpoint schedule position: {e}")))?,
+            (None, Some(meta)) => meta.progress.clone(),
+            (None, None) => {
+                return Err(Failure::invalid("ResumeFailed", "the checkpoint has no schedule position and no sidecar"));
+            }
+        };
+        if let Some(meta) = sidecar
+            && meta.progress == progress
+            && hex::encode(Sha256::digest(&bytes)) != meta.sha256
+        {
+            return Err(Failure::invalid("ResumeFailed", "checkpoint tensors do not match their recorded SHA-256"));
+        }
         tokio::fs::create_dir_all(work).await.map_err(|e| Failure::transient(e.to_string()))?;
         let path = work.join("resume.safetensors");
         tokio::fs::write(&path, &bytes).await.map_err(|e| Failure::transient(e.to_string()))?;

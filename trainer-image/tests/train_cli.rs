@@ -267,6 +267,20 @@ async fn sigterm_pauses_and_resume_finishes_like_an_uninterrupted_run() {
     assert_eq!(paused["event"], "paused", "{seen:?}");
     assert!(store.head("team/trainingjobs/paused/checkpoints/last.json").await.expect("head").is_some());
 
+    // Tensors damaged in storage, beside their own sidecar (same position), are refused.
+    let mut resume = train_args("team/trainingjobs/paused", &work);
+    resume.push("--resume");
+    let tensors = "team/trainingjobs/paused/checkpoints/last.safetensors";
+    let good = store.get(tensors).await.expect("tensors");
+    let mut bad = good.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    store.put(tensors, bad.into(), "application/octet-stream").await.expect("put");
+    let (code, lines) = trainer(&s3, &resume);
+    assert_eq!(code, 2, "{lines:?}");
+    assert!(lines.last().expect("failure").to_string().contains("SHA-256"), "{lines:?}");
+    store.put(tensors, good, "application/octet-stream").await.expect("put");
+
     // A kill between a checkpoint's two writes leaves the sidecar of an earlier one beside the
     // newer tensors: those carry their own position, which wins (the checks below fail if the
     // run restarts from the sidecar's epoch 0, and a hash mismatch would stop it).
