@@ -47,7 +47,7 @@ import ultralytics
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
-from safetensors_file import write_safetensors
+from safetensors_file import read_safetensors, write_safetensors
 
 SEED = 0
 NC = 3
@@ -139,9 +139,7 @@ def gradients(m, batch):
 
 def gradients_only():
     """Adds the gradients of the stored weights to the stored JSON; the safetensors stay as they are."""
-    from safetensors.torch import load_file
-
-    fx = load_file(os.path.join(OUT, NAME + ".safetensors"))
+    fx = read_safetensors(os.path.join(OUT, NAME + ".safetensors"))
     with open(os.path.join(OUT, NAME + ".json")) as f:
         meta = json.load(f)
     m = DetectionModel("yolov8n.yaml", nc=NC, verbose=False)
@@ -246,4 +244,9 @@ def to_json(meta):
 if __name__ == "__main__":
     import sys
 
-    gradients_only() if sys.argv[1:] == ["--gradients"] else main()
+    if sys.argv[1:] == ["--gradients"]:
+        gradients_only()
+    elif sys.argv[1:]:
+        sys.exit(f"usage: {sys.argv[0]} [--gradients]  (no argument regenerates the whole fixture)")
+    else:
+        main()

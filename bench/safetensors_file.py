@@ -1,11 +1,12 @@
-"""Writes PyTorch tensors in the safetensors layout (8-byte little-endian header length, JSON
-header, data) without the `safetensors` package, for the benchmark and fixture scripts."""
+"""Writes and reads PyTorch tensors in the safetensors layout (8-byte little-endian header length,
+JSON header, data) without the `safetensors` package, for the benchmark and fixture scripts."""
 import json
 import struct
 
 import torch
 
 DTYPES = {torch.float32: "F32", torch.uint8: "U8"}
+NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def write_safetensors(path, tensors):
@@ -21,3 +22,19 @@ def write_safetensors(path, tensors):
     h += b" " * (-len(h) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def read_safetensors(path):
+    """Name to tensor, for the dtypes `write_safetensors` writes; `__metadata__` is skipped."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        start, end = v["data_offsets"]
+        t = torch.frombuffer(bytearray(data[start:end]), dtype=NAMES[v["dtype"]])
+        out[k] = t.reshape(v["shape"])
+    return out

@@ -13,6 +13,8 @@
 source "$(dirname "$0")/../hack/lib.sh"
 cd "$(dirname "$0")/.."
 N=${N:-300}; EPOCHS=${EPOCHS:-10}; IMGSZ=${IMGSZ:-160}; BATCH=${BATCH:-16}; SEED=0; WORKERS=2
+# SAME_INIT is on only when 1 (the ${SAME_INIT:+...} expansions below test for non-empty).
+[ "${SAME_INIT:-0}" = 1 ] || SAME_INIT=
 CONF=0.001; IOU=0.7; MAX_DET=300
 hack/setup.sh python
 source <(hack/setup.sh torch-env)
@@ -70,6 +72,14 @@ timed "$work/ours.time.json" "$target/ocellus-trainer" train --manifest s3://ben
   ${SAME_INIT:+--start-weights "$work/peer-init.safetensors"} \
   --workers "$WORKERS" --device cpu --work-dir "$work/t" >"$work/ours.jsonl"
 if [ -z "${SAME_INIT:-}" ]; then peer; fi
+# From the peer's weights, every variable must have been taken (none left at our initialisation).
+if [ -n "${SAME_INIT:-}" ]; then
+  python3 - "$work/ours.jsonl" <<'PY' || die "ours did not start from all of the peer's initial weights"
+import json, sys
+start = next(json.loads(l) for l in open(sys.argv[1]) if '"fine-tune"' in l)
+sys.exit(1 if start.get("reinitialized") or not start.get("loaded") else 0)
+PY
+fi
 
 log "export both last-epoch weights to ONNX"
 "$target/ocellus-trainer" export --weights s3://bench/b/trainingjobs/t/weights/last.safetensors --format onnx \
