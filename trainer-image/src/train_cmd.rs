@@ -314,12 +314,14 @@ fn run_epochs(
             emit(json!({"event": "epoch", "metrics": r, "best": best}));
             let saved = handle.block_on(async {
                 out.save_results(&s.progress.reports).await?;
-                if r.epoch.is_multiple_of(interval) {
-                    out.save_checkpoint("last", s, work).await?;
-                }
+                // `best` before `last`: a run killed between them resumes from the previous `last`
+                // and repeats this epoch, so no epoch a `last` covers can have lost its `best`.
                 if best {
                     out.save_checkpoint("best", s, work).await?;
                     out.save_weights("best", s.ema_var_store(), info, work).await?;
+                }
+                if r.epoch.is_multiple_of(interval) {
+                    out.save_checkpoint("last", s, work).await?;
                 }
                 Ok::<_, Failure>(())
             });

@@ -182,7 +182,8 @@ pub fn apply_progress(status: &mut TrainingJobStatus, progress: &Progress, resul
         // The first epoch with the highest fitness, as the trainer picks `best`.
         let mut best: Option<&Value> = None;
         for l in &progress.epochs {
-            if best.is_none_or(|b| fitness(l) > fitness(b)) {
+            // The later of equal epochs, as the trainer's `best` checkpoint (and Ultralytics).
+            if best.is_none_or(|b| fitness(l) >= fitness(b)) {
                 best = Some(l);
             }
         }

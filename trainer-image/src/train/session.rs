@@ -478,7 +478,9 @@ impl Session {
                 images_per_second: n / secs,
             };
             self.ema_model.task().validate(&val, cfg, &mut report)?;
-            let best = report.fitness() > self.progress.best_fitness;
+            // A tie is the best too, as Ultralytics keeps `best.pt` (saved whenever the epoch's
+            // fitness equals the best so far): the later of equal epochs.
+            let best = report.fitness() >= self.progress.best_fitness;
             if best {
                 self.progress.best_fitness = report.fitness();
             }
