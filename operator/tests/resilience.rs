@@ -406,12 +406,14 @@ async fn kill_loop(c: &LocalCluster, s3: &S3Server, client: &Client, ns: &str) {
         .await;
         // A random point of its work: starting the controllers, filling caches, reconciling.
         tokio::time::sleep(Duration::from_millis(random.below(2500))).await;
-        if let Some(t) = trainers_to_kill.first().cloned()
-            && let [pid] = trainer_pids(ns, &t)[..]
-        {
+        // Whichever of them is training now (the scheduler decides when each runs).
+        let running = trainers_to_kill.iter().enumerate().find_map(|(i, t)| match trainer_pids(ns, t)[..] {
+            [pid] => Some((i, pid)),
+            _ => None,
+        });
+        if let Some((i, pid)) = running {
             proc::kill_process(pid);
-            trainers_killed.push(t);
-            trainers_to_kill.remove(0);
+            trainers_killed.push(trainers_to_kill.remove(i));
         }
         op.kill();
     }
