@@ -431,11 +431,7 @@ impl Output {
     /// checkpoint's, left by a run killed between the two writes, and is not the tensors' to judge.
     async fn load_checkpoint(&self, arch: &Architecture, cfg: &TrainConfig, work: &Path) -> Result<Session, Failure> {
         let get = |rest: &'static str| async move {
-            match self.store.get(&self.key(rest)).await {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.not_found() => Ok(None),
-                Err(e) => Err(Failure::transient(e.to_string())),
-            }
+            self.store.get_opt(&self.key(rest)).await.map_err(|e| Failure::transient(e.to_string()))
         };
         let bytes = get("checkpoints/last.safetensors")
             .await?

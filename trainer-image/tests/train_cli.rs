@@ -292,9 +292,7 @@ async fn sigterm_pauses_and_resume_finishes_like_an_uninterrupted_run() {
     store.put(key, serde_json::to_vec(&stale).expect("json").into(), "application/json").await.expect("put");
 
     // Resumed: continues the epoch numbering and finishes.
-    let mut args = train_args("team/trainingjobs/paused", &work);
-    args.push("--resume");
-    let (code, lines) = trainer(&s3, &args);
+    let (code, lines) = trainer(&s3, &resume);
     assert_eq!(code, 0, "{lines:?}");
     let epochs: Vec<u64> =
         lines.iter().filter(|l| l["event"] == "epoch").filter_map(|l| l["metrics"]["epoch"].as_u64()).collect();

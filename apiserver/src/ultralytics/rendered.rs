@@ -10,6 +10,9 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+/// An object's uid and resourceVersion.
+type Key = (String, String);
+
 /// Rendered items of one kind, by object uid: (resourceVersion, JSON).
 pub struct Rendered<K> {
     items: Mutex<HashMap<String, (String, Arc<RawValue>)>>,
@@ -47,15 +50,19 @@ impl<K: Resource> Rendered<K> {
             // Objects without both (only test doubles lack them) are rendered every time.
             m.uid.clone().zip(m.resource_version.clone())
         };
-        // Look up under the lock; render the misses with it released (a list after many changes
-        // must not hold up the other requests); insert them under it again.
-        let found: Vec<Option<Arc<RawValue>>> = {
+        // Look up under the lock (a hit, or a miss with the key to store it under); render the
+        // misses with it released (a list after many changes must not hold up the other
+        // requests); insert them under it again.
+        let found: Vec<Result<Arc<RawValue>, Option<Key>>> = {
             let items = self.items.lock().unwrap_or_else(|e| e.into_inner());
             objects
                 .iter()
                 .map(|o| {
-                    let (uid, rv) = key(o)?;
-                    items.get(&uid).filter(|(v, _)| *v == rv).map(|(_, json)| json.clone())
+                    let (uid, rv) = key(o).ok_or(None)?;
+                    match items.get(&uid) {
+                        Some((v, json)) if *v == rv => Ok(json.clone()),
+                        _ => Err(Some((uid, rv))),
+                    }
                 })
                 .collect()
         };
@@ -63,10 +70,10 @@ impl<K: Resource> Rendered<K> {
         let mut rendered = Vec::new();
         for (o, hit) in objects.iter().zip(found) {
             match hit {
-                Some(json) => out.push(json),
-                None => {
+                Ok(json) => out.push(json),
+                Err(k) => {
                     let json = fresh(o)?;
-                    if let Some(k) = key(o) {
+                    if let Some(k) = k {
                         rendered.push((k, json.clone()));
                     }
                     out.push(json);
@@ -122,7 +129,7 @@ mod tests {
         let b = cache.render(&[cm("a", "2", "uno"), cm("b", "1", "two")], 2, render).expect("render");
         assert_eq!(b[0].get(), "\"uno\"");
         assert_eq!(calls.get(), 3);
-        // No uid or version (a write not yet seen by the watch): rendered every time.
+        // No uid or version (only test doubles lack them): rendered every time.
         let bare =
             Arc::new(ConfigMap { data: Some([("v".to_string(), "x".to_string())].into()), ..Default::default() });
         cache.render(std::slice::from_ref(&bare), 2, render).expect("render");

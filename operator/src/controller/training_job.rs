@@ -179,10 +179,9 @@ pub fn apply_progress(status: &mut TrainingJobStatus, progress: &Progress, resul
         status.epoch = Some(latest.epoch);
         status.latest_metrics = Some(latest);
         status.results_uri = Some(results_uri);
-        // The first epoch with the highest fitness, as the trainer picks `best`.
+        // The last epoch with the highest fitness, as the trainer picks `best` (and Ultralytics).
         let mut best: Option<&Value> = None;
         for l in &progress.epochs {
-            // The later of equal epochs, as the trainer's `best` checkpoint (and Ultralytics).
             if best.is_none_or(|b| fitness(l) >= fitness(b)) {
                 best = Some(l);
             }
